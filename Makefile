@@ -1,0 +1,52 @@
+# strata: `make demo` and `make test` work on a fresh Debian machine as root from a clean clone.
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+
+APT_PACKAGES := build-essential pkg-config libfuse3-dev fuse3 libzstd-dev attr
+NODE_INCLUDE ?= $(shell node -p "require('path').resolve(process.execPath, '../../include/node')")
+CFLAGS ?= -O2 -g
+CFLAGS += -Wall -Wextra -Werror -std=gnu11 -D_GNU_SOURCE
+
+.PHONY: deps system-deps node-deps native build demo test bench bench-quick clean
+
+# System packages: only run apt when something is missing, so repeated runs stay fast.
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	@touch $@
+
+node-deps: node_modules/.package-lock.json
+
+deps: system-deps node-deps
+
+# The N-API addon: syscalls Node lacks (xattrs, mknod, utimensat with ns, SEEK_DATA) and zstd.
+build/strata_sys.node: native/sys/strata_sys.c | system-deps
+	@mkdir -p build
+	$(CC) $(CFLAGS) -fPIC -shared -I$(NODE_INCLUDE) -o $@ $< -lzstd
+
+native: build/strata_sys.node
+
+build: deps native
+	npx tsc -p tsconfig.json
+
+demo: build
+	node scripts/demo.mjs
+
+test: build
+	npx vitest run
+
+bench: build
+	node test/bench/run.mjs
+
+bench-quick: build
+	node test/bench/run.mjs --quick
+
+clean:
+	rm -rf build dist

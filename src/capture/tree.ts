@@ -1,0 +1,260 @@
+/**
+ * Capture a directory tree into a layer: walk it in byte order, record every entry's metadata as
+ * rsync -aHAX would keep it, and stream file data in chunks into the LayerWriter.
+ *
+ * Point in time: a file whose size, mtime or ctime moves while it is read is read again; after
+ * `maxRetries` tries the capture fails rather than store a torn file.
+ */
+import { createHash } from 'node:crypto';
+import { constants as C, type BigIntStats } from 'node:fs';
+import { lstat, open, readdir, readlink, type FileHandle } from 'node:fs/promises';
+import { BackupCreateError } from '../errors.js';
+import { type BytePath, compareBytes, displayPath, fromFsPath, joinPath, toFsPath } from '../format/paths.js';
+import type { Extent } from '../format/tar.js';
+import { MAX_CHUNK_SIZE, type TocEntry } from '../format/toc.js';
+import type { LayerWriter } from '../format/writer.js';
+import { sys } from '../sys/native.js';
+
+export interface CaptureOptions {
+  /** Skip entries for which this returns true (layer paths, byte strings). */
+  exclude?: (path: BytePath, st: BigIntStats) => boolean;
+  /** Drop xattrs whose name this returns true for (e.g. overlay's own trusted.overlay.*). */
+  skipXattr?: (name: string) => boolean;
+  /** How often to re-read a file that changes under the read. */
+  maxRetries?: number;
+  onProgress?: (p: CaptureProgress) => void;
+  onWarning?: (msg: string) => void;
+}
+
+export interface CaptureProgress {
+  entries: number;
+  bytes: number;
+}
+
+export class TornFileError extends BackupCreateError {
+  constructor(path: BytePath, tries: number) {
+    super(`file ${displayPath(path)} kept changing while it was read (${tries} tries); stop the writer or retry the backup`);
+  }
+}
+
+export function splitNs(ns: bigint): [number, number] {
+  let sec = ns / 1_000_000_000n;
+  let nsec = ns % 1_000_000_000n;
+  if (nsec < 0n) {
+    nsec += 1_000_000_000n;
+    sec -= 1n;
+  }
+  return [Number(sec), Number(nsec)];
+}
+
+export function devMajor(rdev: bigint): number {
+  return Number(((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn));
+}
+export function devMinor(rdev: bigint): number {
+  return Number((rdev & 0xffn) | ((rdev >> 12n) & ~0xffn));
+}
+
+/** Metadata common to every entry type, from an lstat. */
+export function baseMeta(path: BytePath, st: BigIntStats, fsPath: Buffer, skipXattr?: (n: string) => boolean): Omit<TocEntry, 'type' | 'headerOffset'> {
+  let xattrs = sys.llistxattrs(fsPath);
+  if (skipXattr) xattrs = xattrs.filter(([n]) => !skipXattr(n));
+  const meta: Omit<TocEntry, 'type' | 'headerOffset'> = {
+    path,
+    mode: Number(st.mode & 0o7777n),
+    uid: Number(st.uid),
+    gid: Number(st.gid),
+    mtime: splitNs(st.mtimeNs),
+    size: 0,
+  };
+  if (xattrs.length > 0) meta.xattrs = xattrs;
+  return meta;
+}
+
+function sameFile(a: BigIntStats, b: BigIntStats): boolean {
+  return a.size === b.size && a.mtimeNs === b.mtimeNs && a.ctimeNs === b.ctimeNs && a.ino === b.ino;
+}
+
+export class TreeCapture {
+  private readonly links = new Map<string, BytePath>();
+  private entries = 0;
+  private bytes = 0;
+  private readonly maxRetries: number;
+
+  constructor(
+    private readonly writer: LayerWriter,
+    private readonly opts: CaptureOptions = {},
+  ) {
+    this.maxRetries = opts.maxRetries ?? 5;
+  }
+
+  /** Capture `root` (a real directory) as the whole layer, its own metadata as entry '.'. */
+  async captureAll(root: string): Promise<void> {
+    const rootB = fromFsPath(Buffer.from(root));
+    const st = await lstat(toFsPath(rootB), { bigint: true });
+    if (!st.isDirectory()) throw new BackupCreateError(`${root} is not a directory`);
+    await this.captureDir(rootB, '.', st);
+  }
+
+  /** Capture the directory at fsPath as layer path `path`, then everything beneath it. */
+  async captureDir(fsPath: BytePath, path: BytePath, st: BigIntStats, extra?: Partial<TocEntry>): Promise<void> {
+    await this.addEntry(fsPath, path, st, extra);
+    const names = (await readdir(toFsPath(fsPath), { encoding: 'buffer' })).map(fromFsPath).sort(compareBytes);
+    for (const name of names) {
+      const childFs = joinPath(fsPath, name);
+      const child = path === '.' ? name : path + '/' + name;
+      await this.captureEntry(childFs, child);
+    }
+  }
+
+  /** Capture one entry (recursively for directories). */
+  async captureEntry(fsPath: BytePath, path: BytePath): Promise<void> {
+    let st: BigIntStats;
+    try {
+      st = await lstat(toFsPath(fsPath), { bigint: true });
+    } catch (err) {
+      // Deleted between readdir and lstat: it is simply not part of this point in time.
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw err;
+    }
+    if (this.opts.exclude?.(path, st)) return;
+    if (st.isDirectory()) return this.captureDir(fsPath, path, st);
+    await this.addEntry(fsPath, path, st);
+  }
+
+  /** Add a single entry (no recursion). */
+  async addEntry(fsPath: BytePath, path: BytePath, st: BigIntStats, extra?: Partial<TocEntry>): Promise<void> {
+    const fsb = toFsPath(fsPath);
+    const w = this.writer;
+    this.entries++;
+    if (!st.isDirectory() && st.nlink > 1n) {
+      const key = `${st.dev}:${st.ino}`;
+      const first = this.links.get(key);
+      if (first !== undefined) {
+        await w.addEntry({ ...baseMeta(path, st, fsb, this.opts.skipXattr), type: 'hardlink', linkTarget: first });
+        return this.progress();
+      }
+    }
+    if (st.isDirectory()) {
+      await w.addEntry({ ...baseMeta(path, st, fsb, this.opts.skipXattr), type: 'dir', ...extra });
+    } else if (st.isFile()) {
+      if (!(await this.addFile(fsPath, path))) {
+        this.entries--;
+        return;
+      }
+    } else if (st.isSymbolicLink()) {
+      const target = fromFsPath(await readlink(fsb, { encoding: 'buffer' }));
+      await w.addEntry({ ...baseMeta(path, st, fsb, this.opts.skipXattr), type: 'symlink', linkTarget: target });
+    } else if (st.isFIFO()) {
+      await w.addEntry({ ...baseMeta(path, st, fsb, this.opts.skipXattr), type: 'fifo' });
+    } else if (st.isCharacterDevice() || st.isBlockDevice()) {
+      await w.addEntry({
+        ...baseMeta(path, st, fsb, this.opts.skipXattr),
+        type: st.isCharacterDevice() ? 'char' : 'block',
+        devMajor: devMajor(st.rdev),
+        devMinor: devMinor(st.rdev),
+      });
+    } else {
+      this.entries--;
+      this.opts.onWarning?.(`skipping socket ${displayPath(path)}: sockets cannot be stored`);
+      return;
+    }
+    // Later names of this inode become hard links to the first one captured.
+    if (!st.isDirectory() && st.nlink > 1n) this.links.set(`${st.dev}:${st.ino}`, path);
+    this.progress();
+  }
+
+  private progress(): void {
+    this.opts.onProgress?.({ entries: this.entries, bytes: this.bytes });
+  }
+
+  /** False when the file vanished before it could be read. */
+  private async addFile(fsPath: BytePath, path: BytePath): Promise<boolean> {
+    for (let attempt = 1; attempt <= this.maxRetries; attempt++) {
+      let fh: FileHandle;
+      try {
+        fh = await open(toFsPath(fsPath), C.O_RDONLY | C.O_NOFOLLOW);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false; // gone: not in this point in time
+        throw err;
+      }
+      try {
+        if (await this.tryFile(fh, fsPath, path)) return true;
+      } finally {
+        await fh.close();
+      }
+    }
+    throw new TornFileError(path, this.maxRetries);
+  }
+
+  /** One attempt at a file; false when it changed during the read (nothing of it is kept). */
+  private async tryFile(fh: FileHandle, fsPath: BytePath, path: BytePath): Promise<boolean> {
+    const w = this.writer;
+    const before = await fh.stat({ bigint: true });
+    const size = Number(before.size);
+    const meta = baseMeta(path, before, toFsPath(fsPath), this.opts.skipXattr);
+    let extents: Extent[] = [{ offset: 0, size }];
+    let sparse = false;
+    if (size > 0 && before.blocks * 512n < before.size) {
+      extents = sys.dataExtents(fh.fd, size).map(([offset, len]) => ({ offset, size: len }));
+      sparse = extents.reduce((n, x) => n + x.size, 0) < size;
+      if (!sparse) extents = [{ offset: 0, size }];
+    }
+    if (size === 0) extents = [];
+
+    // Small files: read whole, check, then queue (keeps the writer's pipeline full).
+    if (!sparse && size <= MAX_CHUNK_SIZE) {
+      const buf = Buffer.allocUnsafe(size);
+      let got = 0;
+      while (got < size) {
+        const { bytesRead } = await fh.read(buf, got, size - got, got);
+        if (bytesRead === 0) break;
+        got += bytesRead;
+      }
+      const after = await fh.stat({ bigint: true });
+      if (got !== size || !sameFile(before, after)) return false;
+      const digest = 'sha256:' + createHash('sha256').update(buf).digest('hex');
+      const e = await w.addEntry({ ...meta, type: 'file', size, digest });
+      if (size > 0) await w.addChunk(e, 0, buf, digest);
+      w.endFile(size);
+      this.bytes += size;
+      return true;
+    }
+
+    // Large or sparse files: stream chunk by chunk, roll back if the file moved.
+    const mark = await w.mark();
+    const whole = sparse ? null : createHash('sha256');
+    const e = await w.addEntry({ ...meta, type: 'file', size, ...(sparse ? { sparse: true } : {}) }, sparse ? extents : undefined);
+    let stored = 0;
+    const buf = Buffer.allocUnsafe(MAX_CHUNK_SIZE);
+    for (const x of extents) {
+      for (let off = x.offset; off < x.offset + x.size; ) {
+        const want = Math.min(MAX_CHUNK_SIZE, x.offset + x.size - off);
+        let got = 0;
+        while (got < want) {
+          const { bytesRead } = await fh.read(buf, got, want - got, off + got);
+          if (bytesRead === 0) break;
+          got += bytesRead;
+        }
+        if (got !== want) {
+          await w.rollback(mark);
+          return false;
+        }
+        // The writer compresses asynchronously: hand it a copy, reuse buf.
+        const data = Buffer.from(buf.subarray(0, got));
+        whole?.update(data);
+        await w.addChunk(e, off, data, 'sha256:' + createHash('sha256').update(data).digest('hex'));
+        off += got;
+        stored += got;
+      }
+    }
+    const after = await fh.stat({ bigint: true });
+    if (!sameFile(before, after)) {
+      await w.rollback(mark);
+      return false;
+    }
+    if (whole) e.digest = 'sha256:' + whole.digest('hex');
+    w.endFile(stored);
+    this.bytes += stored;
+    return true;
+  }
+}

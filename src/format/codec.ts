@@ -1,0 +1,67 @@
+/**
+ * Frame codecs. A layer is a concatenation of independently decompressible frames (gzip members or
+ * zstd frames), so the concatenation is still a valid .tar.gz / .tar.zst and any frame can be read
+ * alone with one range request.
+ */
+import { promisify } from 'node:util';
+import * as zlib from 'node:zlib';
+import { InvalidLayerError } from '../errors.js';
+import type { CodecName } from './toc.js';
+
+const gzip = promisify(zlib.gzip);
+const gunzip = promisify(zlib.gunzip);
+
+export interface Codec {
+  readonly name: CodecName;
+  compress(data: Buffer): Promise<Buffer>;
+  /** Decompress one frame that must yield exactly expectedSize bytes (the bomb guard). */
+  decompress(frame: Buffer, expectedSize: number): Promise<Buffer>;
+}
+
+type Sys = typeof import('../sys/native.js');
+let sysModule: Promise<Sys> | undefined;
+function loadSys(): Promise<Sys> {
+  sysModule ??= import('../sys/native.js');
+  return sysModule;
+}
+
+class GzipCodec implements Codec {
+  readonly name = 'gzip' as const;
+  constructor(private readonly level: number) {}
+  compress(data: Buffer): Promise<Buffer> {
+    return gzip(data, { level: this.level });
+  }
+  async decompress(frame: Buffer, expectedSize: number): Promise<Buffer> {
+    let out: Buffer;
+    try {
+      out = await gunzip(frame, { maxOutputLength: Math.max(expectedSize, 1) });
+    } catch (err) {
+      throw new InvalidLayerError(`gzip frame does not decompress to ${expectedSize} bytes`, { cause: err });
+    }
+    if (out.length !== expectedSize) throw new InvalidLayerError(`gzip frame decompressed to ${out.length} bytes, expected ${expectedSize}`);
+    return out;
+  }
+}
+
+class ZstdCodec implements Codec {
+  readonly name = 'zstd' as const;
+  constructor(private readonly level: number) {}
+  async compress(data: Buffer): Promise<Buffer> {
+    const { sys } = await loadSys();
+    return sys.zstdCompress(data, this.level);
+  }
+  async decompress(frame: Buffer, expectedSize: number): Promise<Buffer> {
+    const { sys } = await loadSys();
+    try {
+      return await sys.zstdDecompress(frame, expectedSize);
+    } catch (err) {
+      throw new InvalidLayerError(`zstd frame does not decompress to ${expectedSize} bytes`, { cause: err });
+    }
+  }
+}
+
+export const DEFAULT_CODEC: CodecName = 'zstd';
+
+export function codecFor(name: CodecName, level?: number): Codec {
+  return name === 'gzip' ? new GzipCodec(level ?? 6) : new ZstdCodec(level ?? 3);
+}

@@ -1,0 +1,189 @@
+/**
+ * LayerWriter: builds one layer blob in a local file, frame by frame, and hashes it as it goes.
+ *
+ * Frames of small files are compressed in parallel (a bounded window on the threadpool) and written
+ * in order. A caller streaming a large file takes a mark() first and can rollback() to it when the
+ * file turned out to change under the read (see capture/): the blob and its running hash return to
+ * the mark as if the entry had never been written.
+ */
+import { createHash, type Hash } from 'node:crypto';
+import { open, type FileHandle } from 'node:fs/promises';
+import type { Codec } from './codec.js';
+import { encodeFooter } from './footer.js';
+import { END_OF_ARCHIVE, entryHeader, type Extent, padLength } from './tar.js';
+import { type Chunk, encodeToc, type Toc, TOC_VERSION, type TocEntry } from './toc.js';
+
+export interface LayerResult {
+  /** 'sha256:<hex>' of the whole blob: its store key. */
+  digest: string;
+  size: number;
+  tocOffset: number;
+  tocLength: number;
+  tocSize: number;
+  /** 'sha256:<hex>' of the compressed TOC frame. */
+  tocDigest: string;
+  entries: number;
+  /** Uncompressed file bytes stored. */
+  dataBytes: number;
+}
+
+export interface Mark {
+  offset: number;
+  hash: Hash;
+  entries: number;
+  pad: number;
+  dataBytes: number;
+}
+
+interface PendingFrame {
+  data: Promise<Buffer>;
+  /** Called with the frame's position once it is written. */
+  placed?: (blobOffset: number, blobLength: number) => void;
+}
+
+const WINDOW = 16;
+
+export class LayerWriter {
+  private offset = 0;
+  private hash = createHash('sha256');
+  private readonly entries: TocEntry[] = [];
+  /** Zero padding owed after the last file's data; it opens the next frame. */
+  private pad = 0;
+  private dataBytes = 0;
+  private queue: PendingFrame[] = [];
+  private writing: Promise<void> = Promise.resolve();
+  private failed: unknown;
+
+  private constructor(
+    private readonly fh: FileHandle,
+    readonly codec: Codec,
+  ) {}
+
+  static async create(path: string, codec: Codec): Promise<LayerWriter> {
+    return new LayerWriter(await open(path, 'w', 0o600), codec);
+  }
+
+  get size(): number {
+    return this.offset;
+  }
+
+  /** Queue a frame; frames are written in the order they are queued. */
+  private async enqueue(frame: PendingFrame): Promise<void> {
+    if (this.failed) throw this.failed;
+    frame.data.catch(() => undefined); // surfaced when written
+    this.queue.push(frame);
+    if (this.queue.length >= WINDOW) await this.flushOne();
+  }
+
+  private async flushOne(): Promise<void> {
+    const f = this.queue.shift();
+    if (!f) return;
+    try {
+      const buf = await f.data;
+      const at = this.offset;
+      await this.fh.write(buf, 0, buf.length, at);
+      this.hash.update(buf);
+      this.offset += buf.length;
+      f.placed?.(at, buf.length);
+    } catch (err) {
+      this.failed ??= err;
+      throw err;
+    }
+  }
+
+  /** Write every queued frame. */
+  async drain(): Promise<void> {
+    while (this.queue.length > 0) await this.flushOne();
+    if (this.failed) throw this.failed;
+  }
+
+  private takePad(): Buffer {
+    const p = Buffer.alloc(this.pad);
+    this.pad = 0;
+    return p;
+  }
+
+  /**
+   * Add an entry with no data, or the header of a regular file whose data follows through
+   * addChunk() / endFile(). Returns the entry object that lands in the TOC.
+   */
+  async addEntry(meta: Omit<TocEntry, 'headerOffset' | 'chunks'>, extents?: Extent[]): Promise<TocEntry> {
+    const e: TocEntry = { ...meta, headerOffset: -1 };
+    if (e.type === 'file') e.chunks = [];
+    const { header } = entryHeader(e, extents);
+    const raw = Buffer.concat([this.takePad(), header]);
+    this.entries.push(e);
+    await this.enqueue({ data: this.codec.compress(raw), placed: (at) => (e.headerOffset = at) });
+    return e;
+  }
+
+  /** Add one chunk of a file's data (at most MAX_CHUNK_SIZE bytes), already hashed by the caller. */
+  async addChunk(e: TocEntry, fileOffset: number, data: Buffer, digest: string): Promise<void> {
+    const c: Chunk = { offset: fileOffset, size: data.length, blobOffset: -1, blobLength: -1, digest };
+    e.chunks!.push(c);
+    this.dataBytes += data.length;
+    await this.enqueue({
+      data: this.codec.compress(data),
+      placed: (at, len) => {
+        c.blobOffset = at;
+        c.blobLength = len;
+      },
+    });
+  }
+
+  /** Close a regular file whose tar data area held `storedBytes` bytes (sparse map excluded). */
+  endFile(storedBytes: number): void {
+    this.pad = padLength(storedBytes);
+  }
+
+  /** A point to return to. Drains first so that the blob on disk is exactly what was queued. */
+  async mark(): Promise<Mark> {
+    await this.drain();
+    return { offset: this.offset, hash: this.hash.copy(), entries: this.entries.length, pad: this.pad, dataBytes: this.dataBytes };
+  }
+
+  async rollback(m: Mark): Promise<void> {
+    await this.drain();
+    await this.fh.truncate(m.offset);
+    this.offset = m.offset;
+    this.hash = m.hash.copy();
+    this.entries.length = m.entries;
+    this.pad = m.pad;
+    this.dataBytes = m.dataBytes;
+  }
+
+  /** Write the end of the archive, the TOC and the footer; fsync; close. */
+  async finish(extra?: Partial<Pick<Toc, 'prefetch'>>): Promise<LayerResult> {
+    await this.enqueue({ data: this.codec.compress(Buffer.concat([this.takePad(), END_OF_ARCHIVE])) });
+    await this.drain();
+    const toc: Toc = { version: TOC_VERSION, codec: this.codec.name, entries: this.entries, ...extra };
+    const tocRaw = encodeToc(toc);
+    const tocFrame = await this.codec.compress(tocRaw);
+    const tocOffset = this.offset;
+    await this.fh.write(tocFrame, 0, tocFrame.length, tocOffset);
+    this.hash.update(tocFrame);
+    this.offset += tocFrame.length;
+    const tocDigest = createHash('sha256').update(tocFrame).digest('hex');
+    const footer = encodeFooter({ codec: this.codec.name, tocOffset, tocLength: tocFrame.length, tocSize: tocRaw.length, tocDigest });
+    await this.fh.write(footer, 0, footer.length, this.offset);
+    this.hash.update(footer);
+    this.offset += footer.length;
+    await this.fh.sync();
+    await this.fh.close();
+    return {
+      digest: 'sha256:' + this.hash.digest('hex'),
+      size: this.offset,
+      tocOffset,
+      tocLength: tocFrame.length,
+      tocSize: tocRaw.length,
+      tocDigest: 'sha256:' + tocDigest,
+      entries: this.entries.length,
+      dataBytes: this.dataBytes,
+    };
+  }
+
+  /** Give up: close the file (the caller removes it). */
+  async abort(): Promise<void> {
+    await this.fh.close().catch(() => undefined);
+  }
+}

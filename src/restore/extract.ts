@@ -1,0 +1,268 @@
+/**
+ * Extract mode: materialise the merged view of a layer stack into a directory.
+ *
+ * Safety: the tree is built in a fresh staging directory beside the target, so nothing but our own
+ * entries exists there; paths were validated when the TOCs were parsed; data goes only into files
+ * we created with O_EXCL|O_NOFOLLOW; hard links name files we created; symlinks are made last, so
+ * no write ever passes through one. The staging directory replaces the target only once everything
+ * is in place and verified: a failed restore leaves the target as it was.
+ */
+import { randomBytes } from 'node:crypto';
+import { constants as C } from 'node:fs';
+import { chmod, lchown, link, mkdir, open, rm, rmdir, symlink, readdir, lstat, type FileHandle } from 'node:fs/promises';
+import { dirname, basename, resolve } from 'node:path';
+import { BackupRestoreError, StrataError, TargetNotEmptyError } from '../errors.js';
+import { codecFor } from '../format/codec.js';
+import { type BytePath, displayPath, joinPath, toFsPath, fromFsPath } from '../format/paths.js';
+import { blobKey, decodeChunk, type LayerDescriptor } from '../format/reader.js';
+import type { Chunk, TocEntry } from '../format/toc.js';
+import type { ObjectStore } from '../store/store.js';
+import { sys } from '../sys/native.js';
+import { type ViewNode, walkView } from './view.js';
+
+export interface ExtractOptions {
+  /** Replace a non-empty target (its old content is removed only after the new tree is complete). */
+  force?: boolean;
+  onWarning?: (msg: string) => void;
+  onProgress?: (p: { bytes: number; totalBytes: number }) => void;
+  /** Coalesce ranged reads whose gap is at most this many bytes. */
+  maxGap?: number;
+}
+
+export interface ExtractStats {
+  entries: number;
+  bytes: number;
+  requests: number;
+}
+
+interface ChunkJob {
+  chunk: Chunk;
+  file: BytePath;
+}
+
+const IS_ROOT = process.getuid?.() === 0;
+const DEFAULT_MAX_GAP = 1024 * 1024;
+
+/** Apply ownership, mode, xattrs and times, in the order that keeps setuid bits and mtimes. */
+function applyMeta(fsPath: Buffer, e: TocEntry, warn: (m: string) => void): Promise<void> {
+  return (async () => {
+    if (IS_ROOT || e.uid !== process.getuid?.() || e.gid !== process.getgid?.()) {
+      try {
+        await lchown(fsPath, e.uid, e.gid);
+      } catch (err) {
+        if (IS_ROOT) throw err;
+        warn(`cannot set owner ${e.uid}:${e.gid} on ${displayPath(fromFsPath(fsPath))} (not root)`);
+      }
+    }
+    if (e.type !== 'symlink') await chmod(fsPath, e.mode);
+    for (const [name, value] of e.xattrs ?? []) {
+      try {
+        sys.lsetxattr(fsPath, name, value);
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        if (IS_ROOT && code !== 'ENOTSUP' && code !== 'EOPNOTSUPP') throw err;
+        warn(`cannot set xattr ${name} on ${displayPath(fromFsPath(fsPath))}: ${code}`);
+      }
+    }
+    sys.lutimens(fsPath, e.mtime[0], e.mtime[1], e.mtime[0], e.mtime[1]);
+  })();
+}
+
+/** Group wanted chunks into spans of the blob fetched with one ranged GET each. */
+function spans(jobs: ChunkJob[], maxGap: number): Array<{ start: number; end: number; jobs: ChunkJob[] }> {
+  jobs.sort((a, b) => a.chunk.blobOffset - b.chunk.blobOffset);
+  const out: Array<{ start: number; end: number; jobs: ChunkJob[] }> = [];
+  for (const j of jobs) {
+    const last = out[out.length - 1];
+    const s = j.chunk.blobOffset;
+    const e = s + j.chunk.blobLength;
+    if (last && s - last.end <= maxGap && s >= last.end) {
+      last.end = e;
+      last.jobs.push(j);
+    } else out.push({ start: s, end: e, jobs: [j] });
+  }
+  return out;
+}
+
+/** Prepare the target: absent, or an empty directory (or anything, with force). */
+async function checkTarget(target: string, force: boolean): Promise<'absent' | 'empty' | 'replace'> {
+  let st;
+  try {
+    st = await lstat(target);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 'absent';
+    throw err;
+  }
+  if (!st.isDirectory()) {
+    if (!force) throw new TargetNotEmptyError(`restore target ${target} exists and is not a directory; remove it or pass --force`);
+    return 'replace';
+  }
+  if ((await readdir(target)).length === 0) return 'empty';
+  if (!force) throw new TargetNotEmptyError(`restore target ${target} is not empty; restore elsewhere, empty it, or pass --force to replace it`);
+  return 'replace';
+}
+
+export async function extractView(
+  store: ObjectStore,
+  layers: LayerDescriptor[],
+  root: ViewNode,
+  targetDir: string,
+  opts: ExtractOptions = {},
+): Promise<ExtractStats> {
+  const warn = opts.onWarning ?? (() => undefined);
+  const target = resolve(targetDir);
+  const mode = await checkTarget(target, !!opts.force);
+  await mkdir(dirname(target), { recursive: true });
+  const staging = resolve(dirname(target), `.${basename(target)}.strata-${randomBytes(6).toString('hex')}`);
+  await mkdir(staging, { mode: 0o700 });
+  const stagingB = fromFsPath(Buffer.from(staging));
+  const stats: ExtractStats = { entries: 0, bytes: 0, requests: 0 };
+  try {
+    // 1. Structure: directories, empty files sized to their length (holes), special files.
+    const perLayer = new Map<number, ChunkJob[]>();
+    const dataNode = new Map<ViewNode, BytePath>(); // file data holder -> first path created
+    const links: Array<[BytePath, BytePath]> = [];
+    const symlinks: ViewNode[] = [];
+    const metaLater: Array<[BytePath, TocEntry]> = [];
+    const dirs: Array<[BytePath, TocEntry]> = [];
+    let totalBytes = 0;
+    for (const n of walkView(root)) {
+      stats.entries++;
+      const p = joinPath(stagingB, n.path);
+      const e = n.entry;
+      if (n === root) {
+        dirs.push([p, e]);
+        continue;
+      }
+      switch (e.type) {
+        case 'dir':
+          await mkdir(toFsPath(p), { mode: 0o700 });
+          dirs.push([p, e]);
+          break;
+        case 'file':
+        case 'hardlink': {
+          const holder = n.linkTo ?? n;
+          const first = dataNode.get(holder);
+          if (first !== undefined) {
+            links.push([first, p]);
+            break;
+          }
+          dataNode.set(holder, p);
+          const he = holder.entry;
+          const fh = await open(toFsPath(p), C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o600);
+          try {
+            await fh.truncate(he.size);
+          } finally {
+            await fh.close();
+          }
+          const jobs = perLayer.get(holder.layer) ?? [];
+          for (const chunk of he.chunks ?? []) {
+            jobs.push({ chunk, file: p });
+            totalBytes += chunk.size;
+          }
+          perLayer.set(holder.layer, jobs);
+          metaLater.push([p, he]);
+          break;
+        }
+        case 'symlink':
+          symlinks.push(n);
+          break;
+        case 'fifo':
+          sys.mknod(toFsPath(p), C.S_IFIFO | 0o600, 0, 0);
+          metaLater.push([p, e]);
+          break;
+        case 'char':
+        case 'block':
+          sys.mknod(toFsPath(p), (e.type === 'char' ? C.S_IFCHR : C.S_IFBLK) | 0o600, e.devMajor!, e.devMinor!);
+          metaLater.push([p, e]);
+          break;
+        case 'whiteout':
+          break;
+      }
+    }
+
+    // 2. Data: per layer, coalesced ranged reads; every chunk verified before it is written.
+    for (const [layer, jobs] of perLayer) {
+      const d = layers[layer]!;
+      const codec = codecFor(d.codec);
+      const key = blobKey(d.digest);
+      for (const span of spans(jobs, opts.maxGap ?? DEFAULT_MAX_GAP)) {
+        stats.requests++;
+        const stream = await store.get(key, { start: span.start, end: span.end });
+        let buffered: Buffer[] = [];
+        let bufLen = 0;
+        let pos = span.start; // blob offset of buffered[0][0]
+        let i = 0;
+        const pending: Promise<void>[] = [];
+        const take = (len: number): Buffer => {
+          const all = buffered.length === 1 ? buffered[0]! : Buffer.concat(buffered, bufLen);
+          const out = all.subarray(0, len);
+          const rest = all.subarray(len);
+          buffered = rest.length ? [rest] : [];
+          bufLen = rest.length;
+          pos += len;
+          return out;
+        };
+        const writeChunk = async (job: ChunkJob, frame: Buffer): Promise<void> => {
+          const data = await decodeChunk(codec, frame, job.chunk, `${key} (${displayPath(job.file.slice(stagingB.length + 1))})`);
+          let fh: FileHandle | undefined;
+          try {
+            fh = await open(toFsPath(job.file), C.O_WRONLY | C.O_NOFOLLOW);
+            await fh.write(data, 0, data.length, job.chunk.offset);
+          } finally {
+            await fh?.close();
+          }
+          stats.bytes += data.length;
+          opts.onProgress?.({ bytes: stats.bytes, totalBytes });
+        };
+        const drainReady = async (): Promise<void> => {
+          while (i < span.jobs.length) {
+            const job = span.jobs[i]!;
+            const skip = job.chunk.blobOffset - pos;
+            if (bufLen < skip + job.chunk.blobLength) return;
+            if (skip > 0) take(skip);
+            const frame = Buffer.from(take(job.chunk.blobLength));
+            i++;
+            pending.push(writeChunk(job, frame));
+            if (pending.length >= 8) await pending.shift();
+          }
+        };
+        for await (const piece of stream as AsyncIterable<Buffer>) {
+          buffered.push(piece);
+          bufLen += piece.length;
+          await drainReady();
+        }
+        await drainReady();
+        await Promise.all(pending);
+        if (i !== span.jobs.length) throw new BackupRestoreError(`short read of ${key} at offset ${pos}: the store returned less than asked`);
+      }
+    }
+
+    // 3. Hard links, symlinks (last: nothing is written through them), then metadata.
+    for (const [from, to] of links) await link(toFsPath(from), toFsPath(to));
+    for (const n of symlinks) {
+      const p = toFsPath(joinPath(stagingB, n.path));
+      await symlink(toFsPath(n.entry.linkTarget!), p);
+      metaLater.push([fromFsPath(p), n.entry]);
+    }
+    for (const [p, e] of metaLater) await applyMeta(toFsPath(p), e, warn);
+    // Directories deepest first, so setting a child's times does not move the parent's mtime.
+    for (let k = dirs.length - 1; k >= 0; k--) await applyMeta(toFsPath(dirs[k]![0]), dirs[k]![1], warn);
+
+    // 4. Swap in.
+    if (mode === 'empty') await rmdir(target);
+    if (mode === 'replace') {
+      const old = resolve(dirname(target), `.${basename(target)}.strata-old-${randomBytes(6).toString('hex')}`);
+      sys.renameNoReplace(Buffer.from(target), Buffer.from(old));
+      sys.renameNoReplace(Buffer.from(staging), Buffer.from(target));
+      await rm(old, { recursive: true, force: true });
+    } else {
+      sys.renameNoReplace(Buffer.from(staging), Buffer.from(target));
+    }
+    return stats;
+  } catch (err) {
+    await rm(staging, { recursive: true, force: true }).catch(() => undefined);
+    if (err instanceof StrataError) throw err;
+    throw new BackupRestoreError(`restore into ${target} failed: ${(err as Error).message}`, { cause: err });
+  }
+}

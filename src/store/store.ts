@@ -1,0 +1,44 @@
+import type { Readable } from 'node:stream';
+
+/** One object as a listing reports it. */
+export interface ObjectInfo {
+  key: string;
+  size: number;
+  /** Last-modified time as the store reports it; gc's grace period is measured against it. */
+  mtime: Date;
+}
+
+/** A byte range, both ends inclusive of start and exclusive of end: [start, end). */
+export interface ByteRange {
+  start: number;
+  end: number;
+}
+
+/**
+ * The one interface every object store implements (file://, s3://).
+ *
+ * Keys are '/'-separated relative names ("blobs/sha256/ab..", "manifests/x.json"). Every write is
+ * atomic: a reader sees either no object or the whole object, never a part. Objects are treated as
+ * immutable by strata: a key is written once (content-addressed blobs) or replaced whole.
+ */
+export interface ObjectStore {
+  /** The URL that names this store, e.g. file:///var/lib/strata/store or s3://bucket/prefix. */
+  readonly url: string;
+  /** Upload a local file under key, atomically. Large files go in parts where the store supports it. */
+  putFile(key: string, path: string, opts?: { onProgress?: (sentBytes: number) => void }): Promise<void>;
+  /** Store a small object (manifests) atomically. */
+  putBytes(key: string, body: Buffer): Promise<void>;
+  /** A stream of the object's bytes, or of the range [start, end). Throws ObjectNotFoundError. */
+  get(key: string, range?: ByteRange): Promise<Readable>;
+  /** The object's bytes (or a range) in memory; for small objects and bounded ranges only. */
+  getBytes(key: string, range?: ByteRange): Promise<Buffer>;
+  /** Size and mtime, or null when the key does not exist. */
+  head(key: string): Promise<ObjectInfo | null>;
+  /** Set the object's mtime to now, so gc's grace period protects a blob a new backup reuses.
+   *  Throws ObjectNotFoundError when the key is missing. */
+  touch(key: string): Promise<void>;
+  /** Remove the key; removing a missing key is not an error. */
+  delete(key: string): Promise<void>;
+  /** Every object whose key starts with prefix, in no particular order. */
+  list(prefix: string): AsyncIterable<ObjectInfo>;
+}

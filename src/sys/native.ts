@@ -1,0 +1,86 @@
+// Typed access to build/strata_sys.node (native/sys/strata_sys.c): the syscalls
+// Node's fs lacks, and zstd on the libuv threadpool.
+//
+// Paths are Buffers of raw bytes (file names need not be UTF-8). Strings that
+// carry bytes — xattr names and an error's `path`/`dest` — are latin1, one char
+// per byte: convert with Buffer.from(name, 'latin1') / buf.toString('latin1').
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/**
+ * Syscall failures are thrown like Node's fs errors:
+ * message "ENOENT: no such file or directory, lsetxattr '/p'", plus these fields.
+ * zstd failures carry only `code` ('EDECOMPRESS', 'ECOMPRESS', 'ENOMEM').
+ */
+export interface NativeSysError extends Error {
+  code: string;
+  /** Negative errno, as in Node. */
+  errno?: number;
+  syscall?: string;
+  /** latin1 string of the path bytes. */
+  path?: string;
+  /** renameNoReplace only: latin1 string of the target path. */
+  dest?: string;
+}
+
+export interface NativeSys {
+  /** Every xattr of `path` itself (symlinks not followed), sorted by name bytes.
+   *  Names are latin1 strings. A filesystem without xattr support yields []. */
+  llistxattrs(path: Buffer): Array<[string, Buffer]>;
+  /** Create or replace one xattr; `name` is latin1 (one char per byte). */
+  lsetxattr(path: Buffer, name: string, value: Buffer): void;
+  /** `mode` includes the type (S_IFCHR, S_IFBLK, S_IFIFO, ...) and permission bits. */
+  mknod(path: Buffer, mode: number, major: number, minor: number): void;
+  /** utimensat(AT_SYMLINK_NOFOLLOW). Seconds are integers (may be negative),
+   *  nanoseconds 0..999_999_999. */
+  lutimens(path: Buffer, atimeSec: number, atimeNsec: number, mtimeSec: number, mtimeNsec: number): void;
+  /** [offset, length] data regions of an open regular file, clipped to `size`,
+   *  via SEEK_DATA/SEEK_HOLE. [[0, size]] if the fs lacks SEEK_DATA; [] if all hole.
+   *  The fd's file offset is restored before returning. */
+  dataExtents(fd: number, size: number): Array<[number, number]>;
+  /** renameat2(RENAME_NOREPLACE): throws EEXIST if `to` exists. */
+  renameNoReplace(from: Buffer, to: Buffer): void;
+  /** One zstd frame, content size in the header, no checksum. Runs on the threadpool;
+   *  do not modify `input` until the promise settles. */
+  zstdCompress(input: Buffer, level: number): Promise<Buffer>;
+  /** Decodes one zstd frame into a Buffer of exactly `expectedSize` bytes. Rejects
+   *  with code 'EDECOMPRESS' on a size mismatch (either way), trailing bytes, or
+   *  corruption; never allocates or writes more than `expectedSize`. */
+  zstdDecompress(input: Buffer, expectedSize: number): Promise<Buffer>;
+}
+
+const FUNCTIONS = [
+  'llistxattrs',
+  'lsetxattr',
+  'mknod',
+  'lutimens',
+  'dataExtents',
+  'renameNoReplace',
+  'zstdCompress',
+  'zstdDecompress',
+] as const satisfies ReadonlyArray<keyof NativeSys>;
+
+function load(): NativeSys {
+  // src/sys/native.ts and dist/sys/native.js both sit two levels below the repo root.
+  const here = path.dirname(fileURLToPath(import.meta.url));
+  const addonPath = path.resolve(here, '..', '..', 'build', 'strata_sys.node');
+  let addon: Record<string, unknown>;
+  try {
+    addon = createRequire(import.meta.url)(addonPath) as Record<string, unknown>;
+  } catch (cause) {
+    throw new Error(
+      `cannot load the native addon ${addonPath}: run \`make native\` (the build needs libzstd-dev)`,
+      { cause },
+    );
+  }
+  const missing = FUNCTIONS.filter((name) => typeof addon[name] !== 'function');
+  if (missing.length > 0) {
+    throw new Error(
+      `native addon ${addonPath} is stale (missing ${missing.join(', ')}): run \`make native\``,
+    );
+  }
+  return addon as unknown as NativeSys;
+}
+
+export const sys: NativeSys = load();
