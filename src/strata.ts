@@ -183,7 +183,9 @@ export class Strata {
       return handleOf(manifest, digest);
     } catch (err) {
       await writer?.abort();
-      if (err instanceof StrataError) throw err;
+      // A failed backup is BACKUP_CREATE_FAILED whatever failed (a store write, a read); the
+      // underlying error (e.g. STORE_ERROR) stays reachable as the cause.
+      if (err instanceof BackupCreateError || err instanceof InvalidBackupConfigError) throw err;
       throw new BackupCreateError(`backup of ${dir} failed: ${(err as Error).message}`, { cause: err });
     } finally {
       await rm(tmp, { force: true });

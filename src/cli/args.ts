@@ -55,12 +55,12 @@ export function parseArgs(argv: string[], spec: ArgSpec, command: string): Parse
 const UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400, w: 604800 };
 
 /** '90', '90s', '15m', '12h', '3d', '2w' → seconds; 'never' → null. */
-export function parseDuration(s: string, what: string): number | null {
+export function parseDuration(s: string, what: string, allowZero = false): number | null {
   if (s === 'never') return null;
   const m = /^(\d+(?:\.\d+)?)([smhdw]?)$/.exec(s);
   if (!m) throw new UsageError(`${what} must be a duration like 90s, 15m, 12h, 3d, 2w or 'never', got ${JSON.stringify(s)}`);
   const v = Number(m[1]) * UNITS[m[2] || 's']!;
-  if (!(v > 0)) throw new UsageError(`${what} must be greater than zero`);
+  if (!(v > 0) && !(allowZero && v === 0)) throw new UsageError(`${what} must be greater than zero`);
   return v;
 }
 

@@ -218,8 +218,8 @@ export async function run(argv: string[], io: Io = process): Promise<number> {
         return 0;
       case 'gc': {
         const graceArg = a.values.get('grace');
-        const grace = graceArg === undefined ? undefined : parseDuration(graceArg, '--grace');
-        const r = await strata.gc({ dryRun: a.flags.has('dry-run'), ...(grace ? { graceMs: grace * 1000 } : {}) });
+        const grace = graceArg === undefined ? undefined : parseDuration(graceArg, '--grace', true);
+        const r = await strata.gc({ dryRun: a.flags.has('dry-run'), ...(grace !== undefined && grace !== null ? { graceMs: grace * 1000 } : {}) });
         if (a.flags.has('json')) io.stdout.write(JSON.stringify(r, null, 2) + '\n');
         else {
           const verb = r.dryRun ? 'would delete' : 'deleted';

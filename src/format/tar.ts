@@ -4,7 +4,7 @@
  * (SCHILY.xattr.*) and sparse maps (GNU sparse format 1.0).
  */
 import type { BytePath } from './paths.js';
-import { baseOf, decodeUtf8, parentOf } from './paths.js';
+import { baseOf, parentOf } from './paths.js';
 import type { TocEntry } from './toc.js';
 
 export const BLOCK = 512;
@@ -79,16 +79,11 @@ function ustar(f: HeaderFields): Buffer {
 /** Pax extended header ('x') plus ustar header for one member. */
 function member(f: HeaderFields): Buffer {
   const recs: Buffer[] = [];
-  let binary = false;
   const name = f.name;
-  if (needsPax(name, 100)) {
-    recs.push(paxRecord('path', Buffer.from(name, 'latin1')));
-    if (decodeUtf8(name) === null) binary = true;
-  }
-  if (f.linkname !== undefined && needsPax(f.linkname, 100)) {
-    recs.push(paxRecord('linkpath', Buffer.from(f.linkname, 'latin1')));
-    if (decodeUtf8(f.linkname) === null) binary = true;
-  }
+  // Names go as raw bytes. POSIX would flag non-UTF-8 ones with hdrcharset=BINARY, but GNU tar
+  // warns on that keyword and keeps raw bytes anyway, so it is left out.
+  if (needsPax(name, 100)) recs.push(paxRecord('path', Buffer.from(name, 'latin1')));
+  if (f.linkname !== undefined && needsPax(f.linkname, 100)) recs.push(paxRecord('linkpath', Buffer.from(f.linkname, 'latin1')));
   if (f.size > 0o77777777777) recs.push(paxRecord('size', Buffer.from(String(f.size))));
   if (f.uid > 0o7777777) recs.push(paxRecord('uid', Buffer.from(String(f.uid))));
   if (f.gid > 0o7777777) recs.push(paxRecord('gid', Buffer.from(String(f.gid))));
@@ -102,7 +97,6 @@ function member(f: HeaderFields): Buffer {
     recs.push(paxRecord('mtime', Buffer.from(txt)));
   }
   for (const [k, v] of f.extra ?? []) recs.push(paxRecord(k, v));
-  if (binary) recs.unshift(paxRecord('hdrcharset', Buffer.from('BINARY')));
   const out: Buffer[] = [];
   if (recs.length > 0) {
     const data = Buffer.concat(recs);
@@ -160,7 +154,10 @@ export function entryHeader(e: TocEntry, extents?: Extent[]): { header: Buffer; 
       return { header: member({ ...base, name: e.path, typeflag: '6', size: 0 }), dataSize: 0 };
     case 'file': {
       if (!e.sparse) return { header: member({ ...base, name: e.path, typeflag: '0', size: e.size }), dataSize: e.size };
-      const ext = extents ?? [];
+      const ext = [...(extents ?? [])];
+      // GNU tar sizes the file from the map: a trailing hole needs a closing empty segment.
+      const last = ext[ext.length - 1];
+      if (!last || last.offset + last.size < e.size) ext.push({ offset: e.size, size: 0 });
       const mapTxt = [String(ext.length), ...ext.flatMap((x) => [String(x.offset), String(x.size)])].join('\n') + '\n';
       const map = Buffer.concat([Buffer.from(mapTxt), Buffer.alloc(padLength(mapTxt.length))]);
       const dataSize = ext.reduce((n, x) => n + x.size, 0);
