@@ -40,6 +40,10 @@ beforeAll(async () => {
   storeDir = join(base, 'store');
   craftDir = join(base, 'craft');
   await mkdir(craftDir);
+  // Made up front, so the first publish does not change base's own listing.
+  await mkdir(storeDir);
+  await mkdir(join(base, 'home'));
+  await mkdir(join(base, 'sources'));
   strata = new Strata({ home: join(base, 'home'), store: 'file://' + storeDir });
 });
 
@@ -105,6 +109,13 @@ function diff(a: Map<string, string>, b: Map<string, string>): string[] {
   for (const [k, v] of a) if (b.get(k) !== v) out.push(`${k}: ${v} -> ${b.get(k) ?? '(gone)'}`);
   for (const [k, v] of b) if (!a.has(k)) out.push(`${k}: new ${v}`);
   return out;
+}
+
+/** Changes a successful restore into lab.target may make: the target itself and its parent's link count and mtime. */
+function diffOutsideTarget(lab: Lab, before: Map<string, string>, after: Map<string, string>): string[] {
+  const t = relative(base, lab.target);
+  const parent = relative(base, lab.work);
+  return diff(before, after).filter((l) => !(l.startsWith(t + ':') || l.startsWith(t + '/') || l.startsWith(parent + ':')));
 }
 
 async function exists(p: string): Promise<boolean> {
@@ -183,7 +194,7 @@ describe('controls: crafted layers are otherwise valid', () => {
     expect(await readlink(join(lab.target, 'out'))).toBe(lab.outside);
     expect(await readlink(join(lab.target, 'up'))).toBe('..');
     const after = await snapshot(lab.work);
-    expect(diff(before, after).filter((l) => !l.startsWith(relative(base, lab.target)))).toEqual([]);
+    expect(diffOutsideTarget(lab, before, after)).toEqual([]);
   });
 
   it('a layer with its TOC rewritten unchanged restores (rewriteToc keeps layers valid)', async () => {
@@ -292,7 +303,7 @@ describe('restore never writes through a symlink from the layers', () => {
     expect((await lstat(join(lab.target, 'evil2'))).isDirectory()).toBe(true);
     expect(await readFile(join(lab.target, 'evil2/mine'), 'utf8')).toBe('mine\n');
     const after = await snapshot(lab.work);
-    expect(diff(before, after).filter((l) => !l.startsWith(relative(base, lab.target)))).toEqual([]);
+    expect(diffOutsideTarget(lab, before, after)).toEqual([]);
   });
 });
 
@@ -370,9 +381,11 @@ describe('restore refuses a TOC that lies about structure or numbers', () => {
       f2.size = f1.size;
       f2.digest = f1.digest;
     }],
-    ['a chunk overlapping the previous frame', (toc) => {
+    ['a chunk overlapping the previous file\'s frame', (toc) => {
+      const f1 = fileEntry(toc, 'f1');
       const f2 = fileEntry(toc, 'f2');
-      f2.chunks[0]![2] = (f2.chunks[0]![2] as number) - 1;
+      f2.chunks[0]![2] = (f1.chunks[0]![2] as number) + 1;
+      f2.headerOffset = 0;
     }],
     ['a chunk past the TOC offset', (toc, { tocOffset }) => {
       fileEntry(toc, 'f2').chunks[0]![2] = tocOffset;
@@ -416,6 +429,15 @@ describe('restore refuses a TOC that lies about structure or numbers', () => {
     const lab = await newLab();
     const l = await rewriteToc(await layer(twoFiles), edit, { dir: craftDir });
     await refusedLayers(lab, [l], 'INVALID_LAYER');
+  });
+
+  it('a chunk shifted one byte into its header frame: read, then refused by its digest (DIGEST_MISMATCH)', async () => {
+    const lab = await newLab();
+    const l = await rewriteToc(await layer(twoFiles), (toc) => {
+      const c = fileEntry(toc, 'f2').chunks[0]!;
+      c[2] = (c[2] as number) - 1;
+    }, { dir: craftDir });
+    await refusedLayers(lab, [l], 'DIGEST_MISMATCH');
   });
 
   it('a TOC that is not JSON, or not an object (INVALID_LAYER)', async () => {
@@ -514,6 +536,26 @@ describe('restore refuses a TOC that lies about structure or numbers', () => {
       expect(e).toBeInstanceOf(StrataError);
       expect((e as StrataError).code).toBe('INVALID_LAYER');
     }
+  });
+});
+
+describe('restore cleans up when the filesystem refuses an entry', () => {
+  it('a name longer than the filesystem allows (BACKUP_RESTORE_FAILED), no staging left', async () => {
+    const lab = await newLab();
+    await refusedLayers(lab, [await layer([...benign, { path: 'a/' + 'n'.repeat(300), type: 'file', data: 'x' }])], 'BACKUP_RESTORE_FAILED');
+  });
+
+  it('a damaged backup restored below directories that do not exist yet leaves no target (DIGEST_MISMATCH)', async () => {
+    const lab = await newLab();
+    const h = await publish(strata.store, [await layer([...benign, { path: 'f', type: 'file', data: 'real\n', chunkDigest: digestOf('fake\n') }])]);
+    const deep = join(lab.work, 'new', 'parents', 'target');
+    const before = await snapshot(lab.work);
+    await expect(strata.restoreBackup(h, { dir: deep })).rejects.toMatchObject({ code: 'DIGEST_MISMATCH' });
+    expect(await exists(deep)).toBe(false);
+    expect(await readdir(join(lab.work, 'new', 'parents'))).toEqual([]);
+    // The missing parents were created (mkdir -p) and are left, empty: the only trace a failed restore leaves.
+    const changed = diff(before, await snapshot(lab.work)).map((l) => l.split(':')[0]);
+    expect(changed).toEqual([relative(base, lab.work), relative(base, join(lab.work, 'new')), relative(base, join(lab.work, 'new', 'parents'))]);
   });
 });
 
@@ -676,7 +718,7 @@ describe('restore leaves an existing target alone unless forced', () => {
     expect((await lstat(lab.target)).isDirectory()).toBe(true);
     expect(await readFile(join(lab.target, 'a/ok.txt'), 'utf8')).toBe('fine\n');
     const after = await snapshot(lab.work);
-    expect(diff(before, after).filter((l) => !l.startsWith(relative(base, lab.target)))).toEqual([]);
+    expect(diffOutsideTarget(lab, before, after)).toEqual([]);
     expect((await readdir(lab.work)).filter((n) => n.startsWith('.target.strata-'))).toEqual([]);
   });
 

@@ -26,11 +26,12 @@ Global options:
   --help          help for a command
 
 Run 'strata <command> --help' for a command's options.`,
-  backup: `Usage: strata backup DIR [--name NAME] [--ttl DURATION] [--store URL]
+  backup: `Usage: strata backup DIR [--name NAME] [--ttl DURATION] [--codec zstd|gzip] [--store URL]
 
 Back up DIR and print the backup's handle (JSON) on stdout.
   --name NAME      name the backup; restore by name takes the newest live one
-  --ttl DURATION   expiry: 90s, 15m, 12h, 3d (default), 2w, or 'never'`,
+  --ttl DURATION   expiry: 90s, 15m, 12h, 3d (default), 2w, or 'never'
+  --codec C        frame compression: zstd (default) or gzip (a .tar.gz-compatible layer)`,
   restore: `Usage: strata restore HANDLE [DIR] [--mode extract] [--force] [--json] [--store URL]
 
 Restore a backup into DIR (default: the directory it was taken from).
@@ -137,7 +138,7 @@ export async function run(argv: string[], io: Io = process): Promise<number> {
     }
     if (!HELP[cmd] || cmd === 'main') throw new UsageError(`unknown command ${JSON.stringify(cmd)} (see strata --help)`);
     const specs: Record<string, Parameters<typeof parseArgs>[1]> = {
-      backup: { values: [...common, 'name', 'ttl'], flags: ['help'], min: 1 },
+      backup: { values: [...common, 'name', 'ttl', 'codec'], flags: ['help'], min: 1 },
       restore: { values: [...common, 'mode'], flags: ['help', 'force', 'json'], min: 1, max: 2 },
       list: { values: [...common, 'name'], flags: ['help', 'json'] },
       inspect: { values: common, flags: ['help', 'json'], min: 1 },
@@ -149,8 +150,11 @@ export async function run(argv: string[], io: Io = process): Promise<number> {
       io.stdout.write(HELP[cmd] + '\n');
       return 0;
     }
+    const codec = a.values.get('codec');
+    if (codec !== undefined && codec !== 'zstd' && codec !== 'gzip') throw new UsageError(`--codec must be zstd or gzip, got ${JSON.stringify(codec)}`);
     const strata = new Strata({
       store: a.values.get('store'),
+      ...(codec !== undefined ? { codec } : {}),
       onProgress: progressPrinter(io),
       onWarning: (m) => io.stderr.write(`strata: warning: ${m}\n`),
     });

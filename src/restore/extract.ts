@@ -223,17 +223,27 @@ export async function extractView(
             if (skip > 0) take(skip);
             const frame = Buffer.from(take(job.chunk.blobLength));
             i++;
-            pending.push(writeChunk(job, frame));
+            const w = writeChunk(job, frame);
+            // Awaited below; until then a failure must not surface as an unhandled rejection
+            // (which kills the process before staging is cleaned up).
+            w.catch(() => undefined);
+            pending.push(w);
             if (pending.length >= 8) await pending.shift();
           }
         };
-        for await (const piece of stream as AsyncIterable<Buffer>) {
-          buffered.push(piece);
-          bufLen += piece.length;
+        try {
+          for await (const piece of stream as AsyncIterable<Buffer>) {
+            buffered.push(piece);
+            bufLen += piece.length;
+            await drainReady();
+          }
           await drainReady();
+          await Promise.all(pending);
+        } catch (err) {
+          // Let writes in flight finish before the caller removes the staging directory.
+          await Promise.allSettled(pending);
+          throw err;
         }
-        await drainReady();
-        await Promise.all(pending);
         if (i !== span.jobs.length) throw new BackupRestoreError(`short read of ${key} at offset ${pos}: the store returned less than asked`);
       }
     }

@@ -72,17 +72,25 @@ const codecs = [
   })),
 ];
 
+// CPU seconds of the whole process (JS thread + threadpool), less sensitive
+// than wall time to other load on the machine.
+const cpuSeconds = (u) => (u.user + u.system) / 1e6;
+
 async function measure(codec, chunks) {
   let t = performance.now();
+  let cpu = process.cpuUsage();
   const frames = await pool(chunks, WINDOW, (c) => codec.compress(c));
   const compressS = (performance.now() - t) / 1000;
+  const compressCpu = cpuSeconds(process.cpuUsage(cpu));
   t = performance.now();
+  cpu = process.cpuUsage();
   const back = await pool(frames, WINDOW, (f, i) => codec.decompress(f, chunks[i]));
   const decompressS = (performance.now() - t) / 1000;
+  const decompressCpu = cpuSeconds(process.cpuUsage(cpu));
   for (let i = 0; i < chunks.length; i++) {
     if (back[i].length !== chunks[i].length) throw new Error(`${codec.name}: chunk ${i} did not round-trip`);
   }
-  return { output: frames.reduce((n, f) => n + f.length, 0), compressS, decompressS };
+  return { output: frames.reduce((n, f) => n + f.length, 0), compressS, compressCpu, decompressS, decompressCpu };
 }
 
 function median(xs) {
@@ -90,11 +98,21 @@ function median(xs) {
   return s[Math.floor(s.length / 2)];
 }
 
+const medians = (s) =>
+  Object.fromEntries(
+    ['output', 'compressS', 'compressCpu', 'decompressS', 'decompressCpu'].map((k) => [k, median(s.map((x) => x[k]))]),
+  );
+
+// Runs a pipeline; `cpu` is the user+sys time of all its processes (bash `times`).
 function sh(cmd) {
   const t = performance.now();
-  const r = spawnSync('bash', ['-o', 'pipefail', '-c', cmd], { stdio: ['ignore', 'pipe', 'inherit'] });
-  if (r.status !== 0) throw new Error(`${cmd} failed (${r.status})`);
-  return { seconds: (performance.now() - t) / 1000, stdout: r.stdout.toString().trim() };
+  const r = spawnSync('bash', ['-o', 'pipefail', '-c', `${cmd}; times >&2`], { stdio: ['ignore', 'pipe', 'pipe'] });
+  if (r.status !== 0) throw new Error(`${cmd} failed (${r.status}): ${r.stderr}`);
+  const seconds = (performance.now() - t) / 1000;
+  const m = r.stderr.toString().trim().split('\n').at(-1).match(/^(\d+)m([\d.]+)s (\d+)m([\d.]+)s$/);
+  if (!m) throw new Error(`cannot parse times: ${r.stderr}`);
+  const cpu = 60 * Number(m[1]) + Number(m[2]) + 60 * Number(m[3]) + Number(m[4]);
+  return { seconds, cpu, stdout: r.stdout.toString().trim() };
 }
 
 const q = (s) => `'${s.replace(/'/g, `'\\''`)}'`;
@@ -123,9 +141,7 @@ for (const codec of codecs) {
   rows.push({
     name: `${codec.name} per file`,
     input,
-    output: median(s.map((x) => x.output)),
-    compressS: median(s.map((x) => x.compressS)),
-    decompressS: median(s.map((x) => x.decompressS)),
+    ...medians(s),
   });
 }
 
@@ -143,14 +159,18 @@ try {
     for (let r = 0; r < runs; r++) {
       const c = sh(`${tar} | ${comp} > ${q(out)}`);
       const d = sh(`${decomp} < ${q(out)} > /dev/null`);
-      s.push({ output: fs.statSync(out).size, compressS: c.seconds, decompressS: d.seconds });
+      s.push({
+        output: fs.statSync(out).size,
+        compressS: c.seconds,
+        compressCpu: c.cpu,
+        decompressS: d.seconds,
+        decompressCpu: d.cpu,
+      });
     }
     rows.push({
       name,
       input: tarBytes,
-      output: median(s.map((x) => x.output)),
-      compressS: median(s.map((x) => x.compressS)),
-      decompressS: median(s.map((x) => x.decompressS)),
+        ...medians(s),
     });
   }
 } finally {
@@ -158,12 +178,14 @@ try {
 }
 
 // ---- report -------------------------------------------------------------------
-console.log('\n| codec | input MB | output MB | ratio | compress s | compress MB/s | decompress s | decompress MB/s |');
-console.log('|---|---:|---:|---:|---:|---:|---:|---:|');
+console.log(
+  '\n| codec | input MB | output MB | ratio | compress s | compress MB/s | compress CPU s | decompress s | decompress MB/s | decompress CPU s |',
+);
+console.log('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
 for (const r of rows) {
   console.log(
-    `| ${r.name} | ${(r.input / MB).toFixed(1)} | ${(r.output / MB).toFixed(1)} | ${(r.input / r.output).toFixed(2)} | ` +
-      `${r.compressS.toFixed(2)} | ${(r.input / MB / r.compressS).toFixed(0)} | ` +
-      `${r.decompressS.toFixed(2)} | ${(r.input / MB / r.decompressS).toFixed(0)} |`,
+    `| ${r.name.replaceAll('|', '\\|')} | ${(r.input / MB).toFixed(1)} | ${(r.output / MB).toFixed(1)} | ${(r.input / r.output).toFixed(2)} | ` +
+      `${r.compressS.toFixed(2)} | ${(r.input / MB / r.compressS).toFixed(0)} | ${r.compressCpu.toFixed(2)} | ` +
+      `${r.decompressS.toFixed(2)} | ${(r.input / MB / r.decompressS).toFixed(0)} | ${r.decompressCpu.toFixed(2)} |`,
   );
 }

@@ -132,7 +132,7 @@ export interface RawLayerOptions extends CraftOptions {
    * The TOC: any JSON value, or a function of where the frames landed and where the TOC starts.
    * A Buffer is used as the uncompressed TOC bytes verbatim.
    */
-  toc: unknown | ((where: { frames: PlacedFrame[]; tocOffset: number }) => unknown);
+  toc: ((where: { frames: PlacedFrame[]; tocOffset: number }) => unknown) | Buffer | object | string | number | boolean | null;
   /** The compressed TOC frame verbatim, instead of compressing `toc`. */
   tocFrame?: Buffer;
   /** Footer fields to lie with (the LayerResult keeps the true values unless `lieInResult`). */
@@ -155,7 +155,7 @@ export async function craftRawLayer(opts: RawLayerOptions): Promise<CraftedLayer
     off += f.length;
   }
   const tocOffset = off;
-  const tocValue = typeof opts.toc === 'function' ? (opts.toc as (w: { frames: PlacedFrame[]; tocOffset: number }) => unknown)({ frames: placed, tocOffset }) : opts.toc;
+  const tocValue = typeof opts.toc === 'function' ? opts.toc({ frames: placed, tocOffset }) : opts.toc;
   const tocRaw = Buffer.isBuffer(tocValue) ? tocValue : Buffer.from(JSON.stringify(tocValue));
   const tocFrame = opts.tocFrame ?? (await frame(codec, tocRaw));
   const truth: Footer = { codec, tocOffset, tocLength: tocFrame.length, tocSize: tocRaw.length, tocDigest: sha256hex(tocFrame) };
