@@ -14,6 +14,9 @@ export type ErrorCode =
   | 'STORE_ERROR'
   | 'OBJECT_NOT_FOUND'
   | 'TARGET_NOT_EMPTY'
+  | 'UNSAVED_CHANGES'
+  | 'MOUNT_FAILED'
+  | 'WORKSPACE_NOT_FOUND'
   | 'USAGE';
 
 export class StrataError extends Error {
@@ -84,6 +87,17 @@ export class ObjectNotFoundError extends StrataError {
 export class TargetNotEmptyError extends StrataError {
   constructor(message: string, options?: { cause?: unknown }) {
     super('TARGET_NOT_EMPTY', message, { ...options, httpStatus: 409 });
+  }
+}
+/** A restore would replace a workspace holding changes no backup has captured. */
+export class UnsavedChangesError extends StrataError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('UNSAVED_CHANGES', message, { ...options, httpStatus: 409 });
+  }
+}
+export class WorkspaceNotFoundError extends StrataError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('WORKSPACE_NOT_FOUND', message, { ...options, httpStatus: 404 });
   }
 }
 export class UsageError extends StrataError {

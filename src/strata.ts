@@ -3,10 +3,13 @@
  * gc manage the catalog. One Strata instance talks to one store.
  */
 import { randomBytes } from 'node:crypto';
-import { lstat, mkdir, rm } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { lstat, mkdir, readdir, readFile, rm } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
 import { storeUrl, strataHome } from './config.js';
+import { captureDiff } from './capture/diff.js';
+import { squashLayers } from './capture/squash.js';
 import { TreeCapture } from './capture/tree.js';
+import { type Captured, captureUpper } from './capture/upper.js';
 import {
   BackupCreateError,
   BackupExpiredError,
@@ -14,20 +17,29 @@ import {
   BackupRestoreError,
   InvalidBackupConfigError,
   StrataError,
+  TargetNotEmptyError,
+  UnsavedChangesError,
+  WorkspaceNotFoundError,
 } from './errors.js';
+import { sys } from './sys/native.js';
 import { codecFor, DEFAULT_CODEC } from './format/codec.js';
 import { blobKey, fetchToc, type LayerDescriptor } from './format/reader.js';
-import type { CodecName } from './format/toc.js';
+import type { CodecName, Toc, TocEntry } from './format/toc.js';
 import { LayerWriter } from './format/writer.js';
 import { extractView, type ExtractStats } from './restore/extract.js';
-import { buildView } from './restore/view.js';
+import { buildView, type ViewNode } from './restore/view.js';
 import { getManifest, listManifests, putManifest, resolveName, type ManifestRecord } from './store/catalog.js';
 import { gc, type GcOptions, type GcReport } from './store/gc.js';
 import { openStore } from './store/index.js';
+import { ensureLayerDirs } from './restore/layers.js';
+import { mountAt, mountOverlay, unmount } from './restore/overlay.js';
+import { findWorkspace, listWorkspaces, Workspace } from './workspace/workspace.js';
 import { type BackupHandle, checkDir, checkId, checkName, handleOf, isExpired, type Manifest, manifestKey, parseHandle } from './store/manifest.js';
 import type { ObjectStore } from './store/store.js';
 
 export const DEFAULT_TTL_SECONDS = 3 * 24 * 3600;
+/** Longest layer chain a backup leaves before merging its top (see docs/design.md). */
+export const DEFAULT_MAX_CHAIN = 16;
 
 export type ProgressEvent =
   | { phase: 'capture'; entries: number; bytes: number }
@@ -43,6 +55,10 @@ export interface StrataOptions {
   level?: number;
   onProgress?: (e: ProgressEvent) => void;
   onWarning?: (msg: string) => void;
+  /** Longest layer chain before a backup merges the top layers. */
+  maxChain?: number;
+  /** Restore mode when a call names none (default: extract as root, copy elsewhere). */
+  mode?: 'extract' | 'copy';
 }
 
 export interface CreateBackupOptions {
@@ -51,12 +67,18 @@ export interface CreateBackupOptions {
   name?: string;
   /** Seconds until the backup expires (default 3 days); null or Infinity: never. */
   ttl?: number | null;
+  /** For a plain directory: store only the differences from this backup. */
+  parent?: BackupRef;
 }
 
 export interface RestoreOptions {
   /** Where to restore; the backup's own dir by default. */
   dir?: string;
-  mode?: 'extract';
+  /**
+   * extract: an overlay workspace over layer directories unpacked once per host (the default as
+   * root); copy: a plain directory tree (the default elsewhere).
+   */
+  mode?: 'extract' | 'copy';
   /** Replace a non-empty target. */
   force?: boolean;
 }
@@ -65,7 +87,29 @@ export interface RestoreResult {
   success: true;
   dir: string;
   id: string;
+  mode: 'extract' | 'copy';
+  /** A workspace brought back with its upper (unsaved changes) intact. */
+  recovered?: boolean;
   stats: ExtractStats & { layers: number; ms: number };
+}
+
+export interface WorkspaceStatus {
+  dir: string;
+  workspace: string;
+  backupId: string;
+  mode: string;
+  layers: number;
+  mounted: boolean;
+  unsavedEntries: number;
+  unsavedBytes: number;
+  store: string;
+}
+
+/** Overlay workspaces need root and overlayfs; elsewhere a restore writes a plain copy. */
+async function defaultMode(): Promise<'extract' | 'copy'> {
+  if (process.getuid?.() !== 0) return 'copy';
+  const fs = await readFile('/proc/filesystems', 'utf8').catch(() => '');
+  return /\toverlay$/m.test(fs) ? 'extract' : 'copy';
 }
 
 export interface BackupInfo extends BackupHandle {
@@ -133,28 +177,45 @@ export class Strata {
     }
     if (!st.isDirectory()) throw new InvalidBackupConfigError(`cannot back up ${dir}: not a directory`);
 
-    const tmpDir = join(this.home, 'tmp');
-    await mkdir(tmpDir, { recursive: true, mode: 0o700 });
-    const tmp = join(tmpDir, `layer-${randomBytes(8).toString('hex')}.tmp`);
-    const codec = codecFor(this.opts.codec ?? DEFAULT_CODEC, this.opts.level);
-    let writer: LayerWriter | undefined;
+    const ws = await findWorkspace(this.home, dir);
+    const incremental = ws && ws.state.store === this.store.url && (await ws.isMounted()) ? ws : undefined;
+    const release = await incremental?.lock();
     try {
-      writer = await LayerWriter.create(tmp, codec);
-      const capture = new TreeCapture(writer, {
-        onWarning: (m) => this.warn(m),
-        onProgress: (p) => this.opts.onProgress?.({ phase: 'capture', ...p }),
-      });
-      await capture.captureAll(dir);
-      const layer = await writer.finish();
-      writer = undefined;
-      const key = blobKey(layer.digest);
-      // Content-addressed: a blob already stored is not sent again, only refreshed for gc's grace.
-      if (await this.store.head(key)) await this.store.touch(key);
-      else {
-        await this.store.putFile(key, tmp, {
-          onProgress: (bytes) => this.opts.onProgress?.({ phase: 'upload', bytes, totalBytes: layer.size }),
+      // Under the lock: a backup that ran while we waited moved the workspace's chain on.
+      await incremental?.reload();
+      let parent: { id: string; layers: LayerDescriptor[] } | undefined;
+      let captured: Captured | undefined;
+      let layer: LayerDescriptor | null;
+      if (incremental) {
+        // A workspace: only what changed since its last backup or restore, over its chain.
+        const previous = await incremental.loadCaptured();
+        parent = { id: incremental.state.backupId, layers: incremental.state.layers };
+        layer = await this.writeLayer(dir, async (w) => {
+          const r = await captureUpper({ upper: incremental.upper, merged: dir }, previous, w, { onWarning: (m) => this.warn(m) });
+          captured = r.captured;
+          return r.changed;
+        });
+      } else if (options.parent !== undefined) {
+        // A plain directory against a parent backup: only the differences from its merged view.
+        const rec = await this.resolve(options.parent);
+        const tocs = await Promise.all(rec.manifest.layers.map((l) => fetchToc(this.store, l)));
+        const view = buildView(tocs);
+        parent = { id: rec.manifest.id, layers: rec.manifest.layers };
+        layer = await this.writeLayer(dir, (w) =>
+          captureDiff(dir, view, new Date(rec.manifest.createdAt), w, { onWarning: (m) => this.warn(m) }),
+        );
+      } else {
+        layer = await this.writeLayer(dir, async (w) => {
+          const capture = new TreeCapture(w, {
+            onWarning: (m) => this.warn(m),
+            onProgress: (p) => this.opts.onProgress?.({ phase: 'capture', ...p }),
+          });
+          await capture.captureAll(dir);
+          return 1;
         });
       }
+      let layers = [...(parent?.layers ?? []), ...(layer ? [layer] : [])];
+      if (layers.length > this.maxChain) layers = await this.mergeChain(layers);
       const createdAt = new Date();
       const manifest: Manifest = {
         kind: 'strata.backup.manifest',
@@ -163,33 +224,89 @@ export class Strata {
         dir,
         createdAt: createdAt.toISOString(),
         expiresAt: ttl === null || ttl === Infinity ? null : new Date(createdAt.getTime() + ttl * 1000).toISOString(),
-        layers: [
-          {
-            digest: layer.digest,
-            size: layer.size,
-            codec: codec.name,
-            tocOffset: layer.tocOffset,
-            tocLength: layer.tocLength,
-            tocSize: layer.tocSize,
-            tocDigest: layer.tocDigest,
-            entries: layer.entries,
-            dataBytes: layer.dataBytes,
-          },
-        ],
+        layers,
       };
       if (name !== undefined) manifest.name = name;
+      if (parent) manifest.parent = parent.id;
       // Written last: the backup exists once this lands, and not before.
       const digest = await putManifest(this.store, manifest);
+      if (incremental && captured) {
+        incremental.state.backupId = manifest.id;
+        incremental.state.layers = layers;
+        await incremental.saveCaptured(captured);
+        await incremental.save();
+      }
       return handleOf(manifest, digest);
     } catch (err) {
-      await writer?.abort();
       // A failed backup is BACKUP_CREATE_FAILED whatever failed (a store write, a read); the
       // underlying error (e.g. STORE_ERROR) stays reachable as the cause.
-      if (err instanceof BackupCreateError || err instanceof InvalidBackupConfigError) throw err;
+      if (err instanceof BackupCreateError || err instanceof InvalidBackupConfigError || err instanceof BackupNotFoundError || err instanceof BackupExpiredError) throw err;
+      throw new BackupCreateError(`backup of ${dir} failed: ${(err as Error).message}`, { cause: err });
+    } finally {
+      await release?.();
+    }
+  }
+
+  /** Longest layer chain a backup leaves; longer chains are merged (see docs/design.md). */
+  get maxChain(): number {
+    return this.opts.maxChain ?? DEFAULT_MAX_CHAIN;
+  }
+
+  /**
+   * Write one layer with `fill`, upload it (unless the store has it) and describe it. Returns
+   * null when fill reports no change: an unchanged workspace adds no layer.
+   */
+  private async writeLayer(dir: string, fill: (w: LayerWriter) => Promise<number>): Promise<LayerDescriptor | null> {
+    const tmpDir = join(this.home, 'tmp');
+    await mkdir(tmpDir, { recursive: true, mode: 0o700 });
+    const tmp = join(tmpDir, `layer-${randomBytes(8).toString('hex')}.tmp`);
+    const codec = codecFor(this.opts.codec ?? DEFAULT_CODEC, this.opts.level);
+    const writer = await LayerWriter.create(tmp, codec);
+    try {
+      const changed = await fill(writer);
+      const layer = await writer.finish();
+      if (changed === 0) return null;
+      const key = blobKey(layer.digest);
+      // Content-addressed: a blob already stored is not sent again, only refreshed for gc's grace.
+      if (await this.store.head(key)) await this.store.touch(key);
+      else {
+        await this.store.putFile(key, tmp, {
+          onProgress: (bytes) => this.opts.onProgress?.({ phase: 'upload', bytes, totalBytes: layer.size }),
+        });
+      }
+      return {
+        digest: layer.digest,
+        size: layer.size,
+        codec: codec.name,
+        tocOffset: layer.tocOffset,
+        tocLength: layer.tocLength,
+        tocSize: layer.tocSize,
+        tocDigest: layer.tocDigest,
+        entries: layer.entries,
+        dataBytes: layer.dataBytes,
+      };
+    } catch (err) {
+      await writer.abort();
+      if (err instanceof BackupCreateError) throw err;
       throw new BackupCreateError(`backup of ${dir} failed: ${(err as Error).message}`, { cause: err });
     } finally {
       await rm(tmp, { force: true });
     }
+  }
+
+  /** Merge the top of a chain into one layer so that at most maxChain layers remain. */
+  private async mergeChain(layers: LayerDescriptor[]): Promise<LayerDescriptor[]> {
+    const keep = layers.slice(0, this.maxChain - 1);
+    const top = layers.slice(this.maxChain - 1);
+    const all = await Promise.all(layers.map((l) => fetchToc(this.store, l)));
+    const view = buildView(all);
+    const find = (p: string): TocEntry | undefined => {
+      let n: ViewNode | undefined = view;
+      for (const part of p.split('/')) n = n?.children?.get(part);
+      return n?.entry;
+    };
+    const merged = await this.writeLayer('(merged layers)', (w) => squashLayers(this.store, top, all.slice(this.maxChain - 1), w, find));
+    return merged ? [...keep, merged] : keep;
   }
 
   /** Find the manifest a reference names, verified against the handle's digest when there is one. */
@@ -210,25 +327,138 @@ export class Strata {
 
   async restoreBackup(ref: BackupRef, options: RestoreOptions = {}): Promise<RestoreResult> {
     const t0 = performance.now();
-    if (options.mode !== undefined && options.mode !== 'extract') {
-      throw new InvalidBackupConfigError(`unknown restore mode ${String(options.mode)}; supported: extract`);
+    const mode = options.mode ?? this.opts.mode ?? (await defaultMode());
+    if (mode !== 'extract' && mode !== 'copy') {
+      throw new InvalidBackupConfigError(`unknown restore mode ${String(mode)}; supported: extract, copy`);
     }
     const { manifest: m } = await this.resolve(ref);
     if (isExpired(m)) throw new BackupExpiredError(`backup ${m.id} expired at ${m.expiresAt}`);
-    const dir = checkDir(options.dir ?? m.dir, 'restore dir');
+    // A handle's own dir is the caller's; the manifest's is the store's (unverified without a digest).
+    const dir = resolve(checkDir(options.dir ?? (typeof ref === 'object' ? ref.dir : m.dir), 'restore dir'));
     try {
       const tocs = await Promise.all(m.layers.map((l) => fetchToc(this.store, l)));
-      const view = buildView(tocs);
-      const stats = await extractView(this.store, m.layers, view, dir, {
-        force: !!options.force,
-        onWarning: (w) => this.warn(w),
-        onProgress: (p) => this.opts.onProgress?.({ phase: 'restore', ...p }),
-      });
-      return { success: true, dir, id: m.id, stats: { ...stats, layers: m.layers.length, ms: performance.now() - t0 } };
+      if (mode === 'copy') {
+        const ws = await findWorkspace(this.home, dir);
+        if (ws && (await ws.isMounted())) {
+          throw new TargetNotEmptyError(`${dir} is a mounted workspace; run 'strata unmount ${dir}' before restoring a copy there`);
+        }
+        const stats = await extractView(this.store, m.layers, buildView(tocs), dir, {
+          force: !!options.force,
+          onWarning: (w) => this.warn(w),
+          onProgress: (p) => this.opts.onProgress?.({ phase: 'restore', ...p }),
+        });
+        return { success: true, dir, id: m.id, mode, stats: { ...stats, layers: m.layers.length, ms: performance.now() - t0 } };
+      }
+      return await this.restoreWorkspace(m, tocs, dir, !!options.force, t0);
     } catch (err) {
       if (err instanceof StrataError) throw err;
       throw new BackupRestoreError(`restore of backup ${m.id} into ${dir} failed: ${(err as Error).message}`, { cause: err });
     }
+  }
+
+  /** Restore as an overlay workspace over host-shared layer directories. */
+  private async restoreWorkspace(m: Manifest, tocs: Toc[], dir: string, force: boolean, t0: number): Promise<RestoreResult> {
+    const result = (recovered: boolean): RestoreResult => ({
+      success: true,
+      dir,
+      id: m.id,
+      mode: 'extract',
+      recovered,
+      stats: { entries: tocs.reduce((n, t) => n + t.entries.length, 0), bytes: 0, requests: 0, layers: m.layers.length, ms: performance.now() - t0 },
+    });
+    const old = await findWorkspace(this.home, dir);
+    if (old) {
+      const mounted = await old.isMounted();
+      if (!mounted && old.state.backupId === m.id) {
+        // The workspace went down (unmount, crash, reboot) with its upper kept: bring it back.
+        const { lowers } = await ensureLayerDirs(this.store, this.home, old.state.mounted, { onWarning: (w) => this.warn(w) });
+        await mkdir(dir, { recursive: true });
+        await mountOverlay({ lowers, upper: old.upper, work: old.work, target: dir, cwd: this.home });
+        return result(true);
+      }
+      const unsaved = await old.unsavedChanges();
+      if (unsaved.entries > 0 && !force) {
+        throw new UnsavedChangesError(
+          `${dir} is a workspace with ${unsaved.entries} unsaved change(s) (${unsaved.bytes} bytes) since backup ${old.state.backupId}; ` +
+            `back it up first, or pass --force to discard them`,
+        );
+      }
+      if (mounted) await unmount(dir);
+      await old.remove();
+    } else {
+      const mi = await mountAt(dir);
+      if (mi) throw new TargetNotEmptyError(`${dir} is a mount point (${mi.fstype}) that strata does not manage; restore elsewhere`);
+    }
+    let aside: string | undefined;
+    try {
+      const entries = await readdir(dir);
+      if (entries.length > 0) {
+        if (!force) throw new TargetNotEmptyError(`restore target ${dir} is not empty; restore elsewhere, empty it, or pass --force to replace it`);
+        // Replaced only once the workspace is up: until then the old content stays where it was.
+        aside = join(dirname(dir), `.${basename(dir)}.strata-old-${randomBytes(6).toString('hex')}`);
+      }
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOTDIR') {
+        if (!force) throw new TargetNotEmptyError(`restore target ${dir} exists and is not a directory; remove it or pass --force`);
+        aside = join(dirname(dir), `.${basename(dir)}.strata-old-${randomBytes(6).toString('hex')}`);
+      } else if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    }
+    // The merged view is built first: a stack that is hostile as a whole is refused before
+    // anything is unpacked (each layer is also checked alone as it is unpacked).
+    const rootEntry = buildView(tocs).entry;
+    const { lowers } = await ensureLayerDirs(this.store, this.home, m.layers, { tocs, onWarning: (w) => this.warn(w) });
+    const ws = await Workspace.create(this.home, { dir, store: this.store.url, mode: 'extract', backupId: m.id, layers: m.layers, mounted: m.layers });
+    try {
+      await ws.initUpperRoot(rootEntry);
+      if (aside) sys.renameNoReplace(Buffer.from(dir), Buffer.from(aside));
+      await mkdir(dir, { recursive: true });
+      await mountOverlay({ lowers, upper: ws.upper, work: ws.work, target: dir, cwd: this.home });
+      await ws.resetBaseline();
+    } catch (err) {
+      await ws.remove();
+      if (aside) {
+        await rm(dir, { recursive: true, force: true }).catch(() => undefined);
+        sys.renameNoReplace(Buffer.from(aside), Buffer.from(dir));
+      }
+      throw err;
+    }
+    if (aside) await rm(aside, { recursive: true, force: true });
+    return result(false);
+  }
+
+  /** Workspaces on this host (or the one at dir): what they came from and what is unsaved. */
+  async status(dir?: string): Promise<WorkspaceStatus[]> {
+    const all = dir ? [await findWorkspace(this.home, dir)].filter((w): w is Workspace => !!w) : await listWorkspaces(this.home);
+    if (dir && all.length === 0) throw new WorkspaceNotFoundError(`${dir} is not a strata workspace`);
+    const out: WorkspaceStatus[] = [];
+    for (const w of all) {
+      const unsaved = await w.unsavedChanges();
+      out.push({
+        dir: w.state.dir,
+        workspace: w.state.id,
+        backupId: w.state.backupId,
+        mode: w.state.mode,
+        layers: w.state.mounted.length,
+        mounted: await w.isMounted(),
+        unsavedEntries: unsaved.entries,
+        unsavedBytes: unsaved.bytes,
+        store: w.state.store,
+      });
+    }
+    return out;
+  }
+
+  /** Take a workspace down. Its unsaved changes are kept (restore brings them back) unless discard. */
+  async unmount(dir: string, options: { discard?: boolean } = {}): Promise<{ dir: string; kept: boolean }> {
+    const abs = resolve(dir);
+    const ws = await findWorkspace(this.home, abs);
+    if (!ws) throw new WorkspaceNotFoundError(`${abs} is not a strata workspace`);
+    if (await ws.isMounted()) await unmount(abs);
+    if (options.discard) {
+      await ws.remove();
+      return { dir: abs, kept: false };
+    }
+    return { dir: abs, kept: true };
   }
 
   async listBackups(options: { name?: string } = {}): Promise<BackupInfo[]> {

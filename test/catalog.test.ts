@@ -65,12 +65,12 @@ type Maker = () => Promise<Env>;
 const fileEnv: Maker = async () => {
   const home = join(work, `home-${++seq}`);
   const store = new FileStore(join(home, 'store'));
-  return { strata: new Strata({ home, store }), store, home, close: async () => {} };
+  return { strata: new Strata({ home, store, mode: 'copy' }), store, home, close: async () => {} };
 };
 const s3Env: Maker = async () => {
   const home = join(work, `home-${++seq}`);
   const store = s3StoreFor(s3, { url: `${s3.url}-${seq}` });
-  return { strata: new Strata({ home, store }), store, home, close: async () => store.close() };
+  return { strata: new Strata({ home, store, mode: 'copy' }), store, home, close: async () => store.close() };
 };
 
 beforeAll(async () => {
@@ -372,7 +372,7 @@ describe.each([
 
     // Listing skips it with a warning instead of failing.
     const warnings: string[] = [];
-    const s = new Strata({ home: e.home, store: e.store, onWarning: (w) => warnings.push(w) });
+    const s = new Strata({ home: e.home, store: e.store, mode: 'copy', onWarning: (w) => warnings.push(w) });
     expect(await s.listBackups()).toHaveLength(1);
     expect(warnings.join('\n')).toContain('manifests/x.json');
   });

@@ -36,6 +36,8 @@ function cliEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
 
 /** Run `node bin/strata.js ARGS` to completion; stdin gets `input` (or nothing, closed). */
 function strata(args: string[], opts: { input?: string; env?: Record<string, string>; cwd?: string } = {}): Promise<Run> {
+  // These tests are about the catalog: restores write plain copies (workspaces: workspace-cli.test.ts).
+  if (args[0] === 'restore' && !args.includes('--mode') && !args.includes('--help')) args = [...args, '--mode', 'copy'];
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [BIN, ...args], { cwd: opts.cwd ?? work, env: cliEnv(opts.env), stdio: ['pipe', 'pipe', 'pipe'] });
     let stdout = '';

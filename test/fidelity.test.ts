@@ -33,8 +33,10 @@ afterAll(async () => {
 });
 
 describe.each([
-  ['local store', () => new Strata({ home: join(work, 'home-local') })],
-  ['S3 server', () => new Strata({ home: join(work, 'home-s3'), store: s3StoreFor(s3) })],
+  ['local store, as a copy', () => new Strata({ home: join(work, 'home-local'), mode: 'copy' })],
+  ['S3 server, as a copy', () => new Strata({ home: join(work, 'home-s3'), store: s3StoreFor(s3), mode: 'copy' })],
+  // The overlay workspace over an unpacked layer directory must show the same tree.
+  ...(IS_ROOT ? [['local store, as a workspace', () => new Strata({ home: join(work, 'home-ws'), mode: 'extract' })] as const] : []),
 ])('fidelity through the %s', (_label, make) => {
   it('restores the tree identical, entry by entry', async () => {
     const strata = make();
@@ -55,6 +57,10 @@ describe.each([
     expect(types).toEqual(new Set(IS_ROOT ? ['dir', 'file', 'symlink', 'fifo', 'char', 'block'] : ['dir', 'file', 'symlink', 'fifo']));
     expect([...after.values()].some((e) => e.extents !== undefined)).toBe(true);
     expect(Number(after.get('huge.bin')!.size)).toBe(BIG);
+    if (r.mode === 'extract') {
+      await strata.unmount(dest, { discard: true });
+      await rm(join(strata.home, 'layers'), { recursive: true, force: true });
+    }
     await rm(dest, { recursive: true, force: true });
   });
 });

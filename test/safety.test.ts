@@ -12,6 +12,7 @@ import { gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type ErrorCode, StrataError } from '../src/errors.js';
 import { codecFor } from '../src/format/codec.js';
+import { encodeFooter } from '../src/format/footer.js';
 import { blobKey, fetchToc, readFooter } from '../src/format/reader.js';
 import type { CodecName } from '../src/format/toc.js';
 import { Strata } from '../src/index.js';
@@ -44,7 +45,7 @@ beforeAll(async () => {
   await mkdir(storeDir);
   await mkdir(join(base, 'home'));
   await mkdir(join(base, 'sources'));
-  strata = new Strata({ home: join(base, 'home'), store: 'file://' + storeDir });
+  strata = new Strata({ home: join(base, 'home'), store: 'file://' + storeDir, mode: MODE });
 });
 
 afterAll(async () => {
@@ -70,6 +71,7 @@ async function newLab(): Promise<Lab> {
   return { work, outside, target: join(work, 'target') };
 }
 
+const MODE = (process.env.STRATA_TEST_RESTORE_MODE ?? 'copy') as 'copy' | 'extract';
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
 /**
@@ -101,6 +103,8 @@ async function snapshot(volatileDir: string): Promise<Map<string, string>> {
   // Hard links and writes aimed at a system file.
   const pw = await lstat('/etc/passwd', { bigint: true });
   out.set('/etc/passwd', JSON.stringify({ ino: pw.ino.toString(), nlink: pw.nlink.toString(), mtime: pw.mtimeNs.toString(), sha: sha(await readFile('/etc/passwd')) }));
+  // The absolute paths the hostile layers name outside base.
+  out.set('/tmp/x', String(await exists('/tmp/x')));
   return out;
 }
 
@@ -513,7 +517,6 @@ describe('restore refuses a TOC that lies about structure or numbers', () => {
     // The untouched blob's footer reads back (so the failures below are the lies, not the helper).
     const ok = await readFooter(strata.store, blobKey(r.digest), r.size).catch((e: unknown) => e);
     expect(ok).toMatchObject({ tocOffset: r.tocOffset, tocLength: r.tocLength });
-    const { encodeFooter } = await import('../src/format/footer.js');
     const body = (await readFile(good.file)).subarray(0, r.tocOffset + r.tocLength);
     const tocDigest = r.tocDigest.slice(7);
     const footers = [
@@ -577,7 +580,7 @@ async function realBackup(codec: CodecName): Promise<{ handle: BackupHandle; src
   await writeFile(join(src, 'hello.txt'), `hello from backup ${labNo}\n`);
   await writeFile(join(src, 'sub', 'data.bin'), Buffer.alloc(20_000, labNo));
   await symlink('hello.txt', join(src, 'link'));
-  const s = new Strata({ home: join(base, 'home'), store: 'file://' + storeDir, codec });
+  const s = new Strata({ home: join(base, 'home'), store: 'file://' + storeDir, codec, mode: MODE });
   return { handle: await s.createBackup({ dir: src }), src, s };
 }
 

@@ -15,6 +15,8 @@ Commands:
   backup DIR      back up a directory; prints the handle (JSON) on stdout
   restore HANDLE [DIR]
                   restore a backup (HANDLE: handle file, - for stdin, id or name)
+  status [DIR]    list workspaces: their backup, layers, unsaved changes
+  unmount DIR     take a workspace down (its unsaved changes are kept)
   list            list backups
   inspect ID      show one backup
   delete ID       delete a backup (its data goes at the next gc)
@@ -32,13 +34,23 @@ Back up DIR and print the backup's handle (JSON) on stdout.
   --name NAME      name the backup; restore by name takes the newest live one
   --ttl DURATION   expiry: 90s, 15m, 12h, 3d (default), 2w, or 'never'
   --codec C        frame compression: zstd (default) or gzip (a .tar.gz-compatible layer)`,
-  restore: `Usage: strata restore HANDLE [DIR] [--mode extract] [--force] [--json] [--store URL]
+  restore: `Usage: strata restore HANDLE [DIR] [--mode extract|copy] [--force] [--json] [--store URL]
 
 Restore a backup into DIR (default: the directory it was taken from).
 HANDLE is a file holding a handle, '-' to read the handle from stdin, a backup id, or a name.
-  --mode extract   write the files into DIR (the only mode so far)
-  --force          replace DIR if it is not empty (the old content goes only once the new is ready)
+  --mode extract   DIR becomes a workspace: an overlay mount of the backup's layers (unpacked once
+                   per host, shared by every workspace) under a writable upper of its own; later
+                   backups of DIR store only what changed (default as root)
+  --mode copy      write a plain copy of the files into DIR (default when not root)
+  --force          replace DIR if it is not empty, or discard a workspace's unsaved changes
   --json           print the result as JSON`,
+  status: `Usage: strata status [DIR] [--json]
+
+List workspaces on this host: directory, backup, layers, mounted, unsaved changes.`,
+  unmount: `Usage: strata unmount DIR [--discard]
+
+Take the workspace at DIR down. Its unsaved changes are kept: restoring the same backup into DIR
+brings the workspace back with them. --discard drops them and forgets the workspace.`,
   list: `Usage: strata list [--name NAME] [--json] [--store URL]
 
 List backups, newest first.`,
@@ -140,6 +152,8 @@ export async function run(argv: string[], io: Io = process): Promise<number> {
     const specs: Record<string, Parameters<typeof parseArgs>[1]> = {
       backup: { values: [...common, 'name', 'ttl', 'codec'], flags: ['help'], min: 1 },
       restore: { values: [...common, 'mode'], flags: ['help', 'force', 'json'], min: 1, max: 2 },
+      status: { values: common, flags: ['help', 'json'], min: 0, max: 1 },
+      unmount: { values: common, flags: ['help', 'discard'], min: 1 },
       list: { values: [...common, 'name'], flags: ['help', 'json'] },
       inspect: { values: common, flags: ['help', 'json'], min: 1 },
       delete: { values: common, flags: ['help'], min: 1 },
@@ -174,11 +188,11 @@ export async function run(argv: string[], io: Io = process): Promise<number> {
         return 0;
       }
       case 'restore': {
-        const mode = a.values.get('mode') ?? 'extract';
-        if (mode !== 'extract') throw new UsageError(`--mode must be 'extract', got ${JSON.stringify(mode)}`);
+        const mode = a.values.get('mode');
+        if (mode !== undefined && mode !== 'extract' && mode !== 'copy') throw new UsageError(`--mode must be extract or copy, got ${JSON.stringify(mode)}`);
         const ref = await handleArg(a.positionals[0]!, io);
         const r = await strata.restoreBackup(ref, {
-          mode,
+          ...(mode !== undefined ? { mode } : {}),
           force: a.flags.has('force'),
           ...(a.positionals[1] !== undefined ? { dir: resolve(a.positionals[1]) } : {}),
         });
@@ -186,7 +200,9 @@ export async function run(argv: string[], io: Io = process): Promise<number> {
         if (a.flags.has('json')) io.stdout.write(JSON.stringify(r, null, 2) + '\n');
         else {
           io.stdout.write(
-            `restored ${r.id} into ${r.dir}: ${r.stats.entries} entries, ${formatBytes(r.stats.bytes)} in ${r.stats.ms.toFixed(0)} ms\n`,
+            r.mode === 'copy'
+              ? `restored ${r.id} into ${r.dir}: ${r.stats.entries} entries, ${formatBytes(r.stats.bytes)} in ${r.stats.ms.toFixed(0)} ms\n`
+              : `${r.recovered ? 'recovered workspace' : 'restored'} ${r.id} into ${r.dir} (workspace, ${r.stats.layers} layer(s)) in ${r.stats.ms.toFixed(0)} ms\n`,
           );
         }
         return 0;
@@ -214,6 +230,25 @@ export async function run(argv: string[], io: Io = process): Promise<number> {
             ].join('\n') + '\n',
           );
         }
+        return 0;
+      }
+      case 'status': {
+        const rows = await strata.status(a.positionals[0] !== undefined ? resolve(a.positionals[0]) : undefined);
+        if (a.flags.has('json')) io.stdout.write(JSON.stringify(rows, null, 2) + '\n');
+        else if (rows.length === 0) io.stdout.write('no workspaces\n');
+        else {
+          const lines = [['DIR', 'BACKUP', 'MODE', 'LAYERS', 'MOUNTED', 'UNSAVED']];
+          for (const w of rows) {
+            lines.push([w.dir, w.backupId, w.mode, String(w.layers), w.mounted ? 'yes' : 'no', `${w.unsavedEntries} entries, ${formatBytes(w.unsavedBytes)}`]);
+          }
+          const widths = lines[0]!.map((_, i) => Math.max(...lines.map((l) => l[i]!.length)));
+          for (const l of lines) io.stdout.write(l.map((c, i) => (i === l.length - 1 ? c : c.padEnd(widths[i]!))).join('  ') + '\n');
+        }
+        return 0;
+      }
+      case 'unmount': {
+        const r = await strata.unmount(resolve(a.positionals[0]!), { discard: a.flags.has('discard') });
+        io.stdout.write(r.kept ? `unmounted ${r.dir}; unsaved changes kept (restore the same backup there to bring them back)\n` : `unmounted ${r.dir}; workspace discarded\n`);
         return 0;
       }
       case 'delete':

@@ -27,6 +27,11 @@ export interface ExtractOptions {
   onProgress?: (p: { bytes: number; totalBytes: number }) => void;
   /** Coalesce ranged reads whose gap is at most this many bytes. */
   maxGap?: number;
+  /**
+   * Write whiteouts and opaque directories the way kernel overlayfs reads them in a lower
+   * directory (a 0/0 character device; trusted.overlay.opaque=y), for a layer directory.
+   */
+  overlayMarkers?: boolean;
 }
 
 export interface ExtractStats {
@@ -177,6 +182,7 @@ export async function extractView(
           metaLater.push([p, e]);
           break;
         case 'whiteout':
+          if (opts.overlayMarkers) sys.mknod(toFsPath(p), C.S_IFCHR, 0, 0);
           break;
       }
     }
@@ -257,7 +263,11 @@ export async function extractView(
     }
     for (const [p, e] of metaLater) await applyMeta(toFsPath(p), e, warn);
     // Directories deepest first, so setting a child's times does not move the parent's mtime.
-    for (let k = dirs.length - 1; k >= 0; k--) await applyMeta(toFsPath(dirs[k]![0]), dirs[k]![1], warn);
+    for (let k = dirs.length - 1; k >= 0; k--) {
+      const [p, e] = dirs[k]!;
+      if (opts.overlayMarkers && e.opaque) sys.lsetxattr(toFsPath(p), 'trusted.overlay.opaque', Buffer.from('y'));
+      await applyMeta(toFsPath(p), e, warn);
+    }
 
     // 4. Swap in.
     if (mode === 'empty') await rmdir(target);

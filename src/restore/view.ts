@@ -20,7 +20,15 @@ export interface ViewNode {
 
 const DEFAULT_ROOT: TocEntry = { path: '.', type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: [0, 0], size: 0, headerOffset: 0 };
 
-export function buildView(tocs: Toc[]): ViewNode {
+export interface ViewOptions {
+  /**
+   * Keep whiteouts as nodes (and opaque flags on directories) instead of applying them: the view
+   * of one layer as a layer, for unpacking it into an overlay lower directory.
+   */
+  keepWhiteouts?: boolean;
+}
+
+export function buildView(tocs: Toc[], opts: ViewOptions = {}): ViewNode {
   const root: ViewNode = { path: '.', entry: DEFAULT_ROOT, layer: -1, children: new Map() };
 
   const find = (p: BytePath): ViewNode | undefined => {
@@ -45,7 +53,7 @@ export function buildView(tocs: Toc[]): ViewNode {
       }
     }
     for (const e of toc.entries) {
-      if (e.type === 'whiteout') continue;
+      if (e.type === 'whiteout' && !opts.keepWhiteouts) continue;
       if (e.path === '.') {
         root.entry = e;
         root.layer = layer;

@@ -1,0 +1,779 @@
+/*
+ * strata-fuse: a read-only FUSE view of a backup's merged layers.
+ *
+ *   strata-fuse --index FILE --cache DIR --socket PATH [--timeout-ms N]
+ *               [--threads N] [--ready-fd FD] [--foreground] [--debug] MOUNTPOINT
+ *
+ * Metadata comes from the mmapped index (sx_index.c), file data from the
+ * host-wide chunk cache (CACHE/ab/abcdef..., named by the sha256 of the
+ * chunk's bytes). Only a cache miss involves the TypeScript fetcher, over a
+ * unix socket (sx_fetch.c); a read waiting for it blocks its own worker thread
+ * and nothing else. Layers are immutable, so every reply may be cached by the
+ * kernel for a long time.
+ */
+#define FUSE_USE_VERSION 312 /* 3.12 for fuse_loop_cfg_set_max_threads: 3.14 otherwise caps workers at 10 */
+
+#include <fuse_lowlevel.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/sysmacros.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "sx_fetch.h"
+#include "sx_index.h"
+
+#define SX_TTL 86400.0          /* seconds the kernel may cache entries and attributes */
+#define SX_FETCH_ROUNDS 3       /* a chunk evicted between fetch and open is asked for again */
+#define SX_TOUCH_INTERVAL 60    /* seconds between LRU touches of one chunk */
+
+struct sx_ctx {
+	struct sx_index idx;
+	int cache_fd;               /* the cache directory */
+	struct sx_fetch *fetch;
+	_Atomic uint32_t *touched;  /* per chunk: monotonic second of its last touch, 0 = never */
+	atomic_bool noatime;        /* O_NOATIME still allowed (it needs ownership or CAP_FOWNER) */
+	bool debug;
+};
+
+static struct sx_ctx *ctx_of(fuse_req_t req)
+{
+	return fuse_req_userdata(req);
+}
+
+static void fill_stat(const struct sx_ctx *c, fuse_ino_t ino, const struct sx_node *n, struct stat *st)
+{
+	(void)c;
+	memset(st, 0, sizeof(*st));
+	st->st_ino = ino;
+	st->st_mode = n->mode;
+	st->st_nlink = n->nlink;
+	st->st_uid = n->uid;
+	st->st_gid = n->gid;
+	st->st_size = (off_t)n->size;
+	st->st_blocks = (blkcnt_t)n->blocks;
+	st->st_blksize = 65536; /* larger I/O per syscall means fewer FUSE round trips */
+	st->st_mtim.tv_sec = n->mtime_sec;
+	st->st_mtim.tv_nsec = n->mtime_nsec;
+	st->st_atim = st->st_mtim;
+	st->st_ctim = st->st_mtim;
+	st->st_rdev = makedev(n->rdev_major, n->rdev_minor);
+}
+
+static void fill_entry(const struct sx_ctx *c, uint32_t ino, struct fuse_entry_param *e)
+{
+	memset(e, 0, sizeof(*e));
+	e->ino = ino;
+	e->generation = 1;
+	e->attr_timeout = SX_TTL;
+	e->entry_timeout = SX_TTL;
+	fill_stat(c, ino, sx_index_node(&c->idx, ino), &e->attr);
+}
+
+static void sx_init(void *userdata, struct fuse_conn_info *conn)
+{
+	(void)userdata;
+	if (conn->capable & FUSE_CAP_CACHE_SYMLINKS)
+		conn->want |= FUSE_CAP_CACHE_SYMLINKS;
+	/* Content never changes: no need to drop the page cache when mtimes are re-read. */
+	conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
+	/* Readahead requests are "background": let many wait on misses at once. */
+	conn->max_background = 64;
+	conn->congestion_threshold = 48;
+}
+
+static void sx_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct sx_ctx *c = ctx_of(req);
+	const struct sx_node *dir = sx_index_node(&c->idx, parent);
+	if (!dir) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	if ((dir->mode & S_IFMT) != S_IFDIR) {
+		fuse_reply_err(req, ENOTDIR);
+		return;
+	}
+	struct fuse_entry_param e;
+	uint32_t ino = sx_index_lookup(&c->idx, dir, name, strlen(name));
+	if (ino == 0) {
+		/* ino 0 with a timeout: the kernel caches the miss, as the view never changes. */
+		memset(&e, 0, sizeof(e));
+		e.entry_timeout = SX_TTL;
+		fuse_reply_entry(req, &e);
+		return;
+	}
+	fill_entry(c, ino, &e);
+	fuse_reply_entry(req, &e);
+}
+
+/* Inodes are static and live as long as the index: nothing to release. */
+static void sx_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
+{
+	(void)ino;
+	(void)nlookup;
+	fuse_reply_none(req);
+}
+
+static void sx_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets)
+{
+	(void)count;
+	(void)forgets;
+	fuse_reply_none(req);
+}
+
+static void sx_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)fi;
+	struct sx_ctx *c = ctx_of(req);
+	const struct sx_node *n = sx_index_node(&c->idx, ino);
+	if (!n) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	struct stat st;
+	fill_stat(c, ino, n, &st);
+	fuse_reply_attr(req, &st, SX_TTL);
+}
+
+static void sx_readlink(fuse_req_t req, fuse_ino_t ino)
+{
+	struct sx_ctx *c = ctx_of(req);
+	const struct sx_node *n = sx_index_node(&c->idx, ino);
+	if (!n || (n->mode & S_IFMT) != S_IFLNK) {
+		fuse_reply_err(req, n ? EINVAL : ENOENT);
+		return;
+	}
+	fuse_reply_readlink(req, sx_index_str(&c->idx, n->target_off));
+}
+
+static void sx_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct sx_ctx *c = ctx_of(req);
+	const struct sx_node *n = sx_index_node(&c->idx, ino);
+	if (!n || (n->mode & S_IFMT) != S_IFDIR) {
+		fuse_reply_err(req, n ? ENOTDIR : ENOENT);
+		return;
+	}
+	fi->fh = 0;
+	fi->cache_readdir = 1; /* listings never change */
+	fi->keep_cache = 1;
+	fuse_reply_open(req, fi);
+}
+
+/*
+ * Directory offsets: 0 starts, entry k (0 = ".", 1 = "..", 2.. = dirents) has
+ * next-offset k + 1, so a listing resumes anywhere without per-handle state.
+ */
+static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus)
+{
+	struct sx_ctx *c = ctx_of(req);
+	const struct sx_node *dir = sx_index_node(&c->idx, ino);
+	if (!dir || (dir->mode & S_IFMT) != S_IFDIR) {
+		fuse_reply_err(req, dir ? ENOTDIR : ENOENT);
+		return;
+	}
+	if (off < 0) {
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	char *buf = malloc(size);
+	if (!buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	size_t pos = 0;
+	uint64_t total = (uint64_t)dir->count + 2;
+	for (uint64_t k = (uint64_t)off; k < total; k++) {
+		const char *name;
+		uint32_t child;
+		if (k == 0) {
+			name = ".";
+			child = (uint32_t)ino;
+		} else if (k == 1) {
+			name = "..";
+			child = dir->parent;
+		} else {
+			const struct sx_dirent *d = &c->idx.dirents[dir->first + (k - 2)];
+			name = sx_index_str(&c->idx, d->name_off);
+			child = d->ino;
+		}
+		size_t n;
+		if (plus) {
+			struct fuse_entry_param e;
+			fill_entry(c, child, &e);
+			n = fuse_add_direntry_plus(req, buf + pos, size - pos, name, &e, (off_t)(k + 1));
+		} else {
+			struct stat st;
+			fill_stat(c, child, sx_index_node(&c->idx, child), &st);
+			n = fuse_add_direntry(req, buf + pos, size - pos, name, &st, (off_t)(k + 1));
+		}
+		if (n > size - pos)
+			break;
+		pos += n;
+	}
+	fuse_reply_buf(req, buf, pos);
+	free(buf);
+}
+
+static void sx_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	(void)fi;
+	do_readdir(req, ino, size, off, false);
+}
+
+static void sx_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	(void)fi;
+	do_readdir(req, ino, size, off, true);
+}
+
+static void sx_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)ino;
+	(void)fi;
+	fuse_reply_err(req, 0);
+}
+
+static void sx_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct sx_ctx *c = ctx_of(req);
+	const struct sx_node *n = sx_index_node(&c->idx, ino);
+	if (!n) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	if ((n->mode & S_IFMT) == S_IFDIR) {
+		fuse_reply_err(req, EISDIR);
+		return;
+	}
+	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
+		fuse_reply_err(req, EROFS);
+		return;
+	}
+	fi->fh = 0;
+	fi->keep_cache = 1; /* the page cache stays valid across opens: data never changes */
+	fi->direct_io = 0;
+	fi->noflush = 1;    /* nothing to flush on close: skip that round trip */
+	fuse_reply_open(req, fi);
+}
+
+static void hex32(const uint8_t d[32], char out[65])
+{
+	static const char digits[] = "0123456789abcdef";
+	for (int i = 0; i < 32; i++) {
+		out[2 * i] = digits[d[i] >> 4];
+		out[2 * i + 1] = digits[d[i] & 15];
+	}
+	out[64] = '\0';
+}
+
+/* Open one chunk's cache file; -1 with errno set (ENOENT = not cached). */
+static int open_chunk(struct sx_ctx *c, const struct sx_chunk *ch)
+{
+	char name[3 + 65];
+	hex32(ch->digest, name + 3);
+	name[0] = name[3];
+	name[1] = name[4];
+	name[2] = '/';
+	if (atomic_load_explicit(&c->noatime, memory_order_relaxed)) {
+		/* The LRU is kept by touch messages, so atime updates are pure cost. */
+		int fd = openat(c->cache_fd, name, O_RDONLY | O_CLOEXEC | O_NOATIME);
+		if (fd >= 0 || errno != EPERM)
+			return fd;
+		atomic_store(&c->noatime, false);
+	}
+	return openat(c->cache_fd, name, O_RDONLY | O_CLOEXEC);
+}
+
+static void chunk_ref(const struct sx_ctx *c, const struct sx_chunk *ch, struct sx_chunk_ref *r)
+{
+	memcpy(r->layer, c->idx.layers[ch->layer].digest, 32);
+	memcpy(r->digest, ch->digest, 32);
+	r->blob_off = ch->blob_off;
+	r->blob_len = ch->blob_len;
+	r->size = ch->size;
+}
+
+static uint32_t now_sec(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (uint32_t)t.tv_sec + 1; /* never 0, which means "never touched" */
+}
+
+static void maybe_touch(struct sx_ctx *c, uint32_t ci)
+{
+	uint32_t now = now_sec();
+	uint32_t last = atomic_load_explicit(&c->touched[ci], memory_order_relaxed);
+	if (last != 0 && now - last < SX_TOUCH_INTERVAL)
+		return;
+	if (!atomic_compare_exchange_strong(&c->touched[ci], &last, now))
+		return; /* another thread is touching it */
+	struct sx_chunk_ref r;
+	chunk_ref(c, &c->idx.chunks[ci], &r);
+	sx_fetch_touch(c->fetch, &r);
+}
+
+static void log_failure(const struct sx_ctx *c, fuse_ino_t ino, const struct sx_chunk *ch, const char *why)
+{
+	char d[65], l[65];
+	hex32(ch->digest, d);
+	hex32(c->idx.layers[ch->layer].digest, l);
+	fprintf(stderr, "strata-fuse: read of inode %lu: chunk sha256:%s (layer sha256:%s bytes %llu+%u): %s\n",
+		(unsigned long)ino, d, l, (unsigned long long)ch->blob_off, ch->blob_len, why);
+}
+
+/*
+ * Open every chunk overlapping the read, asking the fetcher for the missing
+ * ones in one message per round. fds[i] >= 0 for all on success, else -errno.
+ */
+static int open_chunks(struct sx_ctx *c, fuse_ino_t ino, uint32_t first, uint32_t n, int *fds, struct sx_chunk_ref *refs,
+		       uint32_t *miss)
+{
+	for (int round = 0;; round++) {
+		uint32_t nmiss = 0;
+		for (uint32_t i = 0; i < n; i++) {
+			if (fds[i] >= 0)
+				continue;
+			const struct sx_chunk *ch = &c->idx.chunks[first + i];
+			fds[i] = open_chunk(c, ch);
+			if (fds[i] >= 0) {
+				if (round == 0)
+					maybe_touch(c, first + i);
+				continue;
+			}
+			if (errno != ENOENT) {
+				int e = errno;
+				log_failure(c, ino, ch, strerror(e));
+				return -EIO;
+			}
+			chunk_ref(c, ch, &refs[nmiss]);
+			miss[nmiss++] = first + i;
+		}
+		if (nmiss == 0)
+			return 0;
+		const struct sx_chunk *ch0 = &c->idx.chunks[miss[0]];
+		if (round >= SX_FETCH_ROUNDS) {
+			log_failure(c, ino, ch0, "still missing from the cache after it was fetched (cache too small?)");
+			return -EIO;
+		}
+		int rc = sx_fetch_request(c->fetch, refs, nmiss);
+		if (rc == -ENOTCONN) {
+			log_failure(c, ino, ch0, "not cached and no fetcher is listening");
+			return -EIO;
+		}
+		if (rc == -ETIMEDOUT) {
+			log_failure(c, ino, ch0, "the fetcher did not answer in time");
+			return -EIO;
+		}
+		if (rc < 0) {
+			if (c->debug)
+				log_failure(c, ino, ch0, "the fetcher could not provide it");
+			return -EIO;
+		}
+	}
+}
+
+static void sx_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	(void)fi;
+	struct sx_ctx *c = ctx_of(req);
+	const struct sx_node *n = sx_index_node(&c->idx, ino);
+	if (!n || (n->mode & S_IFMT) != S_IFREG) {
+		fuse_reply_err(req, n ? EISDIR : ENOENT);
+		return;
+	}
+	if (off < 0) {
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	uint64_t start = (uint64_t)off;
+	if (start >= n->size || size == 0) {
+		fuse_reply_buf(req, NULL, 0);
+		return;
+	}
+	uint64_t end = n->size - start < size ? n->size : start + size;
+	size_t len = (size_t)(end - start);
+
+	uint32_t first = sx_index_chunk_at(&c->idx, n, start);
+	uint32_t last = first; /* one past the last chunk that starts before end */
+	while (last < n->first + n->count && c->idx.chunks[last].file_off < end)
+		last++;
+	uint32_t nch = last - first;
+
+	char *buf = malloc(len);
+	int *fds = nch ? malloc(nch * sizeof(*fds)) : NULL;
+	struct sx_chunk_ref *refs = nch ? malloc(nch * sizeof(*refs)) : NULL;
+	uint32_t *miss = nch ? malloc(nch * sizeof(*miss)) : NULL;
+	int err = 0;
+	if (!buf || (nch && (!fds || !refs || !miss))) {
+		err = ENOMEM;
+		goto out;
+	}
+	for (uint32_t i = 0; i < nch; i++)
+		fds[i] = -1;
+	int rc = open_chunks(c, ino, first, nch, fds, refs, miss);
+	if (rc < 0) {
+		err = -rc;
+		goto out;
+	}
+	/* Holes read as zeros: fill the gaps between chunks as we go. */
+	uint64_t pos = start;
+	for (uint32_t i = 0; i < nch; i++) {
+		const struct sx_chunk *ch = &c->idx.chunks[first + i];
+		uint64_t cs = ch->file_off > start ? ch->file_off : start;
+		uint64_t ce = ch->file_off + ch->size < end ? ch->file_off + ch->size : end;
+		if (cs > pos)
+			memset(buf + (pos - start), 0, (size_t)(cs - pos));
+		size_t want = (size_t)(ce - cs);
+		size_t got = 0;
+		while (got < want) {
+			ssize_t r = pread(fds[i], buf + (cs - start) + got, want - got, (off_t)(cs - ch->file_off + got));
+			if (r < 0 && errno == EINTR)
+				continue;
+			if (r <= 0) {
+				/* Cache files are written whole and renamed: short means damaged. */
+				log_failure(c, ino, ch, r < 0 ? strerror(errno) : "cache file is shorter than the chunk");
+				err = EIO;
+				goto out;
+			}
+			got += (size_t)r;
+		}
+		pos = ce;
+	}
+	if (pos < end)
+		memset(buf + (pos - start), 0, (size_t)(end - pos));
+out:
+	for (uint32_t i = 0; fds && i < nch; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	if (err)
+		fuse_reply_err(req, err);
+	else
+		fuse_reply_buf(req, buf, len);
+	free(buf);
+	free(fds);
+	free(refs);
+	free(miss);
+}
+
+/* SEEK_DATA / SEEK_HOLE from the chunk map, so sparse files stay sparse to cp, tar and rsync. */
+static void sx_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fuse_file_info *fi)
+{
+	(void)fi;
+	struct sx_ctx *c = ctx_of(req);
+	const struct sx_node *n = sx_index_node(&c->idx, ino);
+	if (!n || (n->mode & S_IFMT) != S_IFREG) {
+		fuse_reply_err(req, n ? EINVAL : ENOENT);
+		return;
+	}
+	if (off < 0 || (whence != SEEK_DATA && whence != SEEK_HOLE)) {
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	uint64_t o = (uint64_t)off;
+	if (o >= n->size) {
+		fuse_reply_err(req, ENXIO);
+		return;
+	}
+	uint32_t end = n->first + n->count;
+	uint32_t i = sx_index_chunk_at(&c->idx, n, o); /* first chunk ending after o */
+	if (whence == SEEK_DATA) {
+		if (i == end) {
+			fuse_reply_err(req, ENXIO);
+			return;
+		}
+		uint64_t s = c->idx.chunks[i].file_off;
+		fuse_reply_lseek(req, (off_t)(s > o ? s : o));
+		return;
+	}
+	if (i == end || c->idx.chunks[i].file_off > o) {
+		fuse_reply_lseek(req, off); /* already in a hole */
+		return;
+	}
+	/* Adjacent chunks form one data region. */
+	uint64_t e = c->idx.chunks[i].file_off + c->idx.chunks[i].size;
+	for (i++; i < end && c->idx.chunks[i].file_off == e; i++)
+		e += c->idx.chunks[i].size;
+	fuse_reply_lseek(req, (off_t)(e < n->size ? e : n->size));
+}
+
+static void sx_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+	(void)ino;
+	struct sx_ctx *c = ctx_of(req);
+	struct statvfs sv;
+	memset(&sv, 0, sizeof(sv));
+	sv.f_bsize = 4096;
+	sv.f_frsize = 4096;
+	sv.f_blocks = (c->idx.stored_bytes + 4095) / 4096;
+	sv.f_files = c->idx.hdr->node_count;
+	sv.f_namemax = 255;
+	fuse_reply_statfs(req, &sv);
+}
+
+static void sx_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+{
+	struct sx_ctx *c = ctx_of(req);
+	const struct sx_node *n = sx_index_node(&c->idx, ino);
+	if (!n) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	size_t len = strlen(name);
+	for (uint32_t k = 0; k < n->xattr_count; k++) {
+		const struct sx_xattr *x = &c->idx.xattrs[n->xattr_first + k];
+		if (x->name_len != len || memcmp(sx_index_str(&c->idx, x->name_off), name, len) != 0)
+			continue;
+		if (size == 0)
+			fuse_reply_xattr(req, x->value_len); /* the size probe */
+		else if (size < x->value_len)
+			fuse_reply_err(req, ERANGE);
+		else
+			fuse_reply_buf(req, sx_index_str(&c->idx, x->value_off), x->value_len);
+		return;
+	}
+	fuse_reply_err(req, ENODATA);
+}
+
+static void sx_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
+{
+	struct sx_ctx *c = ctx_of(req);
+	const struct sx_node *n = sx_index_node(&c->idx, ino);
+	if (!n) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	size_t total = 0;
+	for (uint32_t k = 0; k < n->xattr_count; k++)
+		total += c->idx.xattrs[n->xattr_first + k].name_len + 1;
+	if (size == 0) {
+		fuse_reply_xattr(req, total);
+		return;
+	}
+	if (size < total) {
+		fuse_reply_err(req, ERANGE);
+		return;
+	}
+	char *buf = malloc(total ? total : 1);
+	if (!buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	size_t pos = 0;
+	for (uint32_t k = 0; k < n->xattr_count; k++) {
+		const struct sx_xattr *x = &c->idx.xattrs[n->xattr_first + k];
+		memcpy(buf + pos, sx_index_str(&c->idx, x->name_off), x->name_len + 1); /* with its NUL */
+		pos += x->name_len + 1;
+	}
+	fuse_reply_buf(req, buf, total);
+	free(buf);
+}
+
+static void sx_access(fuse_req_t req, fuse_ino_t ino, int mask)
+{
+	struct sx_ctx *c = ctx_of(req);
+	if (!sx_index_node(&c->idx, ino)) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	/* Permission bits are checked by the kernel (default_permissions); only writes are ours to refuse. */
+	fuse_reply_err(req, (mask & W_OK) ? EROFS : 0);
+}
+
+static const struct fuse_lowlevel_ops sx_ops = {
+	.init = sx_init,
+	.lookup = sx_lookup,
+	.forget = sx_forget,
+	.forget_multi = sx_forget_multi,
+	.getattr = sx_getattr,
+	.readlink = sx_readlink,
+	.open = sx_open,
+	.read = sx_read,
+	.release = sx_release,
+	.opendir = sx_opendir,
+	.readdir = sx_readdir,
+	.readdirplus = sx_readdirplus,
+	.releasedir = sx_release,
+	.statfs = sx_statfs,
+	.getxattr = sx_getxattr,
+	.listxattr = sx_listxattr,
+	.access = sx_access,
+	.lseek = sx_lseek,
+};
+
+static void usage(FILE *to)
+{
+	fprintf(to, "usage: strata-fuse --index FILE --cache DIR --socket PATH [--timeout-ms N] [--threads N]\n"
+		    "                   [--ready-fd FD] [--foreground] [--debug] MOUNTPOINT\n");
+}
+
+static bool parse_uint(const char *s, unsigned long max, unsigned long *out)
+{
+	char *end;
+	errno = 0;
+	unsigned long v = strtoul(s, &end, 10);
+	if (errno || *s == '\0' || *end != '\0' || v > max)
+		return false;
+	*out = v;
+	return true;
+}
+
+/* Socket paths are kept absolute: after daemonizing the working directory is "/". */
+static char *absolute(const char *p)
+{
+	if (p[0] == '/')
+		return strdup(p);
+	char cwd[PATH_MAX];
+	if (!getcwd(cwd, sizeof(cwd)))
+		return NULL;
+	char *out = malloc(strlen(cwd) + strlen(p) + 2);
+	if (out)
+		sprintf(out, "%s/%s", cwd, p);
+	return out;
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "index", required_argument, NULL, 'i' },     { "cache", required_argument, NULL, 'c' },
+		{ "socket", required_argument, NULL, 's' },    { "timeout-ms", required_argument, NULL, 't' },
+		{ "threads", required_argument, NULL, 'T' },   { "ready-fd", required_argument, NULL, 'r' },
+		{ "foreground", no_argument, NULL, 'f' },      { "debug", no_argument, NULL, 'd' },
+		{ "help", no_argument, NULL, 'h' },            { NULL, 0, NULL, 0 },
+	};
+	const char *index_path = NULL, *cache_dir = NULL, *socket_arg = NULL;
+	unsigned long timeout_ms = 60000, threads = 64, ready_fd = ULONG_MAX;
+	bool foreground = false, debug = false;
+	int opt;
+	while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+		switch (opt) {
+		case 'i': index_path = optarg; break;
+		case 'c': cache_dir = optarg; break;
+		case 's': socket_arg = optarg; break;
+		case 't':
+			if (!parse_uint(optarg, 24UL * 3600 * 1000, &timeout_ms) || timeout_ms == 0) {
+				fprintf(stderr, "strata-fuse: bad --timeout-ms %s\n", optarg);
+				return 2;
+			}
+			break;
+		case 'T':
+			if (!parse_uint(optarg, 1024, &threads) || threads < 2) {
+				fprintf(stderr, "strata-fuse: bad --threads %s (2..1024)\n", optarg);
+				return 2;
+			}
+			break;
+		case 'r':
+			if (!parse_uint(optarg, INT_MAX, &ready_fd)) {
+				fprintf(stderr, "strata-fuse: bad --ready-fd %s\n", optarg);
+				return 2;
+			}
+			break;
+		case 'f': foreground = true; break;
+		case 'd': debug = true; break;
+		case 'h': usage(stdout); return 0;
+		default: usage(stderr); return 2;
+		}
+	}
+	if (!index_path || !cache_dir || !socket_arg || optind != argc - 1) {
+		usage(stderr);
+		return 2;
+	}
+	const char *mountpoint = argv[optind];
+
+	int status = 1;
+	char err[512];
+	struct sx_ctx ctx;
+	memset(&ctx, 0, sizeof(ctx));
+	ctx.cache_fd = -1;
+	ctx.debug = debug;
+	atomic_init(&ctx.noatime, true);
+	struct fuse_session *se = NULL;
+	struct fuse_loop_config *cfg = NULL;
+	char *socket_path = NULL;
+	bool mounted = false, handlers = false;
+
+	if (sx_index_open(&ctx.idx, index_path, err, sizeof(err)) < 0) {
+		fprintf(stderr, "strata-fuse: %s\n", err);
+		return 1;
+	}
+	ctx.touched = calloc(ctx.idx.hdr->chunk_count ? ctx.idx.hdr->chunk_count : 1, sizeof(*ctx.touched));
+	socket_path = absolute(socket_arg);
+	if (!ctx.touched || !socket_path) {
+		fprintf(stderr, "strata-fuse: out of memory\n");
+		goto out;
+	}
+	ctx.cache_fd = open(cache_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (ctx.cache_fd < 0) {
+		fprintf(stderr, "strata-fuse: cache directory %s: %s\n", cache_dir, strerror(errno));
+		goto out;
+	}
+	ctx.fetch = sx_fetch_new(socket_path, (unsigned)timeout_ms, err, sizeof(err));
+	if (!ctx.fetch) {
+		fprintf(stderr, "strata-fuse: %s\n", err);
+		goto out;
+	}
+
+	char opts[256];
+	snprintf(opts, sizeof(opts), "ro,default_permissions,fsname=strata,subtype=strata%s",
+		 geteuid() == 0 ? ",allow_other" : "");
+	char *fargv[] = { argv[0], "-o", opts, debug ? "-d" : NULL, NULL };
+	struct fuse_args args = FUSE_ARGS_INIT(debug ? 4 : 3, fargv);
+	se = fuse_session_new(&args, &sx_ops, sizeof(sx_ops), &ctx);
+	fuse_opt_free_args(&args);
+	if (!se)
+		goto out;
+	if (fuse_set_signal_handlers(se) != 0)
+		goto out;
+	handlers = true;
+	if (fuse_session_mount(se, mountpoint) != 0)
+		goto out;
+	mounted = true;
+	if (!foreground && fuse_daemonize(0) != 0)
+		goto out;
+	if (ready_fd != ULONG_MAX) {
+		/* The parent waits for this line: the mount is live from here on. */
+		static const char ready[] = "ready\n";
+		if (write((int)ready_fd, ready, sizeof(ready) - 1) != (ssize_t)(sizeof(ready) - 1))
+			fprintf(stderr, "strata-fuse: cannot signal readiness on fd %lu: %s\n", ready_fd, strerror(errno));
+		close((int)ready_fd);
+	}
+
+	cfg = fuse_loop_cfg_create();
+	if (!cfg)
+		goto out;
+	/* Each read waiting on a miss holds a worker; the rest must keep serving. */
+	fuse_loop_cfg_set_max_threads(cfg, (unsigned)threads);
+	fuse_loop_cfg_set_idle_threads(cfg, 8);
+	fuse_loop_cfg_set_clone_fd(cfg, 0);
+	int rc = fuse_session_loop_mt(se, cfg);
+	/* 0 = unmounted, >0 = the signal that stopped us; both are clean exits. */
+	status = rc < 0 ? 1 : 0;
+out:
+	if (cfg)
+		fuse_loop_cfg_destroy(cfg);
+	if (mounted)
+		fuse_session_unmount(se);
+	if (handlers)
+		fuse_remove_signal_handlers(se);
+	if (se)
+		fuse_session_destroy(se);
+	sx_fetch_free(ctx.fetch);
+	if (ctx.cache_fd >= 0)
+		close(ctx.cache_fd);
+	free(ctx.touched);
+	free(socket_path);
+	sx_index_close(&ctx.idx);
+	return status;
+}

@@ -1,0 +1,192 @@
+/**
+ * Capture what changed in a workspace since its last backup or restore, from the overlay upper.
+ *
+ * The upper of a kernel overlay holds every entry created or modified in the workspace (whole
+ * files: metacopy is off), a 0/0 character device for each deleted lower entry, a
+ * trusted.overlay.opaque=y directory for each directory replaced wholesale, and a
+ * trusted.overlay.redirect directory for each directory renamed from a lower layer.
+ *
+ * The upper keeps accumulating after a backup (the workspace stays mounted), so each entry's
+ * signature (type, inode, size, mtime, ctime) at the last capture is recorded; the next capture
+ * takes only entries whose signature moved, plus whiteouts for entries that vanished since.
+ */
+import type { BigIntStats } from 'node:fs';
+import { lstat, readdir } from 'node:fs/promises';
+import { type BytePath, compareBytes, fromFsPath, joinPath, parentOf, toFsPath } from '../format/paths.js';
+import type { LayerWriter } from '../format/writer.js';
+import { sys } from '../sys/native.js';
+import { splitNs, TreeCapture } from './tree.js';
+
+/** type, ino, size, mtime ns, ctime ns, 'o' when captured as opaque. */
+export type Signature = string;
+export type Captured = Map<BytePath, Signature>;
+
+const OVERLAY_XATTR = 'trusted.overlay.';
+export const skipOverlayXattr = (name: string): boolean => name.startsWith(OVERLAY_XATTR);
+
+function typeChar(st: BigIntStats): string {
+  if (st.isDirectory()) return 'd';
+  if (st.isFile()) return 'f';
+  if (st.isSymbolicLink()) return 'l';
+  if (st.isCharacterDevice()) return st.rdev === 0n ? 'w' : 'c';
+  if (st.isBlockDevice()) return 'b';
+  if (st.isFIFO()) return 'p';
+  return 's';
+}
+
+export function signature(st: BigIntStats, opaque = false): Signature {
+  return `${typeChar(st)}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}${opaque ? ':o' : ''}`;
+}
+
+function xattr(fsPath: BytePath, name: string): Buffer | undefined {
+  for (const [n, v] of sys.llistxattrs(toFsPath(fsPath))) if (n === name) return v;
+  return undefined;
+}
+
+export interface UpperCaptureResult {
+  /** Signatures of every upper entry now: the next capture's baseline. */
+  captured: Captured;
+  /** Entries written to the layer (whiteouts included). */
+  changed: number;
+}
+
+export interface UpperPaths {
+  upper: string;
+  /** The mounted workspace: renamed directories are read from here, whole. */
+  merged: string;
+}
+
+/** Walk the upper; write changed entries to the writer; return the new baseline. */
+export async function captureUpper(
+  paths: UpperPaths,
+  previous: Captured,
+  writer: LayerWriter,
+  opts: { onWarning?: (m: string) => void; dryRun?: boolean } = {},
+): Promise<UpperCaptureResult> {
+  const upperB = fromFsPath(Buffer.from(paths.upper));
+  const mergedB = fromFsPath(Buffer.from(paths.merged));
+  const tree = new TreeCapture(writer, { skipXattr: skipOverlayXattr, ...(opts.onWarning ? { onWarning: opts.onWarning } : {}) });
+  const captured: Captured = new Map();
+  let changed = 0;
+  /** Paths whose whole subtree this layer states (opaque or renamed directories). */
+  const whole: BytePath[] = [];
+  /** Every path this layer whites out. */
+  const whiteouts = new Set<BytePath>();
+  /**
+   * Directories written to this layer. Every entry's parent directories are written before it,
+   * so each layer stands alone as an overlay lower directory (a parent missing from the layer
+   * would appear with made-up metadata and hide the real one's).
+   */
+  const emitted = new Set<BytePath>(['.']);
+  const ensureParents = async (path: BytePath): Promise<void> => {
+    const missing: BytePath[] = [];
+    for (let a = parentOf(path); !emitted.has(a); a = parentOf(a)) missing.unshift(a);
+    for (const a of missing) {
+      const fsA = joinPath(upperB, a);
+      await tree.addEntry(fsA, a, await lstat(toFsPath(fsA), { bigint: true }));
+      emitted.add(a);
+    }
+  };
+
+  const visit = async (path: BytePath, st: BigIntStats, forceAll: boolean): Promise<void> => {
+    const fsPath = joinPath(upperB, path);
+    const t = typeChar(st);
+    if (t === 'd') {
+      const redirect = path !== '.' && xattr(fsPath, 'trusted.overlay.redirect') !== undefined;
+      const opaque = path !== '.' && xattr(fsPath, 'trusted.overlay.opaque')?.toString() === 'y';
+      const sig = signature(st, opaque || redirect);
+      captured.set(path, sig);
+      const changedHere = forceAll || previous.get(path) !== sig;
+      if (redirect && changedHere) {
+        await ensureParents(path);
+        emitted.add(path);
+        // A directory renamed from a lower layer: its content lives partly under its old name
+        // below, so the layer gets the whole directory as the workspace shows it, as opaque.
+        const mergedPath = joinPath(mergedB, path);
+        const mst = await lstat(toFsPath(mergedPath), { bigint: true });
+        await tree.captureDir(mergedPath, path, mst, { opaque: true });
+        whole.push(path);
+        changed++;
+        // Record the upper subtree as captured so later backups diff against it.
+        await recordSubtree(path);
+        return;
+      }
+      // An opaque directory hides everything below it: state its whole content, unless a
+      // previous layer already did and the directory itself has not changed since.
+      const full = forceAll || (opaque && changedHere);
+      if (changedHere) {
+        await ensureParents(path);
+        await tree.addEntry(fsPath, path, st, full && opaque ? { opaque: true } : {});
+        emitted.add(path);
+        changed++;
+      }
+      if (full && opaque) whole.push(path);
+      const names = (await readdir(toFsPath(fsPath), { encoding: 'buffer' })).map(fromFsPath).sort(compareBytes);
+      for (const name of names) {
+        const child = path === '.' ? name : path + '/' + name;
+        let cst: BigIntStats;
+        try {
+          cst = await lstat(toFsPath(joinPath(upperB, child)), { bigint: true });
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
+          throw err;
+        }
+        await visit(child, cst, full);
+      }
+      return;
+    }
+    const sig = signature(st);
+    captured.set(path, sig);
+    if (!forceAll && previous.get(path) === sig) return;
+    changed++;
+    await ensureParents(path);
+    if (t === 'w') {
+      // Overlay's whiteout: the lower entry at this path is deleted.
+      whiteouts.add(path);
+      const [sec, nsec] = splitNs(st.mtimeNs);
+      await writer.addEntry({ path, type: 'whiteout', mode: 0, uid: 0, gid: 0, mtime: [sec, nsec], size: 0 });
+      return;
+    }
+    await tree.addEntry(fsPath, path, st);
+  };
+
+  const recordSubtree = async (path: BytePath): Promise<void> => {
+    const names = (await readdir(toFsPath(joinPath(upperB, path)), { encoding: 'buffer' })).map(fromFsPath);
+    for (const name of names) {
+      const child = path + '/' + name;
+      const st = await lstat(toFsPath(joinPath(upperB, child)), { bigint: true });
+      captured.set(child, signature(st));
+      if (st.isDirectory()) await recordSubtree(child);
+    }
+  };
+
+  const rootSt = await lstat(toFsPath(upperB), { bigint: true });
+  await visit('.', rootSt, false);
+
+  // Entries captured before that are gone from the upper now: deleted (or moved) since. Each
+  // gets a whiteout unless an ancestor's whiteout or a whole-directory entry already covers it,
+  // or the workspace still shows something there (then the upper holds it and it was captured).
+  const gone = [...previous.keys()].filter((p) => !captured.has(p)).sort(compareBytes);
+  const covered = (p: BytePath, set: Set<BytePath>): boolean => {
+    for (let a = parentOf(p); a !== '.'; a = parentOf(a)) if (set.has(a)) return true;
+    return false;
+  };
+  const wholeSet = new Set(whole);
+  for (const p of gone) {
+    if (p === '.' || whiteouts.has(p) || covered(p, whiteouts) || covered(p, wholeSet) || wholeSet.has(p)) continue;
+    // Under something that is no longer a directory in the upper: that entry replaced it all.
+    const parent = parentOf(p);
+    if (parent !== '.' && !captured.get(parent)?.startsWith('d:')) continue;
+    try {
+      await lstat(toFsPath(joinPath(mergedB, p)));
+      continue;
+    } catch {
+      // absent from the workspace: a real deletion
+    }
+    whiteouts.add(p);
+    await ensureParents(p);
+    await writer.addEntry({ path: p, type: 'whiteout', mode: 0, uid: 0, gid: 0, mtime: [0, 0], size: 0 });
+    changed++;
+  }
+  return { captured, changed };
+}

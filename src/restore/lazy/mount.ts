@@ -1,0 +1,209 @@
+/**
+ * Lazy restore: mount a backup's merged view read-only with strata-fuse, file data fetched on first
+ * read. mountLazy writes the index, starts (or joins) a fetcher, spawns build/strata-fuse, and
+ * returns once the mountpoint answers. Nothing here assumes a CLI: a daemon can hold many mounts
+ * sharing one fetcher and one cache.
+ */
+import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdir, rm, stat } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
+import type { Readable } from 'node:stream';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { BackupRestoreError } from '../../errors.js';
+import type { LayerDescriptor } from '../../format/reader.js';
+import type { Toc } from '../../format/toc.js';
+import type { ObjectStore } from '../../store/store.js';
+import { buildView, type ViewNode } from '../view.js';
+import { Fetcher, type FetcherOptions, type FetcherStats, type HydrateResult } from './fetcher.js';
+import { viewChunks, writeIndex } from './index-file.js';
+
+const run = promisify(execFile);
+const IS_ROOT = process.getuid?.() === 0;
+
+/** build/strata-fuse beside this module's package (src/ and dist/ both sit one level below the root). */
+export function defaultFuseBinary(): string {
+  return resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'build', 'strata-fuse');
+}
+
+export interface MountLazyOptions {
+  store: ObjectStore;
+  layers: LayerDescriptor[];
+  /** The merged view, or the layers' TOCs to build it from. */
+  view?: ViewNode;
+  tocs?: Toc[];
+  mountpoint: string;
+  /** Where the index (and, with a fetcher of our own, its socket) go. */
+  runDir: string;
+  /** Share a running fetcher (and its cache); otherwise one is started for this mount. */
+  fetcher?: Fetcher;
+  /** For a fetcher of our own: the cache directory and its budget (default 4 GiB). */
+  cacheDir?: string;
+  cacheBytes?: number;
+  fetcherOptions?: FetcherOptions;
+  /** strata-fuse's own bound on waiting for the fetcher (default: the fetcher deadline + 5 s). */
+  timeoutMs?: number;
+  /** FUSE worker threads at most (default 64): each read waiting on a miss holds one. */
+  threads?: number;
+  /** Path of strata-fuse (default build/strata-fuse). */
+  binary?: string;
+  /** Give up if the mount is not live by then (default 10 s). */
+  readyTimeoutMs?: number;
+  /** Each line strata-fuse writes to stderr (default: to our stderr). */
+  onLog?: (line: string) => void;
+}
+
+export interface LazyMount {
+  readonly mountpoint: string;
+  readonly indexPath: string;
+  readonly child: ChildProcess;
+  readonly fetcher: Fetcher;
+  /** The fetcher's counters (shared by every mount it serves). */
+  stats(): FetcherStats;
+  /** Fetch every chunk not cached yet, behind on-demand reads. */
+  hydrate(opts?: { priority?: 'low' | 'normal'; signal?: AbortSignal }): Promise<HydrateResult>;
+  /** Unmount (lazily if busy), stop strata-fuse, and stop the fetcher if it is this mount's own. */
+  unmount(): Promise<void>;
+}
+
+/** Unmount a FUSE mountpoint: a normal unmount, else a lazy one; true when something was unmounted. */
+export async function unmountPath(mountpoint: string): Promise<boolean> {
+  const tries = IS_ROOT
+    ? [
+        ['umount', [mountpoint]],
+        ['umount', ['-l', mountpoint]],
+      ]
+    : [
+        ['fusermount3', ['-u', mountpoint]],
+        ['fusermount3', ['-uz', mountpoint]],
+      ];
+  for (const [cmd, args] of tries as Array<[string, string[]]>) {
+    try {
+      await run(cmd, args);
+      return true;
+    } catch {
+      // Not mounted, or busy: try the next way.
+    }
+  }
+  return false;
+}
+
+function waitExit(child: ChildProcess, ms: number): Promise<boolean> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve(true);
+  return new Promise((resolve) => {
+    const t = setTimeout(() => resolve(false), ms);
+    child.once('exit', () => {
+      clearTimeout(t);
+      resolve(true);
+    });
+  });
+}
+
+export async function mountLazy(o: MountLazyOptions): Promise<LazyMount> {
+  const view = o.view ?? (o.tocs ? buildView(o.tocs) : undefined);
+  if (!view) throw new BackupRestoreError('mountLazy needs a view or the TOCs of the layers');
+  const mountpoint = resolve(o.mountpoint);
+  const runDir = resolve(o.runDir);
+  await mkdir(runDir, { recursive: true, mode: 0o700 });
+  const tag = randomBytes(6).toString('hex');
+  const indexPath = join(runDir, `mount-${tag}.index`);
+  await writeIndex(view, o.layers, indexPath);
+
+  const own = !o.fetcher;
+  let fetcher: Fetcher;
+  if (o.fetcher) fetcher = o.fetcher;
+  else {
+    if (!o.cacheDir) throw new BackupRestoreError('mountLazy needs a fetcher or a cacheDir');
+    fetcher = await Fetcher.start({ ...o.fetcherOptions, socketPath: join(runDir, `fetch-${tag}.sock`), cacheDir: o.cacheDir, cacheBytes: o.cacheBytes ?? 4 * 1024 ** 3 });
+  }
+  const chunks = viewChunks(view);
+  const unregister = fetcher.register(o.store, o.layers, chunks);
+
+  const cleanupStart = async (): Promise<void> => {
+    unregister();
+    if (own) await fetcher.close();
+    await rm(indexPath, { force: true });
+  };
+
+  const timeoutMs = o.timeoutMs ?? (o.fetcherOptions?.deadlineMs ?? 30_000) + 5_000;
+  const args = ['--index', indexPath, '--cache', fetcher.cache.dir, '--socket', fetcher.socketPath, '--timeout-ms', String(timeoutMs), '--threads', String(o.threads ?? 64), '--ready-fd', '3', '--foreground', mountpoint];
+  let child: ChildProcess;
+  try {
+    child = spawn(o.binary ?? defaultFuseBinary(), args, { stdio: ['ignore', 'ignore', 'pipe', 'pipe'] });
+  } catch (err) {
+    await cleanupStart();
+    throw new BackupRestoreError(`cannot start strata-fuse: ${(err as Error).message}`, { cause: err });
+  }
+  const tail: string[] = [];
+  const onLog = o.onLog ?? ((line: string) => process.stderr.write(line + '\n'));
+  let pending = '';
+  child.stderr!.on('data', (b: Buffer) => {
+    pending += b.toString('utf8');
+    let i: number;
+    while ((i = pending.indexOf('\n')) >= 0) {
+      const line = pending.slice(0, i);
+      pending = pending.slice(i + 1);
+      tail.push(line);
+      if (tail.length > 20) tail.shift();
+      onLog(line);
+    }
+  });
+
+  // Ready when strata-fuse writes "ready" on fd 3 (after the mount succeeded), or failed when it exits first.
+  const ready = await new Promise<string | null>((resolveReady) => {
+    const readyPipe = child.stdio[3] as Readable;
+    let got = '';
+    const t = setTimeout(() => resolveReady(`not ready after ${o.readyTimeoutMs ?? 10_000} ms`), o.readyTimeoutMs ?? 10_000);
+    const done = (v: string | null): void => {
+      clearTimeout(t);
+      resolveReady(v);
+    };
+    readyPipe.on('data', (b: Buffer) => {
+      got += b.toString();
+      if (got.includes('ready\n')) done(null);
+    });
+    readyPipe.on('error', () => undefined);
+    child.once('error', (err) => done(err.message));
+    child.once('exit', (code, sig) => done(`exited with ${sig ?? code}`));
+  });
+  if (ready !== null) {
+    child.kill('SIGKILL');
+    await waitExit(child, 2000);
+    await unmountPath(mountpoint);
+    await cleanupStart();
+    throw new BackupRestoreError(`strata-fuse could not mount ${mountpoint}: ${ready}${tail.length ? `\n${tail.join('\n')}` : ''}`);
+  }
+  try {
+    await stat(mountpoint);
+  } catch (err) {
+    child.kill('SIGTERM');
+    await unmountPath(mountpoint);
+    await cleanupStart();
+    throw new BackupRestoreError(`mount of ${mountpoint} does not answer: ${(err as Error).message}`, { cause: err });
+  }
+
+  let unmounted: Promise<void> | undefined;
+  return {
+    mountpoint,
+    indexPath,
+    child,
+    fetcher,
+    stats: () => fetcher.stats(),
+    hydrate: (h) => fetcher.hydrate(o.layers, chunks, h),
+    unmount: () =>
+      (unmounted ??= (async () => {
+        if (child.exitCode === null && child.signalCode === null) {
+          await unmountPath(mountpoint);
+          if (!(await waitExit(child, 5000))) {
+            child.kill('SIGTERM');
+            if (!(await waitExit(child, 2000))) child.kill('SIGKILL');
+            await waitExit(child, 2000);
+          }
+        }
+        // A crashed server leaves a dead mount behind; remove it too.
+        await unmountPath(mountpoint);
+        await cleanupStart();
+      })()),
+  };
+}

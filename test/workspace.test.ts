@@ -1,0 +1,323 @@
+/**
+ * Overlay workspaces, incremental backups and forks (issue 3). Each operation is done inside a
+ * restored workspace, backed up, restored into a fresh workspace (and as a plain copy), and the
+ * result compared with the original merged view, contents and metadata.
+ */
+import { appendFile, chmod, lchown, link, mkdir, mkdtemp, readdir, rename, rm, symlink, truncate, unlink, writeFile, readFile, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { Strata, type BackupHandle } from '../src/index.js';
+import { sys } from '../src/sys/native.js';
+import { need } from './helpers/caps.js';
+import { diffTrees, summarize } from './helpers/tree.js';
+import { makeBaseTree, unmountUnder } from './helpers/workspace.js';
+
+const RUN = need('root');
+let work: string;
+let n = 0;
+
+beforeAll(async () => {
+  work = await mkdtemp(join(tmpdir(), 'strata-ws-'));
+});
+afterEach(() => {
+  if (work) unmountUnder(work);
+});
+afterAll(async () => {
+  if (work) {
+    unmountUnder(work);
+    await rm(work, { recursive: true, force: true });
+  }
+});
+
+interface Ctx {
+  strata: Strata;
+  base: BackupHandle;
+  dir: (name: string) => string;
+}
+
+async function setup(opts: { maxChain?: number } = {}): Promise<Ctx> {
+  const root = join(work, `case-${++n}`);
+  const strata = new Strata({ home: join(root, 'home'), ...opts });
+  await makeBaseTree(join(root, 'src'));
+  const base = await strata.createBackup({ dir: join(root, 'src') });
+  return { strata, base, dir: (name) => join(root, name) };
+}
+
+/** Back up the workspace, restore the backup into a fresh workspace and a copy, compare both. */
+async function roundTrip(c: Ctx, ws: string, label: string): Promise<BackupHandle> {
+  const h = await c.strata.createBackup({ dir: ws });
+  const want = await summarize(ws);
+  const fresh = c.dir(`${label}-ws`);
+  await c.strata.restoreBackup(h, { dir: fresh, mode: 'extract' });
+  expect(diffTrees(want, await summarize(fresh)), `${label}: workspace restore`).toEqual([]);
+  const copy = c.dir(`${label}-copy`);
+  await c.strata.restoreBackup(h, { dir: copy, mode: 'copy' });
+  expect(diffTrees(want, await summarize(copy)), `${label}: copy restore`).toEqual([]);
+  await c.strata.unmount(fresh, { discard: true });
+  return h;
+}
+
+const OPS: Array<[string, (w: string) => Promise<void>]> = [
+  ['create', async (w) => {
+    await writeFile(join(w, 'new.txt'), 'new');
+    await mkdir(join(w, 'newdir/inner'), { recursive: true });
+    await writeFile(join(w, 'newdir/inner/f'), 'f');
+  }],
+  ['overwrite', (w) => writeFile(join(w, 'a.txt'), 'overwritten\n')],
+  ['append', (w) => appendFile(join(w, 'b.txt'), 'more\n')],
+  ['truncate', (w) => truncate(join(w, 'big.bin'), 1000)],
+  ['chmod and chown only', async (w) => {
+    await chmod(join(w, 'a.txt'), 0o600);
+    await lchown(join(w, 'b.txt'), 1000, 1001);
+    await chmod(join(w, 'dir2'), 0o700);
+  }],
+  ['xattr change', async (w) => {
+    sys.lsetxattr(Buffer.from(join(w, 'attrs')), 'user.one', Buffer.from('changed'));
+    sys.lsetxattr(Buffer.from(join(w, 'attrs')), 'user.two', Buffer.from('2'));
+  }],
+  ['delete a file', (w) => unlink(join(w, 'a.txt'))],
+  ['delete a directory tree', (w) => rm(join(w, 'dir1'), { recursive: true })],
+  ['replace a directory by a file', async (w) => {
+    await rm(join(w, 'dir1'), { recursive: true });
+    await writeFile(join(w, 'dir1'), 'now a file');
+  }],
+  ['replace a file by a directory', async (w) => {
+    await unlink(join(w, 'a.txt'));
+    await mkdir(join(w, 'a.txt'));
+    await writeFile(join(w, 'a.txt/inside'), 'in');
+  }],
+  ['rename a file', (w) => rename(join(w, 'a.txt'), join(w, 'dir2/renamed.txt'))],
+  ['rename a directory across levels', async (w) => {
+    // A lower directory moved up and down the tree: EXDEV on fuse-overlayfs, works here.
+    await rename(join(w, 'dir1/sub'), join(w, 'dir2/moved'));
+    await rename(join(w, 'dir2'), join(w, 'empty/dir2-now-deeper'));
+  }],
+  ['hard link a lower file', (w) => link(join(w, 'a.txt'), join(w, 'dir2/a-link'))],
+  ['symlink retarget', async (w) => {
+    await unlink(join(w, 'link'));
+    await symlink('b.txt', join(w, 'link'));
+  }],
+  ['delete then re-create the same name', async (w) => {
+    await unlink(join(w, 'b.txt'));
+    await writeFile(join(w, 'b.txt'), 'reborn\n');
+    await rm(join(w, 'dir1'), { recursive: true });
+    await mkdir(join(w, 'dir1'));
+    await writeFile(join(w, 'dir1/only'), 'only this');
+  }],
+];
+
+describe.runIf(RUN)('workspaces', () => {
+  describe.each(OPS)('%s', (label, op) => {
+    it('backs up only the change and restores the same view', async () => {
+      const c = await setup();
+      const ws = c.dir('ws');
+      await c.strata.restoreBackup(c.base, { dir: ws, mode: 'extract' });
+      expect((await c.strata.status(ws))[0]).toMatchObject({ mounted: true, unsavedEntries: 0 });
+      await op(ws);
+      const h = await roundTrip(c, ws, 'op');
+      const info = await c.strata.getBackup(h.id);
+      const baseInfo = await c.strata.getBackup(c.base.id);
+      // The parent's layer is reused, not uploaded again; the new layer is small.
+      expect(info.layers.length).toBe(2);
+      expect(info.layers[0]!.digest).toBe(baseInfo.layers[0]!.digest);
+      expect(info.parent).toBe(c.base.id);
+      expect(info.layers[1]!.size).toBeLessThan(64 * 1024);
+      expect((await c.strata.status(ws))[0]!.unsavedEntries).toBe(0);
+    });
+  });
+
+  it('replaces a directory by a file and back, across two backups', async () => {
+    const c = await setup();
+    const ws = c.dir('ws');
+    await c.strata.restoreBackup(c.base, { dir: ws });
+    // First make dir1 and its files part of the upper's baseline, so they are "gone" later.
+    await writeFile(join(ws, 'dir1/x'), 'in the upper');
+    await writeFile(join(ws, 'dir1/new'), 'upper only');
+    await roundTrip(c, ws, 'zeroth');
+    await rm(join(ws, 'dir1'), { recursive: true });
+    await writeFile(join(ws, 'dir1'), 'file now');
+    await roundTrip(c, ws, 'first');
+    await unlink(join(ws, 'dir1'));
+    await mkdir(join(ws, 'dir1'));
+    await writeFile(join(ws, 'dir1/again'), 'a dir again');
+    const h = await roundTrip(c, ws, 'second');
+    expect((await c.strata.getBackup(h.id)).layers.length).toBe(4);
+  });
+
+  it('uploads about the edited file when one file of a large workspace changes', async () => {
+    const c = await setup();
+    const ws = c.dir('ws');
+    await c.strata.restoreBackup(c.base, { dir: ws });
+    await writeFile(join(ws, 'a.txt'), 'x'.repeat(10_000));
+    const h = await c.strata.createBackup({ dir: ws });
+    const info = await c.strata.getBackup(h.id);
+    const total = info.layers[0]!.size;
+    expect(total).toBeGreaterThan(6 * 1024 * 1024);
+    expect(info.layers[1]!.dataBytes).toBe(10_000);
+    expect(info.layers[1]!.size).toBeLessThan(4096);
+  });
+
+  it('keeps a chain of ten successive backups right, merging past the chain limit', async () => {
+    const c = await setup({ maxChain: 4 });
+    const ws = c.dir('ws');
+    await c.strata.restoreBackup(c.base, { dir: ws });
+    for (let i = 0; i < 10; i++) {
+      await writeFile(join(ws, `step-${i}`), `step ${i}\n`);
+      if (i % 2 === 0) await appendFile(join(ws, 'b.txt'), `${i}\n`);
+      if (i === 2) await writeFile(join(ws, 'dir1/sub/deep/w'), 'content only: no directory changes');
+      if (i === 3) await rm(join(ws, 'dir1/sub'), { recursive: true });
+      if (i === 5) await writeFile(join(ws, 'dir1/x'), 'again, under an already copied-up directory');
+      if (i === 4) await rename(join(ws, 'dir2'), join(ws, 'dir2-renamed'));
+      if (i === 5) await unlink(join(ws, `step-1`));
+      if (i === 6) await mkdir(join(ws, 'dir1/sub'));
+      if (i === 7) await writeFile(join(ws, 'dir1/sub/back'), 'back');
+      if (i === 8) await chmod(join(ws, 'exec.sh'), 0o700);
+      const h = await roundTrip(c, ws, `chain-${i}`);
+      const layers = (await c.strata.getBackup(h.id)).layers;
+      expect(layers.length).toBeLessThanOrEqual(4);
+      expect(layers[0]!.digest).toBe((await c.strata.getBackup(c.base.id)).layers[0]!.digest);
+    }
+  });
+
+  it('backs up a plain directory as differences from a parent backup', async () => {
+    const c = await setup();
+    const src = c.dir('src');
+    await writeFile(join(src, 'dir1/sub/deep/w'), 'changed deep down');
+    await unlink(join(src, 'dir1/x'));
+    await rm(join(src, 'dir2'), { recursive: true });
+    await writeFile(join(src, 'dir2'), 'a file now');
+    await chmod(join(src, 'exec.sh'), 0o700);
+    await mkdir(join(src, 'brand/new'), { recursive: true });
+    const h = await c.strata.createBackup({ dir: src, parent: c.base });
+    const info = await c.strata.getBackup(h.id);
+    expect(info.parent).toBe(c.base.id);
+    expect(info.layers.length).toBe(2);
+    // Only the changed file's bytes (and the small ones) are stored, not big.bin again.
+    expect(info.layers[1]!.dataBytes).toBeLessThan(1024);
+    const out = c.dir('diff-copy');
+    await c.strata.restoreBackup(h, { dir: out, mode: 'copy' });
+    expect(diffTrees(await summarize(src), await summarize(out))).toEqual([]);
+    const ws = c.dir('diff-ws');
+    await c.strata.restoreBackup(h, { dir: ws, mode: 'extract' });
+    expect(diffTrees(await summarize(src), await summarize(ws))).toEqual([]);
+  });
+
+  it('adds no layer when nothing changed', async () => {
+    const c = await setup();
+    const ws = c.dir('ws');
+    await c.strata.restoreBackup(c.base, { dir: ws });
+    const h = await c.strata.createBackup({ dir: ws });
+    expect((await c.strata.getBackup(h.id)).layers.length).toBe(1);
+  });
+
+  it('forks: one backup in many workspaces, sharing layers, each with its own changes', async () => {
+    const c = await setup();
+    const forks = [c.dir('f1'), c.dir('f2'), c.dir('f3')];
+    await Promise.all(forks.map((f) => c.strata.restoreBackup(c.base, { dir: f })));
+    expect((await readdir(join(c.strata.home, 'layers'))).length).toBe(1);
+    await writeFile(join(forks[0]!, 'a.txt'), 'fork one');
+    await rm(join(forks[1]!, 'dir1'), { recursive: true });
+    await rename(join(forks[2]!, 'dir2'), join(forks[2]!, 'dir3'));
+    expect(await readFile(join(forks[1]!, 'a.txt'), 'utf8')).toBe('alpha\n');
+    const hs = [];
+    for (const [i, f] of forks.entries()) hs.push(await roundTrip(c, f, `fork-${i}`));
+    for (const h of hs) {
+      const layers = (await c.strata.getBackup(h.id)).layers;
+      expect(layers.length).toBe(2);
+      expect(layers[0]!.digest).toBe((await c.strata.getBackup(c.base.id)).layers[0]!.digest);
+    }
+  });
+
+  it('refuses to restore over unsaved changes, and over a non-empty directory, unless forced', async () => {
+    const c = await setup();
+    const ws = c.dir('ws');
+    await c.strata.restoreBackup(c.base, { dir: ws });
+    await writeFile(join(ws, 'unsaved'), 'precious');
+    await expect(c.strata.restoreBackup(c.base, { dir: ws })).rejects.toMatchObject({ code: 'UNSAVED_CHANGES' });
+    expect(await readFile(join(ws, 'unsaved'), 'utf8')).toBe('precious');
+    await c.strata.restoreBackup(c.base, { dir: ws, force: true });
+    await expect(stat(join(ws, 'unsaved'))).rejects.toMatchObject({ code: 'ENOENT' });
+
+    const plain = c.dir('plain');
+    await mkdir(plain);
+    await writeFile(join(plain, 'mine'), 'mine');
+    await expect(c.strata.restoreBackup(c.base, { dir: plain })).rejects.toMatchObject({ code: 'TARGET_NOT_EMPTY' });
+    expect(await readFile(join(plain, 'mine'), 'utf8')).toBe('mine');
+    await c.strata.restoreBackup(c.base, { dir: plain, force: true });
+    expect(await readFile(join(plain, 'a.txt'), 'utf8')).toBe('alpha\n');
+    await expect(stat(join(plain, 'mine'))).rejects.toMatchObject({ code: 'ENOENT' });
+  });
+
+  it('unmount keeps unsaved changes; restoring the same backup brings them back; discard drops them', async () => {
+    const c = await setup();
+    const ws = c.dir('ws');
+    await c.strata.restoreBackup(c.base, { dir: ws });
+    await writeFile(join(ws, 'keep-me'), 'kept');
+    await c.strata.unmount(ws);
+    // The new file, and the root directory whose mtime it moved.
+    expect((await c.strata.status(ws))[0]).toMatchObject({ mounted: false, unsavedEntries: 2 });
+    await expect(readdir(ws)).resolves.toEqual([]);
+    const r = await c.strata.restoreBackup(c.base, { dir: ws });
+    expect(r.recovered).toBe(true);
+    expect(await readFile(join(ws, 'keep-me'), 'utf8')).toBe('kept');
+    await c.strata.unmount(ws, { discard: true });
+    await expect(c.strata.status(ws)).rejects.toMatchObject({ code: 'WORKSPACE_NOT_FOUND' });
+  });
+
+  it('serialises two backups of one workspace', async () => {
+    const c = await setup();
+    const ws = c.dir('ws');
+    await c.strata.restoreBackup(c.base, { dir: ws });
+    await writeFile(join(ws, 'one'), '1');
+    const [h1, h2] = await Promise.all([c.strata.createBackup({ dir: ws }), c.strata.createBackup({ dir: ws })]);
+    const [i1, i2] = [await c.strata.getBackup(h1.id), await c.strata.getBackup(h2.id)];
+    // One ran after the other: the second stacks on the first (and added no layer).
+    const [first, second] = i1.createdAt <= i2.createdAt ? [i1, i2] : [i2, i1];
+    expect(second.parent).toBe(first.id);
+    expect(second.layers.map((l) => l.digest)).toEqual(first.layers.map((l) => l.digest));
+  });
+
+  it('never stores a file torn by a concurrent writer', async () => {
+    const c = await setup();
+    const ws = c.dir('ws');
+    await c.strata.restoreBackup(c.base, { dir: ws });
+    const target = join(ws, 'busy.bin');
+    const size = 8 * 1024 * 1024;
+    await writeFile(target, Buffer.alloc(size, 'a'));
+    let stop = false;
+    const writer = (async () => {
+      const { open } = await import('node:fs/promises');
+      for (let v = 0; !stop; v++) {
+        const ch = 'abcdefgh'[v % 8]!;
+        const fh = await open(target, 'r+');
+        // Two halves with a pause between: a read in the middle sees two versions.
+        await fh.write(Buffer.alloc(size / 2, ch), 0, size / 2, 0);
+        await new Promise((r) => setTimeout(r, 5));
+        await fh.write(Buffer.alloc(size / 2, ch), 0, size / 2, size / 2);
+        await fh.close();
+        await new Promise((r) => setTimeout(r, 30));
+      }
+    })();
+    const results = [];
+    for (let i = 0; i < 4; i++) {
+      results.push(await c.strata.createBackup({ dir: ws }).then((h) => ({ h }), (err: { code: string; message: string }) => ({ err })));
+    }
+    stop = true;
+    await writer;
+    let checked = 0;
+    for (const r of results) {
+      if ('err' in r) {
+        expect(r.err.code).toBe('BACKUP_CREATE_FAILED');
+        expect(r.err.message).toMatch(/kept changing/);
+        continue;
+      }
+      const out = c.dir(`torn-${checked++}`);
+      await c.strata.restoreBackup(r.h, { dir: out, mode: 'copy' });
+      const data = await readFile(join(out, 'busy.bin'));
+      expect(data.length).toBe(size);
+      expect(data.every((b) => b === data[0])).toBe(true);
+    }
+    expect(checked).toBeGreaterThan(0);
+  });
+});
