@@ -11,6 +11,11 @@ const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const base = join(repo, '.strata-demo');
 const ws = join(base, 'workspace');
 const out = join(base, 'restored');
+// A previous run's workspace may still be mounted: take it down first.
+for (const line of (await import('node:fs')).readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+  const mp = line.split(' ')[4];
+  if (mp && mp.startsWith(base + '/')) spawnSync('umount', ['-l', mp]);
+}
 rmSync(base, { recursive: true, force: true });
 mkdirSync(base, { recursive: true });
 const env = { ...process.env, STRATA_HOME: join(base, 'home') };
@@ -74,4 +79,19 @@ console.log(`  (${restore.ms.toFixed(0)} ms, whole command)\n`);
 console.log('$ diff -r --no-dereference workspace restored');
 execFileSync('diff', ['-r', '--no-dereference', ws, out], { stdio: 'inherit' });
 console.log('  identical\n');
+
+const isWorkspace = /workspace/.test(restore.stdout);
+if (isWorkspace) {
+  console.log('$ strata status');
+  console.log(strata(['status']).stdout.trimEnd() + '\n');
+  console.log('# edit one file in the restored workspace, then back it up again');
+  writeFileSync(join(out, 'src/index.js'), "console.log('edited after restore');\n");
+  console.log('$ strata backup restored');
+  const inc = strata(['backup', out]);
+  const incHandle = JSON.parse(inc.stdout);
+  const layers = JSON.parse(strata(['inspect', incHandle.id, '--json']).stdout).layers;
+  console.log(`  ${incHandle.id}: ${layers.length} layers; the new one is ${layers[layers.length - 1].size} bytes (the parent's ${layers[0].size} bytes are not uploaded again) (${inc.ms.toFixed(0)} ms)\n`);
+  console.log('$ strata unmount restored --discard');
+  console.log(strata(['unmount', out, '--discard']).stdout.trimEnd() + '\n');
+}
 console.log(`handle id ${handle.id}; state under ${join(base, 'home')}`);

@@ -38,8 +38,11 @@ import { type BackupHandle, checkDir, checkId, checkName, handleOf, isExpired, t
 import type { ObjectStore } from './store/store.js';
 
 export const DEFAULT_TTL_SECONDS = 3 * 24 * 3600;
-/** Longest layer chain a backup leaves before merging its top (see docs/design.md). */
-export const DEFAULT_MAX_CHAIN = 16;
+/**
+ * Longest layer chain a backup leaves (see docs/design.md): overlay lookups measured flat up to
+ * 64 lowers; each layer still costs a TOC request per restore, so chains are kept well short.
+ */
+export const DEFAULT_MAX_CHAIN = 32;
 
 export type ProgressEvent =
   | { phase: 'capture'; entries: number; bytes: number }
@@ -294,10 +297,14 @@ export class Strata {
     }
   }
 
-  /** Merge the top of a chain into one layer so that at most maxChain layers remain. */
+  /**
+   * Merge the top half of a chain into one layer. Halving (rather than folding just the newest
+   * layer in) means the merged data is re-uploaded once per maxChain/2 backups, not every time.
+   */
   private async mergeChain(layers: LayerDescriptor[]): Promise<LayerDescriptor[]> {
-    const keep = layers.slice(0, this.maxChain - 1);
-    const top = layers.slice(this.maxChain - 1);
+    const split = Math.max(1, Math.floor(this.maxChain / 2));
+    const keep = layers.slice(0, split);
+    const top = layers.slice(split);
     const all = await Promise.all(layers.map((l) => fetchToc(this.store, l)));
     const view = buildView(all);
     const find = (p: string): TocEntry | undefined => {
@@ -305,7 +312,7 @@ export class Strata {
       for (const part of p.split('/')) n = n?.children?.get(part);
       return n?.entry;
     };
-    const merged = await this.writeLayer('(merged layers)', (w) => squashLayers(this.store, top, all.slice(this.maxChain - 1), w, find));
+    const merged = await this.writeLayer('(merged layers)', (w) => squashLayers(this.store, top, all.slice(split), w, find));
     return merged ? [...keep, merged] : keep;
   }
 

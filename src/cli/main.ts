@@ -28,9 +28,12 @@ Global options:
   --help          help for a command
 
 Run 'strata <command> --help' for a command's options.`,
-  backup: `Usage: strata backup DIR [--name NAME] [--ttl DURATION] [--codec zstd|gzip] [--store URL]
+  backup: `Usage: strata backup DIR [--name NAME] [--ttl DURATION] [--codec zstd|gzip] [--parent HANDLE] [--store URL]
 
-Back up DIR and print the backup's handle (JSON) on stdout.
+Back up DIR and print the backup's handle (JSON) on stdout. When DIR is a workspace, only what
+changed since its last backup or restore is stored, over the backup it came from.
+  --parent HANDLE  for a plain directory: store only the differences from this backup
+                   (a handle file, - for stdin, an id or a name)
   --name NAME      name the backup; restore by name takes the newest live one
   --ttl DURATION   expiry: 90s, 15m, 12h, 3d (default), 2w, or 'never'
   --codec C        frame compression: zstd (default) or gzip (a .tar.gz-compatible layer)`,
@@ -150,7 +153,7 @@ export async function run(argv: string[], io: Io = process): Promise<number> {
     }
     if (!HELP[cmd] || cmd === 'main') throw new UsageError(`unknown command ${JSON.stringify(cmd)} (see strata --help)`);
     const specs: Record<string, Parameters<typeof parseArgs>[1]> = {
-      backup: { values: [...common, 'name', 'ttl', 'codec'], flags: ['help'], min: 1 },
+      backup: { values: [...common, 'name', 'ttl', 'codec', 'parent'], flags: ['help'], min: 1 },
       restore: { values: [...common, 'mode'], flags: ['help', 'force', 'json'], min: 1, max: 2 },
       status: { values: common, flags: ['help', 'json'], min: 0, max: 1 },
       unmount: { values: common, flags: ['help', 'discard'], min: 1 },
@@ -182,6 +185,7 @@ export async function run(argv: string[], io: Io = process): Promise<number> {
           dir: resolve(a.positionals[0]!),
           ...(a.values.has('name') ? { name: a.values.get('name')! } : {}),
           ...(ttlArg !== undefined ? { ttl: parseDuration(ttlArg, '--ttl') } : {}),
+          ...(a.values.has('parent') ? { parent: await handleArg(a.values.get('parent')!, io) } : {}),
         });
         done();
         io.stdout.write(JSON.stringify(handle, null, 2) + '\n');

@@ -1,0 +1,400 @@
+/**
+ * Lazy restore: a backup mounted read-only through build/strata-fuse, file data fetched on first
+ * read into a content-addressed chunk cache. Needs root and /dev/fuse.
+ *
+ * Reads that may wait on the fetcher run in child processes (cat): the fetcher lives in this
+ * process, and a read blocking here would hold a libuv threadpool thread the fetcher needs.
+ */
+import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { cp, lstat, mkdir, mkdtemp, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Readable } from 'node:stream';
+import { promisify } from 'node:util';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { Strata } from '../src/index.js';
+import { blobKey, fetchToc, type LayerDescriptor } from '../src/format/reader.js';
+import { parseDigest, type Chunk, type Toc } from '../src/format/toc.js';
+import { Fetcher } from '../src/restore/lazy/fetcher.js';
+import { viewChunks } from '../src/restore/lazy/index-file.js';
+import { defaultFuseBinary, mountLazy, unmountPath, type LazyMount, type MountLazyOptions } from '../src/restore/lazy/mount.js';
+import { buildView, type ViewNode } from '../src/restore/view.js';
+import { FileStore } from '../src/store/file.js';
+import type { ByteRange, ObjectInfo, ObjectStore } from '../src/store/store.js';
+import { IS_ROOT, need } from './helpers/caps.js';
+import { makeFidelityTree } from './helpers/fidelity.js';
+import { diffTrees, summarize, type EntrySummary } from './helpers/tree.js';
+
+const run = promisify(execFile);
+const RUN = need('fuse') && need('root') && existsSync(defaultFuseBinary());
+const MiB = 1024 * 1024;
+
+/** Delegates to a real store, recording every get() and letting a test delay or fail them. */
+class ProbeStore implements ObjectStore {
+  readonly url: string;
+  gets: Array<{ key: string; start: number; end: number }> = [];
+  hook?: (key: string, range?: ByteRange) => Promise<void> | void;
+  constructor(private readonly inner: ObjectStore) {
+    this.url = inner.url;
+  }
+  async get(key: string, range?: ByteRange): Promise<Readable> {
+    this.gets.push({ key, start: range?.start ?? 0, end: range?.end ?? -1 });
+    await this.hook?.(key, range);
+    return this.inner.get(key, range);
+  }
+  getBytes(key: string, range?: ByteRange): Promise<Buffer> {
+    return this.inner.getBytes(key, range);
+  }
+  putFile(key: string, path: string): Promise<void> {
+    return this.inner.putFile(key, path);
+  }
+  putBytes(key: string, body: Buffer): Promise<void> {
+    return this.inner.putBytes(key, body);
+  }
+  head(key: string): Promise<ObjectInfo | null> {
+    return this.inner.head(key);
+  }
+  touch(key: string): Promise<void> {
+    return this.inner.touch(key);
+  }
+  delete(key: string): Promise<void> {
+    return this.inner.delete(key);
+  }
+  list(prefix: string): AsyncIterable<ObjectInfo> {
+    return this.inner.list(prefix);
+  }
+}
+
+interface Backup {
+  storeDir: string;
+  layers: LayerDescriptor[];
+  tocs: Toc[];
+}
+
+let work: string;
+let src: string;
+let upperSrc: string;
+let before: Map<string, EntrySummary>;
+let base: Backup;
+let upper: Backup;
+
+async function backup(dir: string, name: string): Promise<Backup> {
+  const storeDir = join(work, `store-${name}`);
+  const strata = new Strata({ home: join(work, `home-${name}`), store: 'file://' + storeDir });
+  const handle = await strata.createBackup({ dir, name });
+  const { manifest } = await strata.resolve(handle);
+  const tocs = await Promise.all(manifest.layers.map((l) => fetchToc(strata.store, l)));
+  return { storeDir, layers: manifest.layers, tocs };
+}
+
+/** A copy of a backup's store, for tests that damage it. */
+async function copyStore(b: Backup, name: string): Promise<string> {
+  const dir = join(work, `store-copy-${name}`);
+  await cp(b.storeDir, dir, { recursive: true });
+  return dir;
+}
+
+const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+
+async function catFile(p: string): Promise<Buffer> {
+  const { stdout } = await run('cat', [p], { encoding: 'buffer', maxBuffer: 256 * MiB });
+  return stdout;
+}
+
+/** Like catFile, but resolves with the error text instead of throwing. */
+async function tryCat(p: string): Promise<{ ok: boolean; data?: Buffer; err?: string; ms: number }> {
+  const t0 = performance.now();
+  try {
+    const data = await catFile(p);
+    return { ok: true, data, ms: performance.now() - t0 };
+  } catch (err) {
+    return { ok: false, err: String((err as { stderr?: Buffer }).stderr ?? err), ms: performance.now() - t0 };
+  }
+}
+
+function nodeAt(root: ViewNode, p: string): ViewNode {
+  let n = root;
+  for (const part of p.split('/')) n = n.children!.get(part)!;
+  return n.linkTo ?? n;
+}
+
+function chunksOf(root: ViewNode, p: string): Chunk[] {
+  return nodeAt(root, p).entry.chunks ?? [];
+}
+
+async function cacheFiles(dir: string): Promise<Map<string, number>> {
+  const out = new Map<string, number>();
+  for (const fan of await readdir(dir)) {
+    if (!/^[0-9a-f]{2}$/.test(fan)) continue;
+    for (const name of await readdir(join(dir, fan))) out.set(name, (await stat(join(dir, fan, name))).size);
+  }
+  return out;
+}
+
+async function dropCaches(): Promise<void> {
+  await writeFile('/proc/sys/vm/drop_caches', '3');
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+let mounts: LazyMount[] = [];
+let fetchers: Fetcher[] = [];
+let caseDir: string;
+let caseNo = 0;
+
+async function mount(o: Partial<MountLazyOptions> & Pick<MountLazyOptions, 'store' | 'layers'>, name = 'mnt'): Promise<LazyMount> {
+  const mountpoint = join(caseDir, name);
+  await mkdir(mountpoint, { recursive: true });
+  const logs: string[] = [];
+  const m = await mountLazy({
+    mountpoint,
+    runDir: join(caseDir, 'run'),
+    cacheDir: join(caseDir, 'cache'),
+    onLog: (l) => logs.push(l),
+    ...o,
+  });
+  mounts.push(m);
+  return m;
+}
+
+describe.skipIf(!RUN)('lazy restore through strata-fuse', () => {
+  beforeAll(async () => {
+    work = await mkdtemp(join(tmpdir(), 'strata-lazy-'));
+    src = join(work, 'src');
+    await makeFidelityTree(src);
+    before = await summarize(src);
+    base = await backup(src, 'base');
+    upperSrc = join(work, 'upper');
+    await mkdir(upperSrc);
+    await writeFile(join(upperSrc, 'upper-a.txt'), 'from the upper layer\n');
+    await writeFile(join(upperSrc, 'upper-b.bin'), Buffer.alloc(300 * 1024, 7));
+    upper = await backup(upperSrc, 'upper');
+  });
+
+  afterAll(async () => {
+    if (work) await rm(work, { recursive: true, force: true });
+  });
+
+  beforeEach(async () => {
+    caseDir = join(work, `case-${++caseNo}`);
+    await mkdir(caseDir, { recursive: true });
+  });
+
+  afterEach(async () => {
+    // Unmount whatever happened in the test, lazily if need be: never leave a stale mount.
+    for (const m of mounts) {
+      try {
+        await m.unmount();
+      } catch {
+        await unmountPath(m.mountpoint);
+      }
+    }
+    mounts = [];
+    for (const f of fetchers) await f.close();
+    fetchers = [];
+  });
+
+  it('serves the backup identical to the source, fetching only what is read', async () => {
+    const store = new ProbeStore(new FileStore(base.storeDir));
+    const view = buildView(base.tocs);
+    const m = await mount({ store, layers: base.layers, view, fetcherOptions: { readahead: 0 } });
+    // Mounting fetches no file data (the TOCs were read before, by the caller).
+    expect(m.stats().bytesFetched).toBe(0);
+    expect(store.gets).toEqual([]);
+    await readdir(m.mountpoint);
+    await lstat(join(m.mountpoint, 'data/random.bin'));
+    expect(m.stats().bytesFetched).toBe(0);
+
+    // Reading one file fetches exactly its chunks (one GET each: the kernel reads in order and
+    // readahead is off here).
+    const want = chunksOf(view, 'data/random.bin');
+    expect(want.length).toBe(3);
+    const data = await readFile(join(m.mountpoint, 'data/random.bin'));
+    expect(sha(data)).toBe(sha(await readFile(join(src, 'data/random.bin'))));
+    expect(m.stats().bytesFetched).toBe(want.reduce((n, c) => n + c.blobLength, 0));
+    expect(new Set((await cacheFiles(join(caseDir, 'cache'))).keys())).toEqual(new Set(want.map((c) => parseDigest(c.digest))));
+    expect(store.gets.length).toBe(want.length);
+
+    // Then the whole tree, entry by entry.
+    const after = await summarize(m.mountpoint);
+    expect(diffTrees(before, after)).toEqual([]);
+    // Not vacuous: holes, hard links, devices, xattrs and odd names are all in what was compared.
+    expect(after.size).toBe(before.size);
+    const entries = [...after.values()];
+    expect(entries.filter((e) => e.extents !== undefined).length).toBeGreaterThanOrEqual(3);
+    expect(entries.filter((e) => e.linkGroup !== undefined).length).toBeGreaterThanOrEqual(5);
+    expect(new Set(entries.map((e) => e.type))).toEqual(new Set(['dir', 'file', 'symlink', 'fifo', 'char', 'block']));
+    expect(after.get('xattrs')!.xattrs).toHaveProperty(['trusted.secret']);
+    const st = await stat(m.mountpoint);
+    expect(st.mode & 0o777).toBe((await stat(src)).mode & 0o777);
+    // Every chunk fetched exactly once, none of them twice.
+    const all = viewChunks(view);
+    const s = m.stats();
+    expect(s.chunksFetched).toBe(new Set(all.map((c) => c.chunk.digest)).size);
+    // Read-only: writes are refused.
+    await expect(writeFile(join(m.mountpoint, 'hello.txt'), 'x')).rejects.toMatchObject({ code: 'EROFS' });
+    await expect(writeFile(join(m.mountpoint, 'new-file'), 'x')).rejects.toMatchObject({ code: 'EROFS' });
+  });
+
+  it('answers other files while one read waits on a slow fetch', async () => {
+    const store = new ProbeStore(new FileStore(base.storeDir));
+    // One stack over two stores' layers: copy the upper blob into the base store's namespace.
+    await cp(join(upper.storeDir, 'blobs'), join(base.storeDir, 'blobs'), { recursive: true });
+    const layers = [...base.layers, ...upper.layers];
+    const view = buildView([...base.tocs, ...upper.tocs]);
+    const slow = chunksOf(view, 'data/random.bin')[0]!;
+    const key0 = blobKey(base.layers[0]!.digest);
+    let slowStarted = false;
+    store.hook = async (key, r) => {
+      if (key === key0 && r && r.start <= slow.blobOffset && slow.blobOffset < r.end) {
+        slowStarted = true;
+        await sleep(3000);
+      }
+    };
+    const m = await mount({ store, layers, view, fetcherOptions: { readahead: 0 } });
+    const mp = m.mountpoint;
+    // Warm the chunk cache for two files, then drop the page cache so their reads reach FUSE.
+    await catFile(join(mp, 'hello.txt'));
+    await catFile(join(mp, 'links/original'));
+    await dropCaches();
+
+    const slowRead = tryCat(join(mp, 'data/random.bin'));
+    for (let i = 0; i < 100 && !slowStarted; i++) await sleep(20);
+    expect(slowStarted).toBe(true);
+
+    const timed = async <T>(f: () => Promise<T>): Promise<[T, number]> => {
+      const t0 = performance.now();
+      const v = await f();
+      return [v, performance.now() - t0];
+    };
+    const fresh = ['sticky', 'setgid-dir', 'empty-dir/inner/deeper', 'fifo', 'link-abs', 'xattrs', 'upper-a.txt'];
+    const [, statMs] = await timed(() => Promise.all(fresh.map((p) => lstat(join(mp, p)))));
+    const [hello, cachedMs] = await timed(() => catFile(join(mp, 'hello.txt')));
+    const [upperA, otherLayerMs] = await timed(() => catFile(join(mp, 'upper-a.txt')));
+    const [pattern, otherFileMs] = await timed(() => catFile(join(mp, 'data/pattern.bin')));
+    expect(hello.toString()).toBe('hello, world\n');
+    expect(upperA.toString()).toBe('from the upper layer\n');
+    expect(sha(pattern)).toBe(sha(await readFile(join(src, 'data/pattern.bin'))));
+    expect({ statMs: statMs < 500, cachedMs: cachedMs < 500, otherLayerMs: otherLayerMs < 500, otherFileMs: otherFileMs < 500 }).toEqual({
+      statMs: true,
+      cachedMs: true,
+      otherLayerMs: true,
+      otherFileMs: true,
+    });
+
+    const r = await slowRead;
+    expect(r.ok).toBe(true);
+    expect(r.ms).toBeGreaterThan(2500);
+    expect(sha(r.data!)).toBe(sha(await readFile(join(src, 'data/random.bin'))));
+  });
+
+  it('fails a read of a corrupted chunk with EIO, never with wrong bytes', async () => {
+    const storeDir = await copyStore(base, 'corrupt');
+    const view = buildView(base.tocs);
+    const c = chunksOf(view, 'data/pattern.bin')[0]!;
+    const blob = join(storeDir, 'blobs', 'sha256', parseDigest(base.layers[0]!.digest));
+    const fh = await open(blob, 'r+');
+    try {
+      const b = Buffer.alloc(1);
+      const at = c.blobOffset + Math.floor(c.blobLength / 2);
+      await fh.read(b, 0, 1, at);
+      b[0] = b[0]! ^ 0x5a;
+      await fh.write(b, 0, 1, at);
+    } finally {
+      await fh.close();
+    }
+    const logs: string[] = [];
+    const m = await mount({ store: new FileStore(storeDir), layers: base.layers, view, fetcherOptions: { readahead: 0, log: (l) => logs.push(l) } });
+    const r = await tryCat(join(m.mountpoint, 'data/pattern.bin'));
+    expect(r.ok).toBe(false);
+    expect(r.err).toMatch(/Input\/output error/);
+    expect(existsSync(m.fetcher.cache.path(c.digest))).toBe(false);
+    expect(logs.join('\n')).toMatch(/digest|decompress/);
+    expect(m.stats().errors).toBeGreaterThan(0);
+    // The rest of the backup is still readable.
+    expect((await catFile(join(m.mountpoint, 'hello.txt'))).toString()).toBe('hello, world\n');
+  });
+
+  it('turns a store outage into EIO after the deadline, and recovers without a remount', async () => {
+    const store = new ProbeStore(new FileStore(base.storeDir));
+    const view = buildView(base.tocs);
+    const logs: string[] = [];
+    const m = await mount({
+      store,
+      layers: base.layers,
+      view,
+      fetcherOptions: { readahead: 0, deadlineMs: 1000, stallTimeoutMs: 400, backoffMs: 50, attempts: 3, log: (l) => logs.push(l) },
+    });
+    const mp = m.mountpoint;
+    // Failing outright.
+    store.hook = () => {
+      throw new Error('store unreachable');
+    };
+    const a = await tryCat(join(mp, 'hello.txt'));
+    expect(a.ok).toBe(false);
+    expect(a.err).toMatch(/Input\/output error/);
+    expect(a.ms).toBeLessThan(5000);
+    // Hanging.
+    store.hook = () => new Promise<void>(() => undefined);
+    const b = await tryCat(join(mp, 'data/pattern.bin'));
+    expect(b.ok).toBe(false);
+    expect(b.err).toMatch(/Input\/output error/);
+    expect(b.ms).toBeGreaterThan(900);
+    expect(b.ms).toBeLessThan(5000);
+    expect(logs.join('\n')).toMatch(new RegExp(`${blobKey(base.layers[0]!.digest)} bytes \\d+-\\d+`));
+    // Back again: the same mount reads.
+    store.hook = undefined;
+    expect((await catFile(join(mp, 'hello.txt'))).toString()).toBe('hello, world\n');
+    expect(sha(await catFile(join(mp, 'data/pattern.bin')))).toBe(sha(await readFile(join(src, 'data/pattern.bin'))));
+  });
+
+  it('keeps the cache within its budget across reads of more data than it holds', async () => {
+    const budget = 10 * MiB;
+    const view = buildView(base.tocs);
+    const m = await mount({ store: new FileStore(base.storeDir), layers: base.layers, view, cacheBytes: budget });
+    const files = ['data/random.bin', 'data/pattern.bin', 'sparse', 'hello.txt'];
+    const sums = new Map<string, string>();
+    for (const f of files) sums.set(f, sha(await readFile(join(src, f))));
+    for (let round = 0; round < 3; round++) {
+      for (const f of files) {
+        expect(sha(await catFile(join(m.mountpoint, f)))).toBe(sums.get(f));
+        const onDisk = [...(await cacheFiles(join(caseDir, 'cache'))).values()].reduce((n, s) => n + s, 0);
+        expect(onDisk).toBeLessThanOrEqual(budget);
+        expect(m.stats().cache.bytes).toBeLessThanOrEqual(budget);
+      }
+      await dropCaches();
+    }
+    expect(m.stats().cache.evictions).toBeGreaterThan(0);
+  });
+
+  it('two mounts sharing one cache and fetcher fetch each chunk once', async () => {
+    const store = new ProbeStore(new FileStore(base.storeDir));
+    const view = buildView(base.tocs);
+    const f = await Fetcher.start({ socketPath: join(caseDir, 'fetch.sock'), cacheDir: join(caseDir, 'cache'), cacheBytes: 256 * MiB, readahead: 0 });
+    fetchers.push(f);
+    const m1 = await mount({ store, layers: base.layers, view, fetcher: f }, 'one');
+    const m2 = await mount({ store, layers: base.layers, tocs: base.tocs, fetcher: f }, 'two');
+    const files = ['data/random.bin', 'data/pattern.bin', 'hello.txt', 'links/second', 'sparse'];
+    // Both mounts read the same files at the same time.
+    const reads = await Promise.all(files.flatMap((p) => [catFile(join(m1.mountpoint, p)), catFile(join(m2.mountpoint, p))]));
+    for (let i = 0; i < files.length; i++) {
+      const want = sha(await readFile(join(src, files[i]!)));
+      expect(sha(reads[2 * i]!)).toBe(want);
+      expect(sha(reads[2 * i + 1]!)).toBe(want);
+    }
+    const chunks = files.flatMap((p) => chunksOf(view, p));
+    for (const c of chunks) {
+      const covering = store.gets.filter((g) => g.start <= c.blobOffset && c.blobOffset + c.blobLength <= g.end);
+      expect(covering.length).toBe(1);
+    }
+    expect(f.stats().chunksFetched).toBe(new Set(chunks.map((c) => c.digest)).size);
+  });
+});
+
+if (!RUN && IS_ROOT) {
+  describe('lazy restore', () => {
+    it.skip('needs build/strata-fuse (make build/strata-fuse)', () => undefined);
+  });
+}
