@@ -29,9 +29,9 @@ import { LayerWriter } from './format/writer.js';
 import { extractView, type ExtractStats } from './restore/extract.js';
 import { buildView, type ViewNode } from './restore/view.js';
 import { getManifest, listManifests, putManifest, resolveName, type ManifestRecord } from './store/catalog.js';
-import { gc, type GcOptions, type GcReport } from './store/gc.js';
+import { DEFAULT_GRACE_MS, gc, type GcOptions, type GcReport } from './store/gc.js';
 import { openStore } from './store/index.js';
-import { ensureLayerDirs } from './restore/layers.js';
+import { ensureLayerDirs, removeLayerDir } from './restore/layers.js';
 import { mountAt, mountOverlay, unmount } from './restore/overlay.js';
 import { findWorkspace, listWorkspaces, Workspace } from './workspace/workspace.js';
 import { type BackupHandle, checkDir, checkId, checkName, handleOf, isExpired, type Manifest, manifestKey, parseHandle } from './store/manifest.js';
@@ -485,7 +485,31 @@ export class Strata {
     await this.store.delete(manifestKey(id));
   }
 
-  gc(options: GcOptions = {}): Promise<GcReport> {
-    return gc(this.store, options);
+  /**
+   * Collect the store (expired backups, unreferenced blobs), then this host's layer directories
+   * that no workspace mounts, past the same grace period (a restore unpacking one right now has
+   * not recorded its workspace yet).
+   */
+  async gc(options: GcOptions = {}): Promise<GcReport & { layerDirs: string[] }> {
+    const report = await gc(this.store, options);
+    const grace = options.graceMs ?? DEFAULT_GRACE_MS;
+    const now = options.now ?? Date.now();
+    const used = new Set<string>();
+    for (const w of await listWorkspaces(this.home)) for (const l of w.state.mounted) used.add(l.digest.slice(7));
+    const layerDirs: string[] = [];
+    let hexes: string[] = [];
+    try {
+      hexes = await readdir(join(this.home, 'layers'));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    }
+    for (const hex of hexes) {
+      if (used.has(hex)) continue;
+      const st = await lstat(join(this.home, 'layers', hex)).catch(() => null);
+      if (!st || st.mtimeMs > now - grace) continue;
+      layerDirs.push(hex);
+      if (!options.dryRun) await removeLayerDir(this.home, 'sha256:' + hex);
+    }
+    return { ...report, layerDirs };
   }
 }

@@ -203,6 +203,27 @@ describe.runIf(RUN)('workspaces', () => {
     expect(diffTrees(await summarize(src), await summarize(ws))).toEqual([]);
   });
 
+  it('gc removes layer directories no workspace uses, and keeps those in use', async () => {
+    const c = await setup();
+    const [a, b] = [c.dir('gc-a'), c.dir('gc-b')];
+    await c.strata.restoreBackup(c.base, { dir: a });
+    await c.strata.restoreBackup(c.base, { dir: b });
+    const layers = join(c.strata.home, 'layers');
+    expect(await readdir(layers)).toHaveLength(1);
+    await c.strata.unmount(a, { discard: true });
+    expect((await c.strata.gc({ graceMs: 0 })).layerDirs).toEqual([]);
+    expect(await readdir(layers)).toHaveLength(1);
+    await c.strata.unmount(b, { discard: true });
+    const dry = await c.strata.gc({ graceMs: 0, dryRun: true });
+    expect(dry.layerDirs).toHaveLength(1);
+    expect(await readdir(layers)).toHaveLength(1);
+    expect((await c.strata.gc({ graceMs: 0 })).layerDirs).toHaveLength(1);
+    expect(await readdir(layers)).toHaveLength(0);
+    // The backup itself is untouched: restoring unpacks the layer again.
+    await c.strata.restoreBackup(c.base, { dir: c.dir('gc-c') });
+    expect(await readFile(join(c.dir('gc-c'), 'a.txt'), 'utf8')).toBe('alpha\n');
+  });
+
   it('adds no layer when nothing changed', async () => {
     const c = await setup();
     const ws = c.dir('ws');

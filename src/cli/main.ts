@@ -65,7 +65,8 @@ Show a backup: its handle, layers and sizes.`,
 Delete a backup. Its layers are removed by the next 'strata gc' unless other backups use them.`,
   gc: `Usage: strata gc [--dry-run] [--grace DURATION] [--json] [--store URL]
 
-Delete expired backups and every stored layer no live backup references.
+Delete expired backups and every stored layer no live backup references; then the layer
+directories on this host that no workspace uses.
   --dry-run          show what would be deleted, delete nothing
   --grace DURATION   keep data younger than this (uploads in progress); default 1h`,
 };
@@ -268,6 +269,8 @@ export async function run(argv: string[], io: Io = process): Promise<number> {
           const verb = r.dryRun ? 'would delete' : 'deleted';
           for (const id of r.expiredManifests) io.stdout.write(`${verb} expired backup ${id}\n`);
           for (const b of r.deletedBlobs) io.stdout.write(`${verb} ${b.key} (${formatBytes(b.size)})\n`);
+          for (const h of r.layerDirs) io.stdout.write(`${verb} unused layer directory ${h.slice(0, 12)}\n`);
+          for (const w of r.incompleteWrites) io.stdout.write(`${verb} unfinished upload of ${w.key} (started ${w.started})\n`);
           io.stdout.write(
             `${verb} ${r.expiredManifests.length} backup(s) and ${r.deletedBlobs.length} blob(s), ${formatBytes(r.freedBytes)}; kept ${r.keptBlobs} blob(s)\n`,
           );
