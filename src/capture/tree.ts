@@ -74,6 +74,50 @@ function sameFile(a: BigIntStats, b: BigIntStats): boolean {
   return a.size === b.size && a.mtimeNs === b.mtimeNs && a.ctimeNs === b.ctimeNs && a.ino === b.ino;
 }
 
+/** Entries stat'ed (and small files read) ahead of the writer, per directory. */
+const PREFETCH = 32;
+/** Files up to this size are read ahead whole. */
+const PREFETCH_MAX = 256 * 1024;
+
+/** An entry's lstat, and for a small dense regular file its bytes and the fstat after reading them. */
+export interface Prefetched {
+  st: BigIntStats;
+  data?: Buffer;
+  after?: BigIntStats;
+}
+
+/** lstat an entry and read it if it is a small dense file; null when it no longer exists. */
+async function prefetch(fsPath: BytePath): Promise<Prefetched | null> {
+  let st: BigIntStats;
+  try {
+    st = await lstat(toFsPath(fsPath), { bigint: true });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw err;
+  }
+  // Possibly sparse files (fewer blocks than bytes) take the careful path.
+  if (!st.isFile() || st.size > BigInt(PREFETCH_MAX) || st.blocks * 512n < st.size) return { st };
+  let fh: FileHandle;
+  try {
+    fh = await open(toFsPath(fsPath), C.O_RDONLY | C.O_NOFOLLOW);
+  } catch {
+    return { st }; // gone or replaced: the careful path decides
+  }
+  try {
+    const size = Number(st.size);
+    const data = Buffer.allocUnsafe(size);
+    let got = 0;
+    while (got < size) {
+      const { bytesRead } = await fh.read(data, got, size - got, got);
+      if (bytesRead === 0) break;
+      got += bytesRead;
+    }
+    return { st, data: data.subarray(0, got), after: await fh.stat({ bigint: true }) };
+  } finally {
+    await fh.close();
+  }
+}
+
 export class TreeCapture {
   private readonly links = new Map<string, BytePath>();
   private entries = 0;
@@ -99,30 +143,40 @@ export class TreeCapture {
   async captureDir(fsPath: BytePath, path: BytePath, st: BigIntStats, extra?: Partial<TocEntry>): Promise<void> {
     await this.addEntry(fsPath, path, st, extra);
     const names = (await readdir(toFsPath(fsPath), { encoding: 'buffer' })).map(fromFsPath).sort(compareBytes);
-    for (const name of names) {
+    // Stat and read small files ahead, PREFETCH at a time: capture is bound by syscall latency,
+    // and entries must still reach the writer in order.
+    const ahead: Array<Promise<Prefetched | null>> = [];
+    const start = (i: number): void => {
+      const p = prefetch(joinPath(fsPath, names[i]!));
+      p.catch(() => undefined); // surfaced when awaited in order
+      ahead[i] = p;
+    };
+    for (let i = 0; i < Math.min(PREFETCH, names.length); i++) start(i);
+    for (let i = 0; i < names.length; i++) {
+      const pre = await ahead[i]!;
+      delete ahead[i];
+      if (i + PREFETCH < names.length) start(i + PREFETCH);
+      if (!pre) continue; // deleted between readdir and lstat: not part of this point in time
+      const name = names[i]!;
       const childFs = joinPath(fsPath, name);
       const child = path === '.' ? name : path + '/' + name;
-      await this.captureEntry(childFs, child);
+      if (this.opts.exclude?.(child, pre.st)) continue;
+      if (pre.st.isDirectory()) await this.captureDir(childFs, child, pre.st);
+      else await this.addEntry(childFs, child, pre.st, undefined, pre);
     }
   }
 
   /** Capture one entry (recursively for directories). */
   async captureEntry(fsPath: BytePath, path: BytePath): Promise<void> {
-    let st: BigIntStats;
-    try {
-      st = await lstat(toFsPath(fsPath), { bigint: true });
-    } catch (err) {
-      // Deleted between readdir and lstat: it is simply not part of this point in time.
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
-      throw err;
-    }
-    if (this.opts.exclude?.(path, st)) return;
-    if (st.isDirectory()) return this.captureDir(fsPath, path, st);
-    await this.addEntry(fsPath, path, st);
+    const pre = await prefetch(fsPath);
+    if (!pre) return;
+    if (this.opts.exclude?.(path, pre.st)) return;
+    if (pre.st.isDirectory()) return this.captureDir(fsPath, path, pre.st);
+    await this.addEntry(fsPath, path, pre.st, undefined, pre);
   }
 
   /** Add a single entry (no recursion). */
-  async addEntry(fsPath: BytePath, path: BytePath, st: BigIntStats, extra?: Partial<TocEntry>): Promise<void> {
+  async addEntry(fsPath: BytePath, path: BytePath, st: BigIntStats, extra?: Partial<TocEntry>, pre?: Prefetched): Promise<void> {
     const fsb = toFsPath(fsPath);
     const w = this.writer;
     this.entries++;
@@ -137,7 +191,7 @@ export class TreeCapture {
     if (st.isDirectory()) {
       await w.addEntry({ ...baseMeta(path, st, fsb, this.opts.skipXattr), type: 'dir', ...extra });
     } else if (st.isFile()) {
-      if (!(await this.addFile(fsPath, path))) {
+      if (!(pre && (await this.addPrefetched(fsPath, path, pre))) && !(await this.addFile(fsPath, path))) {
         this.entries--;
         return;
       }
@@ -165,6 +219,19 @@ export class TreeCapture {
 
   private progress(): void {
     this.opts.onProgress?.({ entries: this.entries, bytes: this.bytes });
+  }
+
+  /** A small file read ahead: kept when nothing moved between the lstat and the end of the read. */
+  private async addPrefetched(fsPath: BytePath, path: BytePath, pre: Prefetched): Promise<boolean> {
+    if (!pre.data || !pre.after || !sameFile(pre.st, pre.after) || pre.data.length !== Number(pre.st.size)) return false;
+    const w = this.writer;
+    const size = pre.data.length;
+    const digest = 'sha256:' + createHash('sha256').update(pre.data).digest('hex');
+    const e = await w.addEntry({ ...baseMeta(path, pre.after, toFsPath(fsPath), this.opts.skipXattr), type: 'file', size, digest });
+    if (size > 0) await w.addChunk(e, 0, pre.data, digest);
+    w.endFile(size);
+    this.bytes += size;
+    return true;
   }
 
   /** False when the file vanished before it could be read. */

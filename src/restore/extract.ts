@@ -18,6 +18,7 @@ import { blobKey, decodeChunk, type LayerDescriptor } from '../format/reader.js'
 import type { Chunk, TocEntry } from '../format/toc.js';
 import type { ObjectStore } from '../store/store.js';
 import { sys } from '../sys/native.js';
+import { forEachLimit } from '../util/concurrency.js';
 import { type ViewNode, walkView } from './view.js';
 
 export interface ExtractOptions {
@@ -46,6 +47,8 @@ interface ChunkJob {
 }
 
 const IS_ROOT = process.getuid?.() === 0;
+/** File operations in flight at once: restore is bound by syscall latency, not CPU. */
+const PARALLEL = 32;
 const DEFAULT_MAX_GAP = 1024 * 1024;
 
 /** Apply ownership, mode, xattrs and times, in the order that keeps setuid bits and mtimes. */
@@ -130,6 +133,7 @@ export async function extractView(
     const symlinks: ViewNode[] = [];
     const metaLater: Array<[BytePath, TocEntry]> = [];
     const dirs: Array<[BytePath, TocEntry]> = [];
+    const created: Array<[BytePath, number]> = [];
     let totalBytes = 0;
     for (const n of walkView(root)) {
       stats.entries++;
@@ -154,12 +158,11 @@ export async function extractView(
           }
           dataNode.set(holder, p);
           const he = holder.entry;
-          const fh = await open(toFsPath(p), C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o600);
-          try {
-            await fh.truncate(he.size);
-          } finally {
-            await fh.close();
-          }
+          // A dense file is created by its first chunk write; empty and sparse ones here, at
+          // their full size (the holes).
+          const chunks = he.chunks ?? [];
+          const last = chunks[chunks.length - 1];
+          if (!last || last.offset + last.size < he.size) created.push([p, he.size]);
           const jobs = perLayer.get(holder.layer) ?? [];
           for (const chunk of he.chunks ?? []) {
             jobs.push({ chunk, file: p });
@@ -187,6 +190,15 @@ export async function extractView(
       }
     }
 
+    await forEachLimit(created, PARALLEL, async ([p, size]) => {
+      const fh = await open(toFsPath(p), C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o600);
+      try {
+        if (size > 0) await fh.truncate(size);
+      } finally {
+        await fh.close();
+      }
+    });
+
     // 2. Data: per layer, coalesced ranged reads; every chunk verified before it is written.
     for (const [layer, jobs] of perLayer) {
       const d = layers[layer]!;
@@ -213,7 +225,8 @@ export async function extractView(
           const data = await decodeChunk(codec, frame, job.chunk, `${key} (${displayPath(job.file.slice(stagingB.length + 1))})`);
           let fh: FileHandle | undefined;
           try {
-            fh = await open(toFsPath(job.file), C.O_WRONLY | C.O_NOFOLLOW);
+            // Only our own files are under staging, and no symlink exists there yet.
+            fh = await open(toFsPath(job.file), C.O_WRONLY | C.O_CREAT | C.O_NOFOLLOW, 0o600);
             await fh.write(data, 0, data.length, job.chunk.offset);
           } finally {
             await fh?.close();
@@ -234,7 +247,7 @@ export async function extractView(
             // (which kills the process before staging is cleaned up).
             w.catch(() => undefined);
             pending.push(w);
-            if (pending.length >= 8) await pending.shift();
+            if (pending.length >= PARALLEL) await pending.shift();
           }
         };
         try {
@@ -261,13 +274,13 @@ export async function extractView(
       await symlink(toFsPath(n.entry.linkTarget!), p);
       metaLater.push([fromFsPath(p), n.entry]);
     }
-    for (const [p, e] of metaLater) await applyMeta(toFsPath(p), e, warn);
-    // Directories deepest first, so setting a child's times does not move the parent's mtime.
-    for (let k = dirs.length - 1; k >= 0; k--) {
-      const [p, e] = dirs[k]!;
+    await forEachLimit(metaLater, PARALLEL, ([p, e]) => applyMeta(toFsPath(p), e, warn));
+    // Every entry exists by now, and setting a child's metadata does not touch its directory's
+    // mtime, so directories can take theirs in any order.
+    await forEachLimit(dirs, PARALLEL, async ([p, e]) => {
       if (opts.overlayMarkers && e.opaque) sys.lsetxattr(toFsPath(p), 'trusted.overlay.opaque', Buffer.from('y'));
       await applyMeta(toFsPath(p), e, warn);
-    }
+    });
 
     // 4. Swap in.
     if (mode === 'empty') await rmdir(target);
