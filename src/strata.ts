@@ -3,8 +3,8 @@
  * gc manage the catalog. One Strata instance talks to one store.
  */
 import { randomBytes } from 'node:crypto';
-import { lstat, mkdir, readdir, readFile, rm } from 'node:fs/promises';
-import { basename, dirname, join, resolve } from 'node:path';
+import { access, lstat, mkdir, readdir, readFile, rm } from 'node:fs/promises';
+import { basename, dirname, join, relative, resolve } from 'node:path';
 import { storeUrl, strataHome } from './config.js';
 import { captureDiff } from './capture/diff.js';
 import { squashLayers } from './capture/squash.js';
@@ -32,6 +32,10 @@ import { getManifest, listManifests, putManifest, resolveName, type ManifestReco
 import { DEFAULT_GRACE_MS, gc, type GcOptions, type GcReport } from './store/gc.js';
 import { openStore } from './store/index.js';
 import { ensureLayerDirs, removeLayerDir } from './restore/layers.js';
+import { daemonRequest } from './restore/lazy/client.js';
+import { type DaemonStatus, lowerDir } from './restore/lazy/daemon.js';
+import type { FetcherStats } from './restore/lazy/fetcher.js';
+import { defaultFuseBinary, unmountPath } from './restore/lazy/mount.js';
 import { mountAt, mountOverlay, unmount } from './restore/overlay.js';
 import { findWorkspace, listWorkspaces, Workspace } from './workspace/workspace.js';
 import { type BackupHandle, checkDir, checkId, checkName, handleOf, isExpired, type Manifest, manifestKey, parseHandle } from './store/manifest.js';
@@ -60,8 +64,10 @@ export interface StrataOptions {
   onWarning?: (msg: string) => void;
   /** Longest layer chain before a backup merges the top layers. */
   maxChain?: number;
-  /** Restore mode when a call names none (default: extract as root, copy elsewhere). */
-  mode?: 'extract' | 'copy';
+  /** Restore mode when a call names none (default: lazy where FUSE works, else extract as root, else copy). */
+  mode?: RestoreMode;
+  /** Lazy workspaces: fetch the rest of the data in the background (default true). */
+  hydrate?: boolean;
 }
 
 export interface CreateBackupOptions {
@@ -78,10 +84,11 @@ export interface RestoreOptions {
   /** Where to restore; the backup's own dir by default. */
   dir?: string;
   /**
-   * extract: an overlay workspace over layer directories unpacked once per host (the default as
-   * root); copy: a plain directory tree (the default elsewhere).
+   * lazy: an overlay workspace over a FUSE view of the layers, data fetched on first read (the
+   * default where FUSE works); extract: an overlay workspace over layer directories unpacked
+   * once per host; copy: a plain directory tree (the default when not root).
    */
-  mode?: 'extract' | 'copy';
+  mode?: RestoreMode;
   /** Replace a non-empty target. */
   force?: boolean;
 }
@@ -90,13 +97,24 @@ export interface RestoreResult {
   success: true;
   dir: string;
   id: string;
-  mode: 'extract' | 'copy';
+  mode: RestoreMode;
   /** A workspace brought back with its upper (unsaved changes) intact. */
   recovered?: boolean;
   stats: ExtractStats & { layers: number; ms: number };
 }
 
 export interface WorkspaceStatus {
+  /** Lazy workspaces: what the restore daemon reports. */
+  lazy?: {
+    served: boolean;
+    chunks: number;
+    /** Chunks of this workspace in the host cache: hydration progress. */
+    cached: number;
+    hydrating: boolean;
+    errors: string[];
+    /** Host-wide fetch counters (bytes fetched, hits, misses...). */
+    fetcher?: FetcherStats;
+  };
   dir: string;
   workspace: string;
   backupId: string;
@@ -108,11 +126,18 @@ export interface WorkspaceStatus {
   store: string;
 }
 
-/** Overlay workspaces need root and overlayfs; elsewhere a restore writes a plain copy. */
-async function defaultMode(): Promise<'extract' | 'copy'> {
+export type RestoreMode = 'lazy' | 'extract' | 'copy';
+
+/**
+ * Workspaces need root and overlayfs; lazy ones also FUSE and the strata-fuse binary. Where
+ * something is missing, the next mode down is the default.
+ */
+export async function defaultMode(): Promise<RestoreMode> {
   if (process.getuid?.() !== 0) return 'copy';
   const fs = await readFile('/proc/filesystems', 'utf8').catch(() => '');
-  return /\toverlay$/m.test(fs) ? 'extract' : 'copy';
+  if (!/\toverlay$/m.test(fs)) return 'copy';
+  const fuse = /\tfuse$/m.test(fs) && (await access('/dev/fuse').then(() => true, () => false)) && (await access(defaultFuseBinary()).then(() => true, () => false));
+  return fuse ? 'lazy' : 'extract';
 }
 
 export interface BackupInfo extends BackupHandle {
@@ -135,6 +160,24 @@ function uuidv7(): string {
   b[8] = (b[8]! & 0x3f) | 0x80;
   const h = b.toString('hex');
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Remove temp layers whose backup process died (kill -9, OOM): a blob-sized file each. */
+async function sweepDeadTemps(tmpDir: string): Promise<void> {
+  for (const name of await readdir(tmpDir).catch(() => [] as string[])) {
+    const m = /^layer-(\d+)-[0-9a-f]+\.tmp$/.exec(name);
+    if (!m || Number(m[1]) === process.pid || pidAlive(Number(m[1]))) continue;
+    await rm(join(tmpDir, name), { force: true }).catch(() => undefined);
+  }
 }
 
 function infoOf(r: ManifestRecord, now = Date.now()): BackupInfo {
@@ -262,7 +305,9 @@ export class Strata {
   private async writeLayer(dir: string, fill: (w: LayerWriter) => Promise<number>): Promise<LayerDescriptor | null> {
     const tmpDir = join(this.home, 'tmp');
     await mkdir(tmpDir, { recursive: true, mode: 0o700 });
-    const tmp = join(tmpDir, `layer-${randomBytes(8).toString('hex')}.tmp`);
+    await sweepDeadTemps(tmpDir);
+    // The writer's pid in the name lets a later backup remove it if this process is killed.
+    const tmp = join(tmpDir, `layer-${process.pid}-${randomBytes(8).toString('hex')}.tmp`);
     const codec = codecFor(this.opts.codec ?? DEFAULT_CODEC, this.opts.level);
     const writer = await LayerWriter.create(tmp, codec);
     try {
@@ -335,8 +380,8 @@ export class Strata {
   async restoreBackup(ref: BackupRef, options: RestoreOptions = {}): Promise<RestoreResult> {
     const t0 = performance.now();
     const mode = options.mode ?? this.opts.mode ?? (await defaultMode());
-    if (mode !== 'extract' && mode !== 'copy') {
-      throw new InvalidBackupConfigError(`unknown restore mode ${String(mode)}; supported: extract, copy`);
+    if (mode !== 'lazy' && mode !== 'extract' && mode !== 'copy') {
+      throw new InvalidBackupConfigError(`unknown restore mode ${String(mode)}; supported: lazy, extract, copy`);
     }
     const { manifest: m } = await this.resolve(ref);
     if (isExpired(m)) throw new BackupExpiredError(`backup ${m.id} expired at ${m.expiresAt}`);
@@ -356,7 +401,7 @@ export class Strata {
         });
         return { success: true, dir, id: m.id, mode, stats: { ...stats, layers: m.layers.length, ms: performance.now() - t0 } };
       }
-      return await this.restoreWorkspace(m, tocs, dir, !!options.force, t0);
+      return await this.restoreWorkspace(m, tocs, dir, mode, !!options.force, t0);
     } catch (err) {
       if (err instanceof StrataError) throw err;
       throw new BackupRestoreError(`restore of backup ${m.id} into ${dir} failed: ${(err as Error).message}`, { cause: err });
@@ -364,24 +409,33 @@ export class Strata {
   }
 
   /** Restore as an overlay workspace over host-shared layer directories. */
-  private async restoreWorkspace(m: Manifest, tocs: Toc[], dir: string, force: boolean, t0: number): Promise<RestoreResult> {
-    const result = (recovered: boolean): RestoreResult => ({
+  private async restoreWorkspace(m: Manifest, tocs: Toc[], dir: string, mode: 'lazy' | 'extract', force: boolean, t0: number): Promise<RestoreResult> {
+    const result = (recovered: boolean, as: 'lazy' | 'extract' = mode): RestoreResult => ({
       success: true,
       dir,
       id: m.id,
-      mode: 'extract',
+      mode: as,
       recovered,
       stats: { entries: tocs.reduce((n, t) => n + t.entries.length, 0), bytes: 0, requests: 0, layers: m.layers.length, ms: performance.now() - t0 },
     });
-    const old = await findWorkspace(this.home, dir);
+    let old = await findWorkspace(this.home, dir);
+    if (old && !(await lstat(join(old.root, 'captured.json')).then(() => true, () => false))) {
+      // A restore killed before it finished (no baseline yet): its workspace never held anything
+      // and its upper was never set up. Drop it rather than "recover" it.
+      await this.takeDown(old).catch(() => undefined);
+      await old.remove();
+      old = undefined;
+    }
     if (old) {
       const mounted = await old.isMounted();
       if (!mounted && old.state.backupId === m.id) {
-        // The workspace went down (unmount, crash, reboot) with its upper kept: bring it back.
-        const { lowers } = await ensureLayerDirs(this.store, this.home, old.state.mounted, { onWarning: (w) => this.warn(w) });
+        // The workspace went down (unmount, crash, reboot) with its upper kept: bring it back,
+        // in the mode it had.
+        await this.takeDown(old);
+        const lowers = await this.mountLowers(old);
         await mkdir(dir, { recursive: true });
         await mountOverlay({ lowers, upper: old.upper, work: old.work, target: dir, cwd: this.home });
-        return result(true);
+        return result(true, old.state.mode);
       }
       const unsaved = await old.unsavedChanges();
       if (unsaved.entries > 0 && !force) {
@@ -390,7 +444,7 @@ export class Strata {
             `back it up first, or pass --force to discard them`,
         );
       }
-      if (mounted) await unmount(dir);
+      await this.takeDown(old);
       await old.remove();
     } else {
       const mi = await mountAt(dir);
@@ -413,15 +467,16 @@ export class Strata {
     // The merged view is built first: a stack that is hostile as a whole is refused before
     // anything is unpacked (each layer is also checked alone as it is unpacked).
     const rootEntry = buildView(tocs).entry;
-    const { lowers } = await ensureLayerDirs(this.store, this.home, m.layers, { tocs, onWarning: (w) => this.warn(w) });
-    const ws = await Workspace.create(this.home, { dir, store: this.store.url, mode: 'extract', backupId: m.id, layers: m.layers, mounted: m.layers });
+    const ws = await Workspace.create(this.home, { dir, store: this.store.url, mode, backupId: m.id, layers: m.layers, mounted: m.layers });
     try {
+      const lowers = await this.mountLowers(ws, tocs);
       await ws.initUpperRoot(rootEntry);
       if (aside) sys.renameNoReplace(Buffer.from(dir), Buffer.from(aside));
       await mkdir(dir, { recursive: true });
       await mountOverlay({ lowers, upper: ws.upper, work: ws.work, target: dir, cwd: this.home });
       await ws.resetBaseline();
     } catch (err) {
+      await this.takeDown(ws).catch(() => undefined);
       await ws.remove();
       if (aside) {
         await rm(dir, { recursive: true, force: true }).catch(() => undefined);
@@ -433,20 +488,58 @@ export class Strata {
     return result(false);
   }
 
+  /** The read-only lower directories of a workspace, mounted or unpacked as its mode wants. */
+  private async mountLowers(ws: Workspace, tocs?: Toc[]): Promise<string[]> {
+    if (ws.state.mode === 'lazy') {
+      const r = await daemonRequest(this.home, { op: 'mount', workspace: ws.state.id, hydrate: this.opts.hydrate !== false }, { start: true });
+      if (!r?.ok) throw new BackupRestoreError(`lazy mount of ${ws.state.dir} failed: ${String(r?.error)} (daemon log: ${join(this.home, 'run', 'daemon.log')})`);
+      return [relative(this.home, lowerDir(ws))];
+    }
+    return (await ensureLayerDirs(this.store, this.home, ws.state.mounted, { ...(tocs ? { tocs } : {}), onWarning: (w) => this.warn(w) })).lowers;
+  }
+
+  /** Unmount a workspace's overlay and, for a lazy one, its FUSE view (even a dead one). */
+  private async takeDown(ws: Workspace): Promise<void> {
+    if (await ws.isMounted()) {
+      try {
+        await unmount(ws.state.dir);
+      } catch {
+        // Busy, or its lower is a dead FUSE mount: detach it.
+        await unmount(ws.state.dir, { lazy: true });
+      }
+    }
+    if (ws.state.mode === 'lazy') {
+      const r = await daemonRequest(this.home, { op: 'unmount', workspace: ws.state.id }).catch(() => null);
+      if (!r) await unmountPath(lowerDir(ws)); // no daemon: clean a dead mount by hand
+    }
+  }
+
   /** Workspaces on this host (or the one at dir): what they came from and what is unsaved. */
   async status(dir?: string): Promise<WorkspaceStatus[]> {
     const all = dir ? [await findWorkspace(this.home, dir)].filter((w): w is Workspace => !!w) : await listWorkspaces(this.home);
     if (dir && all.length === 0) throw new WorkspaceNotFoundError(`${dir} is not a strata workspace`);
     const out: WorkspaceStatus[] = [];
+    const daemon = all.some((w) => w.state.mode === 'lazy')
+      ? ((await daemonRequest(this.home, { op: 'status' }).catch(() => null)) as (DaemonStatus & { ok: boolean }) | null)
+      : null;
     for (const w of all) {
       const unsaved = await w.unsavedChanges();
+      const lazy = daemon?.mounts.find((x) => x.workspace === w.state.id);
+      const mounted = await w.isMounted();
       out.push({
+        ...(w.state.mode === 'lazy' && (mounted || lazy)
+          ? {
+              lazy: lazy
+                ? { served: true, chunks: lazy.chunks, cached: lazy.cached, hydrating: lazy.hydrating, errors: lazy.errors, fetcher: daemon!.fetcher }
+                : { served: false, chunks: 0, cached: 0, hydrating: false, errors: ['no restore daemon serves this workspace: strata unmount, then strata restore'] },
+            }
+          : {}),
         dir: w.state.dir,
         workspace: w.state.id,
         backupId: w.state.backupId,
         mode: w.state.mode,
         layers: w.state.mounted.length,
-        mounted: await w.isMounted(),
+        mounted,
         unsavedEntries: unsaved.entries,
         unsavedBytes: unsaved.bytes,
         store: w.state.store,
@@ -460,7 +553,7 @@ export class Strata {
     const abs = resolve(dir);
     const ws = await findWorkspace(this.home, abs);
     if (!ws) throw new WorkspaceNotFoundError(`${abs} is not a strata workspace`);
-    if (await ws.isMounted()) await unmount(abs);
+    await this.takeDown(ws);
     if (options.discard) {
       await ws.remove();
       return { dir: abs, kept: false };

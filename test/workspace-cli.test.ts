@@ -63,7 +63,7 @@ describe.runIf(need('root'))('workspace commands', () => {
     const info = JSON.parse(await ok(['inspect', h1.id, '--json'])) as { layers: unknown[]; parent: string };
     expect(info.layers).toHaveLength(2);
     expect(info.parent).toBe(h0.id);
-    expect(await ok(['status'])).toMatch(/yes\s+0 entries/);
+    expect(await ok(['status'])).toMatch(/yes\s+\S+.*\s0 entries/);
 
     await writeFile(join(ws, 'unsaved.txt'), 'not backed up');
     const refused = await strata(['restore', h0.id, ws]);

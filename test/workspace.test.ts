@@ -108,11 +108,11 @@ const OPS: Array<[string, (w: string) => Promise<void>]> = [
 ];
 
 describe.runIf(RUN)('workspaces', () => {
-  describe.each(OPS)('%s', (label, op) => {
+  describe.each(OPS.flatMap(([label, op]) => (['lazy', 'extract'] as const).map((mode) => [`${label} (${mode})`, op, mode] as const)))('%s', (_label, op, mode) => {
     it('backs up only the change and restores the same view', async () => {
       const c = await setup();
       const ws = c.dir('ws');
-      await c.strata.restoreBackup(c.base, { dir: ws, mode: 'extract' });
+      await c.strata.restoreBackup(c.base, { dir: ws, mode });
       expect((await c.strata.status(ws))[0]).toMatchObject({ mounted: true, unsavedEntries: 0 });
       await op(ws);
       const h = await roundTrip(c, ws, 'op');
@@ -206,8 +206,8 @@ describe.runIf(RUN)('workspaces', () => {
   it('gc removes layer directories no workspace uses, and keeps those in use', async () => {
     const c = await setup();
     const [a, b] = [c.dir('gc-a'), c.dir('gc-b')];
-    await c.strata.restoreBackup(c.base, { dir: a });
-    await c.strata.restoreBackup(c.base, { dir: b });
+    await c.strata.restoreBackup(c.base, { dir: a, mode: 'extract' });
+    await c.strata.restoreBackup(c.base, { dir: b, mode: 'extract' });
     const layers = join(c.strata.home, 'layers');
     expect(await readdir(layers)).toHaveLength(1);
     await c.strata.unmount(a, { discard: true });
@@ -220,7 +220,7 @@ describe.runIf(RUN)('workspaces', () => {
     expect((await c.strata.gc({ graceMs: 0 })).layerDirs).toHaveLength(1);
     expect(await readdir(layers)).toHaveLength(0);
     // The backup itself is untouched: restoring unpacks the layer again.
-    await c.strata.restoreBackup(c.base, { dir: c.dir('gc-c') });
+    await c.strata.restoreBackup(c.base, { dir: c.dir('gc-c'), mode: 'extract' });
     expect(await readFile(join(c.dir('gc-c'), 'a.txt'), 'utf8')).toBe('alpha\n');
   });
 
@@ -235,7 +235,7 @@ describe.runIf(RUN)('workspaces', () => {
   it('forks: one backup in many workspaces, sharing layers, each with its own changes', async () => {
     const c = await setup();
     const forks = [c.dir('f1'), c.dir('f2'), c.dir('f3')];
-    await Promise.all(forks.map((f) => c.strata.restoreBackup(c.base, { dir: f })));
+    await Promise.all(forks.map((f) => c.strata.restoreBackup(c.base, { dir: f, mode: 'extract' })));
     expect((await readdir(join(c.strata.home, 'layers'))).length).toBe(1);
     await writeFile(join(forks[0]!, 'a.txt'), 'fork one');
     await rm(join(forks[1]!, 'dir1'), { recursive: true });

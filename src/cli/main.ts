@@ -37,13 +37,17 @@ changed since its last backup or restore is stored, over the backup it came from
   --name NAME      name the backup; restore by name takes the newest live one
   --ttl DURATION   expiry: 90s, 15m, 12h, 3d (default), 2w, or 'never'
   --codec C        frame compression: zstd (default) or gzip (a .tar.gz-compatible layer)`,
-  restore: `Usage: strata restore HANDLE [DIR] [--mode extract|copy] [--force] [--json] [--store URL]
+  restore: `Usage: strata restore HANDLE [DIR] [--mode lazy|extract|copy] [--no-hydrate] [--force] [--json] [--store URL]
 
 Restore a backup into DIR (default: the directory it was taken from).
 HANDLE is a file holding a handle, '-' to read the handle from stdin, a backup id, or a name.
-  --mode extract   DIR becomes a workspace: an overlay mount of the backup's layers (unpacked once
-                   per host, shared by every workspace) under a writable upper of its own; later
-                   backups of DIR store only what changed (default as root)
+  --mode lazy      DIR becomes a workspace at once: an overlay mount over a FUSE view of the
+                   backup's layers; file data is fetched on first read into a host-wide cache and
+                   the rest streams in behind (default where FUSE works); later backups of DIR
+                   store only what changed
+  --no-hydrate     lazy: fetch only what is read, not the rest in the background
+  --mode extract   DIR becomes a workspace over the layers unpacked once per host (shared by every
+                   workspace)
   --mode copy      write a plain copy of the files into DIR (default when not root)
   --force          replace DIR if it is not empty, or discard a workspace's unsaved changes
   --json           print the result as JSON`,
@@ -155,7 +159,7 @@ export async function run(argv: string[], io: Io = process): Promise<number> {
     if (!HELP[cmd] || cmd === 'main') throw new UsageError(`unknown command ${JSON.stringify(cmd)} (see strata --help)`);
     const specs: Record<string, Parameters<typeof parseArgs>[1]> = {
       backup: { values: [...common, 'name', 'ttl', 'codec', 'parent'], flags: ['help'], min: 1 },
-      restore: { values: [...common, 'mode'], flags: ['help', 'force', 'json'], min: 1, max: 2 },
+      restore: { values: [...common, 'mode'], flags: ['help', 'force', 'json', 'no-hydrate'], min: 1, max: 2 },
       status: { values: common, flags: ['help', 'json'], min: 0, max: 1 },
       unmount: { values: common, flags: ['help', 'discard'], min: 1 },
       list: { values: [...common, 'name'], flags: ['help', 'json'] },
@@ -172,6 +176,7 @@ export async function run(argv: string[], io: Io = process): Promise<number> {
     if (codec !== undefined && codec !== 'zstd' && codec !== 'gzip') throw new UsageError(`--codec must be zstd or gzip, got ${JSON.stringify(codec)}`);
     const strata = new Strata({
       store: a.values.get('store'),
+      ...(a.flags.has('no-hydrate') ? { hydrate: false } : {}),
       ...(codec !== undefined ? { codec } : {}),
       onProgress: progressPrinter(io),
       onWarning: (m) => io.stderr.write(`strata: warning: ${m}\n`),
@@ -194,7 +199,9 @@ export async function run(argv: string[], io: Io = process): Promise<number> {
       }
       case 'restore': {
         const mode = a.values.get('mode');
-        if (mode !== undefined && mode !== 'extract' && mode !== 'copy') throw new UsageError(`--mode must be extract or copy, got ${JSON.stringify(mode)}`);
+        if (mode !== undefined && mode !== 'lazy' && mode !== 'extract' && mode !== 'copy') {
+          throw new UsageError(`--mode must be lazy, extract or copy, got ${JSON.stringify(mode)}`);
+        }
         const ref = await handleArg(a.positionals[0]!, io);
         const r = await strata.restoreBackup(ref, {
           ...(mode !== undefined ? { mode } : {}),
@@ -242,12 +249,20 @@ export async function run(argv: string[], io: Io = process): Promise<number> {
         if (a.flags.has('json')) io.stdout.write(JSON.stringify(rows, null, 2) + '\n');
         else if (rows.length === 0) io.stdout.write('no workspaces\n');
         else {
-          const lines = [['DIR', 'BACKUP', 'MODE', 'LAYERS', 'MOUNTED', 'UNSAVED']];
+          const lines = [['DIR', 'BACKUP', 'MODE', 'LAYERS', 'MOUNTED', 'LOCAL', 'UNSAVED']];
           for (const w of rows) {
-            lines.push([w.dir, w.backupId, w.mode, String(w.layers), w.mounted ? 'yes' : 'no', `${w.unsavedEntries} entries, ${formatBytes(w.unsavedBytes)}`]);
+            const local = !w.lazy
+              ? w.mode === 'lazy' ? '-' : 'all'
+              : `${w.lazy.chunks ? Math.floor((100 * w.lazy.cached) / w.lazy.chunks) : 100}%${w.lazy.hydrating ? ' (hydrating)' : ''}`;
+            lines.push([w.dir, w.backupId, w.mode, String(w.layers), w.mounted ? 'yes' : 'no', local, `${w.unsavedEntries} entries, ${formatBytes(w.unsavedBytes)}`]);
           }
           const widths = lines[0]!.map((_, i) => Math.max(...lines.map((l) => l[i]!.length)));
           for (const l of lines) io.stdout.write(l.map((c, i) => (i === l.length - 1 ? c : c.padEnd(widths[i]!))).join('  ') + '\n');
+          const f = rows.find((w) => w.lazy?.fetcher)?.lazy?.fetcher;
+          if (f) {
+            io.stdout.write(`restore daemon: ${formatBytes(f.bytesFetched)} fetched in ${f.gets} requests; ${f.misses} misses, ${f.hits + f.touches} cache hits, ${f.errors} errors\n`);
+          }
+          for (const w of rows) for (const e of w.lazy?.errors ?? []) io.stdout.write(`${w.dir}: ${e}\n`);
         }
         return 0;
       }

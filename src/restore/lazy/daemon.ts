@@ -1,0 +1,245 @@
+/**
+ * The restore daemon: one per STRATA_HOME, detached from the CLI that started it. It holds the
+ * lazy mounts of every workspace on the host, one fetcher and one chunk cache for all of them
+ * (forks fetch nothing twice), and hydrates each workspace in the background.
+ *
+ * Control: JSON lines on STRATA_HOME/run/daemon.sock, one request per connection:
+ *   { op: 'mount', workspace, hydrate }  → { ok: true }         (returns once the mount answers)
+ *   { op: 'unmount', workspace }          → { ok: true }
+ *   { op: 'status' }                      → { ok: true, pid, mounts: [...], fetcher }
+ * The daemon exits when its last mount goes. Run as: node daemon.js STRATA_HOME
+ */
+import { open as openFile, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { createServer, type Socket } from 'node:net';
+import { join } from 'node:path';
+import { fetchToc } from '../../format/reader.js';
+import { openStore } from '../../store/index.js';
+import type { ObjectStore } from '../../store/store.js';
+import { Workspace } from '../../workspace/workspace.js';
+import { buildView } from '../view.js';
+import { Fetcher, type FetcherStats } from './fetcher.js';
+import { viewChunks } from './index-file.js';
+import { type LazyMount, mountLazy, unmountPath } from './mount.js';
+
+export interface MountStatus {
+  workspace: string;
+  mountpoint: string;
+  chunks: number;
+  /** Chunks of this view in the host cache. */
+  cached: number;
+  hydrating: boolean;
+  errors: string[];
+}
+
+export interface DaemonStatus {
+  pid: number;
+  mounts: MountStatus[];
+  fetcher: FetcherStats;
+}
+
+interface Held {
+  mount: LazyMount;
+  digests: string[];
+  hydrating: boolean;
+  errors: string[];
+  abort: AbortController;
+}
+
+export function runDir(home: string): string {
+  return join(home, 'run');
+}
+export function controlSocket(home: string): string {
+  return join(runDir(home), 'daemon.sock');
+}
+/** Where a lazy workspace's read-only view is mounted (its overlay's lower directory). */
+export function lowerDir(ws: Workspace): string {
+  return join(ws.root, 'lower');
+}
+
+const log = (msg: string): void => {
+  process.stderr.write(`${new Date().toISOString()} strata daemon[${process.pid}]: ${msg}\n`);
+};
+
+async function main(home: string): Promise<void> {
+  const run = runDir(home);
+  await mkdir(run, { recursive: true, mode: 0o700 });
+  // One daemon per home: the pid file is taken with O_EXCL; a stale one (dead pid) is replaced.
+  const pidFile = join(run, 'daemon.pid');
+  for (;;) {
+    try {
+      const fh = await openFile(pidFile, 'wx');
+      await fh.writeFile(String(process.pid));
+      await fh.close();
+      break;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      const pid = Number(await readFile(pidFile, 'utf8').catch(() => '0'));
+      if (pid > 0 && alive(pid)) {
+        log(`another daemon (pid ${pid}) serves ${home}; exiting`);
+        return;
+      }
+      await rm(pidFile, { force: true });
+    }
+  }
+  const cacheBytes = Number(process.env.STRATA_CACHE_SIZE || 0) || 4 * 1024 ** 3;
+  const fetcher = await Fetcher.start({
+    socketPath: join(run, 'fetch.sock'),
+    cacheDir: join(home, 'cache', 'chunks'),
+    cacheBytes,
+    log,
+    ...(process.env.STRATA_FETCH_DEADLINE_MS ? { deadlineMs: Number(process.env.STRATA_FETCH_DEADLINE_MS) } : {}),
+  });
+  const stores = new Map<string, ObjectStore>();
+  const held = new Map<string, Held>();
+  let exiting = false;
+
+  const storeFor = (url: string): ObjectStore => {
+    let s = stores.get(url);
+    if (!s) {
+      s = openStore(url);
+      stores.set(url, s);
+    }
+    return s;
+  };
+
+  const shutdown = async (why: string): Promise<void> => {
+    if (exiting) return;
+    exiting = true;
+    log(`stopping: ${why}`);
+    for (const h of held.values()) {
+      h.abort.abort();
+      await h.mount.unmount().catch((err: Error) => log(`unmount ${h.mount.mountpoint}: ${err.message}`));
+    }
+    server.close();
+    await fetcher.close().catch(() => undefined);
+    await rm(controlSocket(home), { force: true });
+    await rm(pidFile, { force: true });
+    process.exit(0);
+  };
+
+  const mount = async (id: string, hydrate: boolean): Promise<void> => {
+    if (held.has(id)) return;
+    const ws = await Workspace.load(home, id);
+    const store = storeFor(ws.state.store);
+    const tocs = await Promise.all(ws.state.mounted.map((l) => fetchToc(store, l)));
+    const view = buildView(tocs);
+    const mountpoint = lowerDir(ws);
+    await unmountPath(mountpoint); // a dead mount left by a crashed server
+    await mkdir(mountpoint, { recursive: true });
+    const m = await mountLazy({ store, layers: ws.state.mounted, view, mountpoint, runDir: join(ws.root, 'run'), fetcher, onLog: (l) => log(`strata-fuse ${id}: ${l}`) });
+    const h: Held = { mount: m, digests: viewChunks(view).map((c) => c.chunk.digest), hydrating: false, errors: [], abort: new AbortController() };
+    held.set(id, h);
+    m.child.once('exit', (code, sig) => {
+      if (held.get(id) === h && !exiting) {
+        h.errors.push(`strata-fuse exited (${sig ?? code}); run 'strata unmount' then 'strata restore' to bring the workspace back`);
+        log(`strata-fuse for ${id} exited (${sig ?? code})`);
+      }
+    });
+    if (hydrate) {
+      h.hydrating = true;
+      m.hydrate({ priority: 'low', signal: h.abort.signal })
+        .then((r) => {
+          if (r.failed > 0) h.errors.push(`hydration: ${r.failed} chunk(s) failed; they are fetched on demand`);
+        })
+        .catch((err: Error) => h.errors.push(`hydration: ${err.message}`))
+        .finally(() => (h.hydrating = false));
+    }
+  };
+
+  const unmount = async (id: string): Promise<void> => {
+    const h = held.get(id);
+    if (!h) return;
+    h.abort.abort();
+    held.delete(id);
+    await h.mount.unmount();
+  };
+
+  const status = (): DaemonStatus => ({
+    pid: process.pid,
+    fetcher: fetcher.stats(),
+    mounts: [...held].map(([id, h]) => ({
+      workspace: id,
+      mountpoint: h.mount.mountpoint,
+      chunks: h.digests.length,
+      cached: h.digests.filter((d) => fetcher.cache.has(d)).length,
+      hydrating: h.hydrating,
+      errors: h.errors,
+    })),
+  });
+
+  const handle = async (req: Record<string, unknown>): Promise<unknown> => {
+    switch (req.op) {
+      case 'mount':
+        await mount(String(req.workspace), req.hydrate !== false);
+        return { ok: true };
+      case 'unmount':
+        await unmount(String(req.workspace));
+        if (held.size === 0) setImmediate(() => void shutdown('no mounts left'));
+        return { ok: true };
+      case 'status':
+        return { ok: true, ...status() };
+      default:
+        return { ok: false, error: `unknown op ${String(req.op)}` };
+    }
+  };
+
+  const serve = (sock: Socket): void => {
+    let buf = '';
+    sock.setEncoding('utf8');
+    sock.on('data', (d: string) => {
+      buf += d;
+      const nl = buf.indexOf('\n');
+      if (nl < 0) return;
+      let req: Record<string, unknown>;
+      try {
+        req = JSON.parse(buf.slice(0, nl)) as Record<string, unknown>;
+      } catch {
+        sock.end(JSON.stringify({ ok: false, error: 'bad request' }) + '\n');
+        return;
+      }
+      handle(req).then(
+        (res) => sock.end(JSON.stringify(res) + '\n'),
+        (err: Error & { code?: string }) => {
+          log(`${String(req.op)} ${String(req.workspace ?? '')} failed: ${err.message}`);
+          sock.end(JSON.stringify({ ok: false, error: err.message, code: err.code }) + '\n');
+        },
+      );
+    });
+    sock.on('error', () => undefined);
+  };
+
+  await rm(controlSocket(home), { force: true });
+  const server = createServer(serve);
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(controlSocket(home), () => resolve());
+  });
+  await writeFile(join(run, 'daemon.ready'), String(process.pid));
+  log(`serving ${home}`);
+  process.on('SIGTERM', () => void shutdown('SIGTERM'));
+  process.on('SIGINT', () => void shutdown('SIGINT'));
+  // Mounts taken down behind our back (umount by hand) no longer hold the daemon.
+  setInterval(() => {
+    void (async () => {
+      const { mountAt } = await import('../overlay.js');
+      for (const [id, h] of held) if (!(await mountAt(h.mount.mountpoint))) await unmount(id).catch(() => undefined);
+      if (held.size === 0 && !exiting) await shutdown('no mounts left');
+    })();
+  }, 5000).unref();
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+if (process.argv[1] && import.meta.url.endsWith(process.argv[1].split('/').pop()!) && process.argv[2]) {
+  main(process.argv[2]).catch((err: Error) => {
+    log(`fatal: ${err.stack ?? err.message}`);
+    process.exit(1);
+  });
+}
