@@ -7,7 +7,7 @@ NODE_INCLUDE ?= $(shell node -p "require('path').resolve(process.execPath, '../.
 CFLAGS ?= -O2 -g
 CFLAGS += -Wall -Wextra -Werror -std=gnu11 -D_GNU_SOURCE
 
-.PHONY: deps system-deps node-deps native build demo test bench bench-quick clean
+.PHONY: deps system-deps node-deps native build demo test bench bench-quick bench-deps clean
 
 # System packages: only run apt when something is missing, so repeated runs stay fast.
 system-deps:
@@ -31,7 +31,7 @@ build/strata_sys.node: native/sys/strata_sys.c | system-deps
 	@mkdir -p build
 	$(CC) $(CFLAGS) -fPIC -shared -I$(NODE_INCLUDE) -o $@ $< -lzstd
 
-native: build/strata_sys.node
+native: build/strata_sys.node build/strata-fuse
 
 build: deps native
 	npx tsc -p tsconfig.json
@@ -42,11 +42,30 @@ demo: build
 test: build
 	npx vitest run
 
-bench: build
+# Benchmarks (docs/benchmarks.md): the contenders' tools, Debian packages used by the bench only.
+BENCH_APT_PACKAGES := squashfs-tools squashfuse fuse-overlayfs zstd
+
+bench-deps:
+	@missing=""; for p in $(BENCH_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages for the benchmarks:$$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+bench: build bench-deps
 	node test/bench/run.mjs
 
-bench-quick: build
+bench-quick: build bench-deps
 	node test/bench/run.mjs --quick
 
 clean:
 	rm -rf build dist
+
+# ---- lazy restore: the FUSE data plane (native/fuse, docs/lazy.md) ----------------------------
+FUSE_SRCS := native/fuse/strata_fuse.c native/fuse/sx_index.c native/fuse/sx_fetch.c
+FUSE_HDRS := native/fuse/sx_format.h native/fuse/sx_index.h native/fuse/sx_fetch.h
+
+build/strata-fuse: $(FUSE_SRCS) $(FUSE_HDRS) | system-deps
+	@mkdir -p build
+	$(CC) $(CFLAGS) $$(pkg-config --cflags fuse3) -pthread -o $@ $(FUSE_SRCS) $$(pkg-config --libs fuse3)

@@ -18,7 +18,7 @@ import { Strata } from '../src/index.js';
 import { blobKey, fetchToc, type LayerDescriptor } from '../src/format/reader.js';
 import { parseDigest, type Chunk, type Toc } from '../src/format/toc.js';
 import { Fetcher } from '../src/restore/lazy/fetcher.js';
-import { viewChunks } from '../src/restore/lazy/index-file.js';
+import { encodeIndex, viewChunks } from '../src/restore/lazy/index-file.js';
 import { defaultFuseBinary, mountLazy, unmountPath, type LazyMount, type MountLazyOptions } from '../src/restore/lazy/mount.js';
 import { buildView, type ViewNode } from '../src/restore/view.js';
 import { FileStore } from '../src/store/file.js';
@@ -30,6 +30,7 @@ import { diffTrees, summarize, type EntrySummary } from './helpers/tree.js';
 const run = promisify(execFile);
 const RUN = need('fuse') && need('root') && existsSync(defaultFuseBinary());
 const MiB = 1024 * 1024;
+const MANY = 40;
 
 /** Delegates to a real store, recording every get() and letting a test delay or fail them. */
 class ProbeStore implements ObjectStore {
@@ -120,6 +121,14 @@ function nodeAt(root: ViewNode, p: string): ViewNode {
   return n.linkTo ?? n;
 }
 
+function* walkFiles(n: ViewNode, prefix = ''): Generator<string> {
+  for (const [name, child] of n.children ?? []) {
+    const p = prefix ? `${prefix}/${name}` : name;
+    if (child.entry.type === 'file') yield p;
+    if (child.children) yield* walkFiles(child, p);
+  }
+}
+
 function chunksOf(root: ViewNode, p: string): Chunk[] {
   return nodeAt(root, p).entry.chunks ?? [];
 }
@@ -128,7 +137,11 @@ async function cacheFiles(dir: string): Promise<Map<string, number>> {
   const out = new Map<string, number>();
   for (const fan of await readdir(dir)) {
     if (!/^[0-9a-f]{2}$/.test(fan)) continue;
-    for (const name of await readdir(join(dir, fan))) out.set(name, (await stat(join(dir, fan, name))).size);
+    for (const name of await readdir(join(dir, fan))) {
+      // Background readahead may evict while we look.
+      const st = await stat(join(dir, fan, name)).catch(() => null);
+      if (st) out.set(name, st.size);
+    }
   }
   return out;
 }
@@ -170,6 +183,8 @@ describe.skipIf(!RUN)('lazy restore through strata-fuse', () => {
     await mkdir(upperSrc);
     await writeFile(join(upperSrc, 'upper-a.txt'), 'from the upper layer\n');
     await writeFile(join(upperSrc, 'upper-b.bin'), Buffer.alloc(300 * 1024, 7));
+    await mkdir(join(upperSrc, 'many'));
+    for (let i = 0; i < MANY; i++) await writeFile(join(upperSrc, 'many', `f${i}`), `small file ${i}\n`.repeat(i + 1));
     upper = await backup(upperSrc, 'upper');
   });
 
@@ -367,6 +382,9 @@ describe.skipIf(!RUN)('lazy restore through strata-fuse', () => {
       await dropCaches();
     }
     expect(m.stats().cache.evictions).toBeGreaterThan(0);
+    // Reads served straight from the cache reach the LRU as touch notes (flushed once a second).
+    for (let i = 0; i < 30 && m.stats().touches === 0; i++) await sleep(100);
+    expect(m.stats().touches).toBeGreaterThan(0);
   });
 
   it('two mounts sharing one cache and fetcher fetch each chunk once', async () => {
@@ -390,6 +408,122 @@ describe.skipIf(!RUN)('lazy restore through strata-fuse', () => {
       expect(covering.length).toBe(1);
     }
     expect(f.stats().chunksFetched).toBe(new Set(chunks.map((c) => c.digest)).size);
+  });
+
+  describe('the fetcher and the worker threads', () => {
+    it('keeps serving cached data when the fetcher dies, and picks up a restarted one', async () => {
+      const store = new FileStore(base.storeDir);
+      const view = buildView(base.tocs);
+      const m = await mount({ store, layers: base.layers, view, fetcherOptions: { readahead: 0 } });
+      const mp = m.mountpoint;
+      await catFile(join(mp, 'hello.txt'));
+      await dropCaches();
+      await m.fetcher.close();
+      // Cached: still served. Not cached: EIO at once, no waiting for a timeout.
+      expect((await catFile(join(mp, 'hello.txt'))).toString()).toBe('hello, world\n');
+      const r = await tryCat(join(mp, 'data/pattern.bin'));
+      expect(r.ok).toBe(false);
+      expect(r.err).toMatch(/Input\/output error/);
+      expect(r.ms).toBeLessThan(1000);
+      // A new fetcher on the same socket and cache: the next miss reconnects.
+      const f2 = await Fetcher.start({ socketPath: m.fetcher.socketPath, cacheDir: m.fetcher.cache.dir, cacheBytes: 256 * MiB });
+      fetchers.push(f2);
+      f2.register(store, base.layers, viewChunks(view));
+      expect(f2.stats().cache.entries).toBe(1); // hello.txt's chunk, found by the scan
+      expect(sha(await catFile(join(mp, 'data/pattern.bin')))).toBe(sha(await readFile(join(src, 'data/pattern.bin'))));
+    });
+
+    it('serves metadata while more reads than libfuse\'s default thread cap wait on misses', async () => {
+      const store = new ProbeStore(new FileStore(upper.storeDir));
+      let release!: () => void;
+      const gate = new Promise<void>((r) => (release = r));
+      store.hook = () => gate;
+      const m = await mount({ store, layers: upper.layers, tocs: upper.tocs, fetcherOptions: { readahead: 0, maxGap: 0 } });
+      const mp = m.mountpoint;
+      const names = Array.from({ length: MANY }, (_, i) => `many/f${i}`);
+      await Promise.all(names.map((n) => lstat(join(mp, n))));
+      const reads = names.map((n) => tryCat(join(mp, n)));
+      try {
+        // Every read is blocked in its own worker thread once the fetcher has heard of all of them.
+        for (let i = 0; i < 250 && m.stats().misses < MANY; i++) await sleep(20);
+        expect(m.stats().misses).toBe(MANY);
+        const t0 = performance.now();
+        await lstat(join(mp, 'upper-b.bin'));
+        await readdir(mp);
+        expect(performance.now() - t0).toBeLessThan(500);
+      } finally {
+        release();
+      }
+      const done = await Promise.all(reads);
+      done.forEach((r, i) => expect(r.data?.toString()).toBe(`small file ${i}\n`.repeat(i + 1)));
+    });
+
+    it('hydrates every chunk in the background, behind on-demand reads', async () => {
+      const store = new ProbeStore(new FileStore(base.storeDir));
+      store.hook = () => sleep(150);
+      const view = buildView(base.tocs);
+      const m = await mount({ store, layers: base.layers, view, fetcherOptions: { readahead: 0, concurrency: 2, reservedSlots: 1, maxSpan: 16 * 1024 } });
+      const all = viewChunks(view);
+      let hydrated = false;
+      const hydrating = m.hydrate({ priority: 'low' }).then((r) => {
+        hydrated = true;
+        return r;
+      });
+      await sleep(200);
+      // A one-chunk file hydration has not reached yet: read now, it must not wait its turn.
+      const files = [...walkFiles(view)].filter((p) => chunksOf(view, p).length === 1 && /^[\x20-\x7e]+$/.test(p));
+      const path = files.reverse().find((p) => !m.fetcher.cache.has(chunksOf(view, p)[0]!.digest))!;
+      expect(path).toBeDefined();
+      const t0 = performance.now();
+      const data = await catFile(join(m.mountpoint, path));
+      const readMs = performance.now() - t0;
+      expect(sha(data)).toBe(sha(await readFile(join(src, path))));
+      expect(readMs).toBeLessThan(1000);
+      expect(hydrated).toBe(false);
+      const h = await hydrating;
+      expect(h.failed).toBe(0);
+      expect(h.chunks).toBe(new Set(all.map((c) => c.chunk.digest)).size);
+      for (const c of all) expect(m.fetcher.cache.has(c.chunk.digest)).toBe(true);
+      // Everything is local now: a full walk fetches nothing more.
+      const fetched = m.stats().bytesFetched;
+      expect(diffTrees(before, await summarize(m.mountpoint))).toEqual([]);
+      expect(m.stats().bytesFetched).toBe(fetched);
+    });
+
+    it('unmounts cleanly on SIGTERM', async () => {
+      const m = await mount({ store: new FileStore(base.storeDir), layers: base.layers, tocs: base.tocs });
+      const parentDev = (await stat(caseDir)).dev;
+      expect((await stat(m.mountpoint)).dev).not.toBe(parentDev);
+      const exited = new Promise<number | null>((r) => m.child.once('exit', (code) => r(code)));
+      m.child.kill('SIGTERM');
+      expect(await exited).toBe(0);
+      expect((await stat(m.mountpoint)).dev).toBe(parentDev);
+      expect((await run('grep', ['-c', m.mountpoint, '/proc/self/mounts']).catch((e: { stdout: string }) => e)).stdout.trim()).toBe('0');
+    });
+
+    it('refuses a damaged index with a clear message and mounts nothing', async () => {
+      const idx = join(caseDir, 'bad.index');
+      const mp = join(caseDir, 'mnt');
+      await mkdir(mp);
+      const cache = join(caseDir, 'cache');
+      await mkdir(cache);
+      for (const [bytes, msg] of [
+        [Buffer.from('not an index at all, but long enough to hold a header: '.repeat(3)), /not a strata index/],
+        [Buffer.alloc(10), /too short/],
+      ] as Array<[Buffer, RegExp]>) {
+        await writeFile(idx, bytes);
+        const r = await run(defaultFuseBinary(), ['--index', idx, '--cache', cache, '--socket', join(caseDir, 's'), '--foreground', mp]).catch((e: { code: number; stderr: string }) => e);
+        expect((r as { code: number }).code).toBe(1);
+        expect((r as { stderr: string }).stderr).toMatch(msg);
+      }
+      // A truncated real index.
+      const good = buildView(base.tocs);
+      const full = encodeIndex(good, base.layers);
+      await writeFile(idx, full.subarray(0, full.length - 100));
+      const r = await run(defaultFuseBinary(), ['--index', idx, '--cache', cache, '--socket', join(caseDir, 's'), '--foreground', mp]).catch((e: { code: number; stderr: string }) => e);
+      expect((r as { stderr: string }).stderr).toMatch(/truncated or inconsistent/);
+      expect((await stat(mp)).dev).toBe((await stat(caseDir)).dev);
+    });
   });
 });
 

@@ -2,7 +2,8 @@
  * strata-fuse: a read-only FUSE view of a backup's merged layers.
  *
  *   strata-fuse --index FILE --cache DIR --socket PATH [--timeout-ms N]
- *               [--threads N] [--ready-fd FD] [--foreground] [--debug] MOUNTPOINT
+ *               [--threads N] [--ready-fd FD] [--foreground] [--die-with-parent]
+ *               [--debug] MOUNTPOINT
  *
  * Metadata comes from the mmapped index (sx_index.c), file data from the
  * host-wide chunk cache (CACHE/ab/abcdef..., named by the sha256 of the
@@ -24,6 +25,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/sysmacros.h>
@@ -43,6 +47,8 @@ struct sx_ctx {
 	struct sx_fetch *fetch;
 	_Atomic uint32_t *touched;  /* per chunk: monotonic second of its last touch, 0 = never */
 	atomic_bool noatime;        /* O_NOATIME still allowed (it needs ownership or CAP_FOWNER) */
+	atomic_bool no_open;        /* the kernel can skip OPEN/RELEASE (FUSE_CAP_NO_OPEN_SUPPORT) */
+	atomic_bool no_opendir;     /* ... and OPENDIR/RELEASEDIR */
 	bool debug;
 };
 
@@ -82,7 +88,14 @@ static void fill_entry(const struct sx_ctx *c, uint32_t ino, struct fuse_entry_p
 
 static void sx_init(void *userdata, struct fuse_conn_info *conn)
 {
-	(void)userdata;
+	struct sx_ctx *c = userdata;
+	/*
+	 * Opens carry no state here, so let the kernel stop sending them: answering ENOSYS
+	 * once makes it open every file with FOPEN_KEEP_CACHE (and directories with
+	 * FOPEN_CACHE_DIR) by itself, saving two round trips per open of a cached file.
+	 */
+	atomic_store(&c->no_open, (conn->capable & FUSE_CAP_NO_OPEN_SUPPORT) != 0);
+	atomic_store(&c->no_opendir, (conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT) != 0);
 	if (conn->capable & FUSE_CAP_CACHE_SYMLINKS)
 		conn->want |= FUSE_CAP_CACHE_SYMLINKS;
 	/* Content never changes: no need to drop the page cache when mtimes are re-read. */
@@ -163,6 +176,10 @@ static void sx_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	const struct sx_node *n = sx_index_node(&c->idx, ino);
 	if (!n || (n->mode & S_IFMT) != S_IFDIR) {
 		fuse_reply_err(req, n ? ENOTDIR : ENOENT);
+		return;
+	}
+	if (atomic_load(&c->no_opendir)) {
+		fuse_reply_err(req, ENOSYS);
 		return;
 	}
 	fi->fh = 0;
@@ -259,6 +276,10 @@ static void sx_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	}
 	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
 		fuse_reply_err(req, EROFS);
+		return;
+	}
+	if (atomic_load(&c->no_open)) {
+		fuse_reply_err(req, ENOSYS); /* see sx_init; the kernel treats it as success */
 		return;
 	}
 	fi->fh = 0;
@@ -368,7 +389,10 @@ static int open_chunks(struct sx_ctx *c, fuse_ino_t ino, uint32_t first, uint32_
 			log_failure(c, ino, ch0, "still missing from the cache after it was fetched (cache too small?)");
 			return -EIO;
 		}
-		int rc = sx_fetch_request(c->fetch, refs, nmiss);
+		int rc = 0;
+		/* One message per SX_MSG_MAX_REFS: only a read over very many tiny chunks needs several. */
+		for (uint32_t k = 0; k < nmiss && rc == 0; k += SX_MSG_MAX_REFS)
+			rc = sx_fetch_request(c->fetch, refs + k, nmiss - k < SX_MSG_MAX_REFS ? nmiss - k : SX_MSG_MAX_REFS);
 		if (rc == -ENOTCONN) {
 			log_failure(c, ino, ch0, "not cached and no fetcher is listening");
 			return -EIO;
@@ -616,7 +640,7 @@ static const struct fuse_lowlevel_ops sx_ops = {
 static void usage(FILE *to)
 {
 	fprintf(to, "usage: strata-fuse --index FILE --cache DIR --socket PATH [--timeout-ms N] [--threads N]\n"
-		    "                   [--ready-fd FD] [--foreground] [--debug] MOUNTPOINT\n");
+		    "                   [--ready-fd FD] [--foreground] [--die-with-parent] [--debug] MOUNTPOINT\n");
 }
 
 static bool parse_uint(const char *s, unsigned long max, unsigned long *out)
@@ -651,11 +675,12 @@ int main(int argc, char **argv)
 		{ "socket", required_argument, NULL, 's' },    { "timeout-ms", required_argument, NULL, 't' },
 		{ "threads", required_argument, NULL, 'T' },   { "ready-fd", required_argument, NULL, 'r' },
 		{ "foreground", no_argument, NULL, 'f' },      { "debug", no_argument, NULL, 'd' },
-		{ "help", no_argument, NULL, 'h' },            { NULL, 0, NULL, 0 },
+		{ "die-with-parent", no_argument, NULL, 'P' }, { "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
 	};
 	const char *index_path = NULL, *cache_dir = NULL, *socket_arg = NULL;
 	unsigned long timeout_ms = 60000, threads = 64, ready_fd = ULONG_MAX;
-	bool foreground = false, debug = false;
+	bool foreground = false, debug = false, die_with_parent = false;
 	int opt;
 	while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
 		switch (opt) {
@@ -682,6 +707,7 @@ int main(int argc, char **argv)
 			break;
 		case 'f': foreground = true; break;
 		case 'd': debug = true; break;
+		case 'P': die_with_parent = true; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
@@ -691,6 +717,14 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	const char *mountpoint = argv[optind];
+	if (die_with_parent) {
+		/* SIGTERM takes the normal exit path (fuse_set_signal_handlers), so the mount goes too. */
+		pid_t parent = getppid();
+		if (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || getppid() != parent) {
+			fprintf(stderr, "strata-fuse: parent gone or PR_SET_PDEATHSIG failed\n");
+			return 1;
+		}
+	}
 
 	int status = 1;
 	char err[512];
@@ -704,6 +738,13 @@ int main(int argc, char **argv)
 	char *socket_path = NULL;
 	bool mounted = false, handlers = false;
 
+	/* Each waiting read holds one fd per chunk it spans: allow what the hard limit allows. */
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+			fprintf(stderr, "strata-fuse: cannot raise the open file limit: %s\n", strerror(errno));
+	}
 	if (sx_index_open(&ctx.idx, index_path, err, sizeof(err)) < 0) {
 		fprintf(stderr, "strata-fuse: %s\n", err);
 		return 1;

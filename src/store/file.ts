@@ -12,7 +12,7 @@ import type { Readable } from 'node:stream';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { InvalidBackupConfigError, ObjectNotFoundError, StoreError } from '../errors.js';
 import { emptyStream, validateKey, validatePrefix, validateRange } from './keys.js';
-import type { ByteRange, ObjectInfo, ObjectStore } from './store.js';
+import type { ByteRange, IncompleteWrite, ObjectInfo, ObjectStore } from './store.js';
 
 const TMP_DIR = '.tmp';
 
@@ -243,6 +243,31 @@ export class FileStore implements ObjectStore {
       }
       dir = path.dirname(dir);
     }
+  }
+
+  /** Temp files under .tmp/ older than `before`: writes a killed process never committed. */
+  async cleanupIncomplete(before: Date, opts: { dryRun?: boolean } = {}): Promise<IncompleteWrite[]> {
+    let names: string[];
+    try {
+      names = await fsp.readdir(this.tmpDir);
+    } catch (err) {
+      if (isMissing(err)) return [];
+      throw wrap(err, `list ${TMP_DIR} in ${this.url}`);
+    }
+    const out: IncompleteWrite[] = [];
+    for (const name of names) {
+      const p = path.join(this.tmpDir, name);
+      try {
+        const st = await fsp.lstat(p);
+        if (!st.isFile() || st.mtime.getTime() >= before.getTime()) continue;
+        if (!opts.dryRun) await fsp.unlink(p);
+        out.push({ key: `${TMP_DIR}/${name}`, id: name, started: st.mtime });
+      } catch (err) {
+        if (isMissing(err)) continue; // committed or removed meanwhile
+        throw wrap(err, `remove ${TMP_DIR}/${name} from ${this.url}`);
+      }
+    }
+    return out;
   }
 
   async *list(prefix: string): AsyncIterable<ObjectInfo> {

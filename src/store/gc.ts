@@ -25,6 +25,8 @@ export interface GcReport {
   deletedBlobs: Array<{ key: string; size: number }>;
   keptBlobs: number;
   freedBytes: number;
+  /** Unfinished writes older than the grace period (incomplete multipart uploads, temp files) removed. */
+  incompleteWrites: Array<{ key: string; id: string; started: string }>;
 }
 
 export const DEFAULT_GRACE_MS = 60 * 60 * 1000;
@@ -32,7 +34,7 @@ export const DEFAULT_GRACE_MS = 60 * 60 * 1000;
 export async function gc(store: ObjectStore, opts: GcOptions = {}): Promise<GcReport> {
   const now = opts.now ?? Date.now();
   const grace = opts.graceMs ?? DEFAULT_GRACE_MS;
-  const report: GcReport = { dryRun: !!opts.dryRun, expiredManifests: [], deletedBlobs: [], keptBlobs: 0, freedBytes: 0 };
+  const report: GcReport = { dryRun: !!opts.dryRun, expiredManifests: [], deletedBlobs: [], keptBlobs: 0, freedBytes: 0, incompleteWrites: [] };
   const live = new Set<string>();
   const unreadable: string[] = [];
   const records = await listManifests(store, (key, err) => {
@@ -58,6 +60,16 @@ export async function gc(store: ObjectStore, opts: GcOptions = {}): Promise<GcRe
     report.deletedBlobs.push({ key: o.key, size: o.size });
     report.freedBytes += o.size;
     if (!opts.dryRun) await store.delete(o.key);
+  }
+  // What a killed backup left half-written; an upload in progress is younger than the grace period.
+  if (store.cleanupIncomplete) {
+    try {
+      const left = await store.cleanupIncomplete(new Date(now - grace), { dryRun: !!opts.dryRun });
+      report.incompleteWrites = left.map((w) => ({ key: w.key, id: w.id, started: w.started.toISOString() }));
+    } catch (err) {
+      // Not fatal: a store may refuse the listing (permissions) and the blobs are collected anyway.
+      opts.onError?.('(incomplete uploads)', err);
+    }
   }
   return report;
 }

@@ -14,6 +14,7 @@ import {
   DeleteObjectCommand,
   GetObjectCommand,
   HeadObjectCommand,
+  ListMultipartUploadsCommand,
   ListObjectsV2Command,
   PutObjectCommand,
   S3Client,
@@ -23,7 +24,7 @@ import {
 import { Upload } from '@aws-sdk/lib-storage';
 import { InvalidBackupConfigError, ObjectNotFoundError, StoreError } from '../errors.js';
 import { emptyStream, validateKey, validatePrefix, validateRange } from './keys.js';
-import type { ByteRange, ObjectInfo, ObjectStore } from './store.js';
+import type { ByteRange, IncompleteWrite, ObjectInfo, ObjectStore } from './store.js';
 
 export interface S3StoreOptions {
   /** Custom endpoint, e.g. https://ACCOUNT.r2.cloudflarestorage.com. Default: STRATA_S3_ENDPOINT, AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL. */
@@ -372,7 +373,36 @@ export class S3Store implements ObjectStore {
       validateRange(key, range);
       if (range.start === range.end) return emptyStream();
     }
-    return this.checkedStream(await this.getObject(fullKey, range), fullKey);
+    const first = await this.getObject(fullKey, range);
+    return Readable.from(this.resumingBody(fullKey, range, first), { objectMode: false });
+  }
+
+  /**
+   * The body of one GET; when it breaks off (a reset, a stall past the socket timeout, a body cut
+   * short) the rest is requested again from where it stopped, up to maxAttempts reads in all. The
+   * SDK retries failed requests, but not a body that breaks off mid-stream.
+   */
+  private async *resumingBody(fullKey: string, range: ByteRange | undefined, first: BodySlice): AsyncGenerator<Buffer> {
+    const start = range?.start ?? 0;
+    // A whole-object read can resume only when its length is known.
+    const end = range?.end ?? (first.expected >= 0 ? first.expected : undefined);
+    let delivered = 0;
+    let slice = first;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        for await (const piece of this.checkedStream(slice, fullKey) as AsyncIterable<Buffer>) {
+          delivered += piece.length;
+          yield piece;
+        }
+        return;
+      } catch (err) {
+        if (!(err instanceof StoreError) || end === undefined || attempt >= this.maxAttempts) throw err;
+        if (start + delivered >= end) return; // every byte arrived; only the close failed
+      }
+      const delay = this.retryBaseDelayMs * 2 ** (attempt - 1);
+      await sleep(delay / 2 + Math.random() * (delay / 2));
+      slice = await this.getObject(fullKey, { start: start + delivered, end });
+    }
   }
 
   /**
@@ -539,6 +569,47 @@ export class S3Store implements ObjectStore {
       const mapped = this.mapError(err, 'DeleteObject', fullKey);
       if (mapped instanceof ObjectNotFoundError) return;
       throw mapped;
+    }
+  }
+
+  /**
+   * Abort multipart uploads of blobs initiated before `before`: a backup killed mid-upload leaves
+   * its parts stored (and billed) until the upload is completed or aborted. A server that does
+   * not implement ListMultipartUploads has nothing to report.
+   */
+  async cleanupIncomplete(before: Date, opts: { dryRun?: boolean } = {}): Promise<IncompleteWrite[]> {
+    const base = this.prefix === '' ? '' : this.prefix + '/';
+    const out: IncompleteWrite[] = [];
+    let keyMarker: string | undefined;
+    let uploadIdMarker: string | undefined;
+    for (;;) {
+      let res;
+      try {
+        res = await this.client.send(
+          new ListMultipartUploadsCommand({ Bucket: this.bucket, Prefix: base + 'blobs/', KeyMarker: keyMarker, UploadIdMarker: uploadIdMarker }),
+        );
+      } catch (err) {
+        const e = err as SdkError;
+        if (e.name === 'NotImplemented' || e.$metadata?.httpStatusCode === 501) return out;
+        throw this.mapError(err, 'ListMultipartUploads', base + 'blobs/');
+      }
+      for (const u of res.Uploads ?? []) {
+        if (u.Key === undefined || !u.Key.startsWith(base) || !u.UploadId || !u.Initiated) continue;
+        if (u.Initiated.getTime() >= before.getTime()) continue;
+        if (!opts.dryRun) {
+          try {
+            await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: u.Key, UploadId: u.UploadId }));
+          } catch (err) {
+            // NoSuchUpload: completed or aborted meanwhile.
+            const mapped = this.mapError(err, 'AbortMultipartUpload', u.Key);
+            if (!(mapped instanceof ObjectNotFoundError)) throw mapped;
+          }
+        }
+        out.push({ key: u.Key.slice(base.length), id: u.UploadId, started: u.Initiated });
+      }
+      if (!res.IsTruncated || (res.NextKeyMarker === undefined && res.NextUploadIdMarker === undefined)) return out;
+      keyMarker = res.NextKeyMarker;
+      uploadIdMarker = res.NextUploadIdMarker;
     }
   }
 

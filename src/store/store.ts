@@ -8,6 +8,16 @@ export interface ObjectInfo {
   mtime: Date;
 }
 
+/** A write a crash or a failure left unfinished: an incomplete multipart upload, a temp file. */
+export interface IncompleteWrite {
+  /** The key it was writing. For the file store, its temp file under .tmp/. */
+  key: string;
+  /** S3: the upload id; file store: the temp file's name. */
+  id: string;
+  /** When it started (S3: initiated; file store: the temp file's mtime). */
+  started: Date;
+}
+
 /** A byte range, both ends inclusive of start and exclusive of end: [start, end). */
 export interface ByteRange {
   start: number;
@@ -41,4 +51,9 @@ export interface ObjectStore {
   delete(key: string): Promise<void>;
   /** Every object whose key starts with prefix, in no particular order. */
   list(prefix: string): AsyncIterable<ObjectInfo>;
+  /**
+   * Unfinished writes started before `before` (incomplete multipart uploads of blobs, temp files a
+   * killed process left), removed unless dryRun; gc calls it. Optional.
+   */
+  cleanupIncomplete?(before: Date, opts?: { dryRun?: boolean }): Promise<IncompleteWrite[]>;
 }

@@ -55,6 +55,10 @@ export class ChunkCache {
   private readonly lru: LRUCache<string, number>;
   private puts = 0;
   private evictions = 0;
+  /** Digests accounted for in the LRU whose file is still being renamed into place. */
+  private readonly writing = new Set<string>();
+  /** Of those, the ones evicted meanwhile: their file goes as soon as it lands. */
+  private readonly evictedWhileWriting = new Set<string>();
 
   private constructor(dir: string, opts: ChunkCacheOptions) {
     if (!Number.isSafeInteger(opts.maxBytes) || opts.maxBytes < 2 * MAX_CHUNK_SIZE) {
@@ -71,6 +75,10 @@ export class ChunkCache {
         // 'set' is a re-put of the same chunk: the file now there is the new one, keep it.
         if (reason !== 'evict' && reason !== 'delete') return;
         if (reason === 'evict') this.evictions++;
+        if (this.writing.has(hex)) {
+          this.evictedWhileWriting.add(hex);
+          return;
+        }
         // Synchronous, so a put of the same digest right after cannot be unlinked by a late unlink.
         try {
           unlinkSync(this.path(hex));
@@ -132,13 +140,14 @@ export class ChunkCache {
 
   /** In the cache as far as this process knows (no filesystem access; does not touch recency). */
   has(digest: string): boolean {
-    return this.lru.has(hexOf(digest));
+    const h = hexOf(digest);
+    return this.lru.has(h) && !this.writing.has(h);
   }
 
   /** In the cache and really on disk; forgets an entry whose file vanished. */
   async present(digest: string): Promise<boolean> {
     const h = hexOf(digest);
-    if (!this.lru.has(h)) return false;
+    if (!this.lru.has(h) || this.writing.has(h)) return false;
     try {
       await stat(this.path(h));
       return true;
@@ -148,7 +157,10 @@ export class ChunkCache {
     }
   }
 
-  /** Store a chunk's verified bytes under its digest (the caller has checked them). */
+  /**
+   * Store a chunk's verified bytes under its digest (the caller has checked them). Room is made in
+   * the LRU before the file lands, so the chunk files never exceed the budget, even for a moment.
+   */
   async put(digest: string, data: Buffer): Promise<void> {
     const h = hexOf(digest);
     const tmp = join(this.tmpDir, `${h.slice(0, 16)}-${randomBytes(6).toString('hex')}`);
@@ -161,13 +173,35 @@ export class ChunkCache {
         await fh.close();
       }
       await mkdir(join(this.dir, h.slice(0, 2)), { recursive: true, mode: 0o700 });
-      await rename(tmp, this.path(h));
     } catch (err) {
       await rm(tmp, { force: true });
       throw err;
     }
+    if (this.writing.has(h)) {
+      // The same chunk is landing from another fetch: this copy is redundant.
+      await rm(tmp, { force: true });
+      return;
+    }
+    this.writing.add(h);
+    try {
+      this.lru.set(h, data.length);
+      await rename(tmp, this.path(h));
+    } catch (err) {
+      this.writing.delete(h);
+      this.lru.delete(h);
+      await rm(tmp, { force: true });
+      throw err;
+    }
+    this.writing.delete(h);
+    if (this.evictedWhileWriting.delete(h)) {
+      try {
+        unlinkSync(this.path(h));
+      } catch {
+        // Gone already.
+      }
+      return;
+    }
     this.puts++;
-    this.lru.set(h, data.length);
   }
 
   /** Mark a chunk as just used (a read served from the cache); persisted in its mtime. */

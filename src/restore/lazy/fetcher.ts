@@ -438,6 +438,9 @@ export class Fetcher {
     let budget = this.opts.readahead;
     for (let i = lo; i < order.length && budget > 0; i++) {
       const next = order[i]!;
+      // Small neighbours are what readahead is for; a chunk larger than what is left of the
+      // budget ends it (reading a 6-byte file must not pull in a 4 MiB chunk of the next one).
+      if (next.size > budget) break;
       budget -= next.size;
       if (this.inflight.has(next.digest) || this.cache.has(next.digest)) continue;
       const job = this.want(next, READAHEAD);

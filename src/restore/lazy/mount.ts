@@ -50,6 +50,12 @@ export interface MountLazyOptions {
   binary?: string;
   /** Give up if the mount is not live by then (default 10 s). */
   readyTimeoutMs?: number;
+  /**
+   * Keep the mount when this process exits (a daemon restarting: cached data stays readable and a
+   * fetcher started again on the same socket serves misses). Default: strata-fuse gets SIGTERM when
+   * we die and unmounts, so a crash never leaves a mount behind.
+   */
+  detach?: boolean;
   /** Each line strata-fuse writes to stderr (default: to our stderr). */
   onLog?: (line: string) => void;
 }
@@ -127,10 +133,10 @@ export async function mountLazy(o: MountLazyOptions): Promise<LazyMount> {
   };
 
   const timeoutMs = o.timeoutMs ?? (o.fetcherOptions?.deadlineMs ?? 30_000) + 5_000;
-  const args = ['--index', indexPath, '--cache', fetcher.cache.dir, '--socket', fetcher.socketPath, '--timeout-ms', String(timeoutMs), '--threads', String(o.threads ?? 64), '--ready-fd', '3', '--foreground', mountpoint];
+  const args = ['--index', indexPath, '--cache', fetcher.cache.dir, '--socket', fetcher.socketPath, '--timeout-ms', String(timeoutMs), '--threads', String(o.threads ?? 64), '--ready-fd', '3', '--foreground', ...(o.detach ? [] : ['--die-with-parent']), mountpoint];
   let child: ChildProcess;
   try {
-    child = spawn(o.binary ?? defaultFuseBinary(), args, { stdio: ['ignore', 'ignore', 'pipe', 'pipe'] });
+    child = spawn(o.binary ?? defaultFuseBinary(), args, { stdio: ['ignore', 'ignore', 'pipe', 'pipe'], detached: !!o.detach });
   } catch (err) {
     await cleanupStart();
     throw new BackupRestoreError(`cannot start strata-fuse: ${(err as Error).message}`, { cause: err });
