@@ -75,6 +75,19 @@ console.log('$ strata restore demo restored');
 const restore = strata(['restore', 'demo', out]);
 console.log(restore.stdout.trimEnd());
 console.log(`  (${restore.ms.toFixed(0)} ms, whole command)\n`);
+{
+  const { readdirSync, readFileSync } = await import('node:fs');
+  let t = performance.now();
+  const names = readdirSync(out);
+  const lsMs = performance.now() - t;
+  t = performance.now();
+  readFileSync(join(out, 'src/index.js'));
+  console.log(`ls of the restored root: ${names.length} entries in ${lsMs.toFixed(1)} ms; first file read in ${(performance.now() - t).toFixed(1)} ms\n`);
+}
+if (/lazy workspace/.test(restore.stdout)) {
+  console.log('$ strata status    # a lazy workspace: data streams in behind the reads');
+  console.log(strata(['status']).stdout.trimEnd() + '\n');
+}
 
 console.log('$ diff -r --no-dereference workspace restored');
 execFileSync('diff', ['-r', '--no-dereference', ws, out], { stdio: 'inherit' });
@@ -82,8 +95,6 @@ console.log('  identical\n');
 
 const isWorkspace = /workspace/.test(restore.stdout);
 if (isWorkspace) {
-  console.log('$ strata status');
-  console.log(strata(['status']).stdout.trimEnd() + '\n');
   console.log('# edit one file in the restored workspace, then back it up again');
   writeFileSync(join(out, 'src/index.js'), "console.log('edited after restore');\n");
   console.log('$ strata backup restored');

@@ -54,7 +54,7 @@ describe.runIf(need('root'))('workspace commands', () => {
     await writeFile(join(src, 'pkg/index.js'), 'module.exports = 1;\n');
     const h0 = JSON.parse(await ok(['backup', src, '--name', 'app'])) as { id: string };
     const ws = join(work, 'ws');
-    expect(await ok(['restore', 'app', ws])).toMatch(/\(workspace, 1 layer\(s\)\)/);
+    expect(await ok(['restore', 'app', ws])).toMatch(/\((lazy|extract) workspace, 1 layer\(s\)\)/);
     let st = JSON.parse(await ok(['status', ws, '--json'])) as Array<Record<string, unknown>>;
     expect(st[0]).toMatchObject({ dir: ws, backupId: h0.id, mounted: true, unsavedEntries: 0, layers: 1 });
 

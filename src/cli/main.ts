@@ -214,7 +214,7 @@ export async function run(argv: string[], io: Io = process): Promise<number> {
           io.stdout.write(
             r.mode === 'copy'
               ? `restored ${r.id} into ${r.dir}: ${r.stats.entries} entries, ${formatBytes(r.stats.bytes)} in ${r.stats.ms.toFixed(0)} ms\n`
-              : `${r.recovered ? 'recovered workspace' : 'restored'} ${r.id} into ${r.dir} (workspace, ${r.stats.layers} layer(s)) in ${r.stats.ms.toFixed(0)} ms\n`,
+              : `${r.recovered ? 'recovered workspace' : 'restored'} ${r.id} into ${r.dir} (${r.mode} workspace, ${r.stats.layers} layer(s)) in ${r.stats.ms.toFixed(0)} ms\n`,
           );
         }
         return 0;
