@@ -68,6 +68,8 @@ export interface StrataOptions {
   mode?: RestoreMode;
   /** Lazy workspaces: fetch the rest of the data in the background (default true). */
   hydrate?: boolean;
+  /** Byte budget of the host-wide chunk cache, taken by the restore daemon when it starts. */
+  cacheSize?: number;
 }
 
 export interface CreateBackupOptions {
@@ -491,7 +493,11 @@ export class Strata {
   /** The read-only lower directories of a workspace, mounted or unpacked as its mode wants. */
   private async mountLowers(ws: Workspace, tocs?: Toc[]): Promise<string[]> {
     if (ws.state.mode === 'lazy') {
-      const r = await daemonRequest(this.home, { op: 'mount', workspace: ws.state.id, hydrate: this.opts.hydrate !== false }, { start: true });
+      const r = await daemonRequest(
+        this.home,
+        { op: 'mount', workspace: ws.state.id, hydrate: this.opts.hydrate !== false },
+        { start: true, ...(this.opts.cacheSize ? { env: { STRATA_CACHE_SIZE: String(this.opts.cacheSize) } } : {}) },
+      );
       if (!r?.ok) throw new BackupRestoreError(`lazy mount of ${ws.state.dir} failed: ${String(r?.error)} (daemon log: ${join(this.home, 'run', 'daemon.log')})`);
       return [relative(this.home, lowerDir(ws))];
     }

@@ -73,3 +73,14 @@ export function formatBytes(n: number): string {
   }
   return `${i === 0 ? n : n.toFixed(1)} ${u[i]}`;
 }
+
+const SIZE_UNITS: Record<string, number> = { '': 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3, T: 1024 ** 4 };
+
+/** '4G', '500M', '123456' (bytes; K, M, G, T are powers of 1024) → bytes. */
+export function parseSize(s: string, what: string): number {
+  const m = /^(\d+(?:\.\d+)?)([KMGT]?)(i?B)?$/i.exec(s);
+  if (!m) throw new UsageError(`${what} must be a size like 500M or 4G, got ${JSON.stringify(s)}`);
+  const v = Math.floor(Number(m[1]) * SIZE_UNITS[m[2]!.toUpperCase()]!);
+  if (!(v > 0)) throw new UsageError(`${what} must be greater than zero`);
+  return v;
+}

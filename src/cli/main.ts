@@ -4,7 +4,7 @@ import { resolve } from 'node:path';
 import { StrataError, UsageError } from '../errors.js';
 import { Strata, type BackupInfo, type BackupRef, type ProgressEvent } from '../strata.js';
 import { parseHandle } from '../store/manifest.js';
-import { formatBytes, parseArgs, parseDuration } from './args.js';
+import { formatBytes, parseArgs, parseDuration, parseSize } from './args.js';
 
 const HELP: Record<string, string> = {
   main: `strata: point-in-time backups of workspace directories
@@ -46,6 +46,8 @@ HANDLE is a file holding a handle, '-' to read the handle from stdin, a backup i
                    the rest streams in behind (default where FUSE works); later backups of DIR
                    store only what changed
   --no-hydrate     lazy: fetch only what is read, not the rest in the background
+  --cache-size N   lazy: the host-wide chunk cache's budget, e.g. 4G, 500M (default 4G or
+                   $STRATA_CACHE_SIZE); taken when the restore daemon starts
   --mode extract   DIR becomes a workspace over the layers unpacked once per host (shared by every
                    workspace)
   --mode copy      write a plain copy of the files into DIR (default when not root)
@@ -159,7 +161,7 @@ export async function run(argv: string[], io: Io = process): Promise<number> {
     if (!HELP[cmd] || cmd === 'main') throw new UsageError(`unknown command ${JSON.stringify(cmd)} (see strata --help)`);
     const specs: Record<string, Parameters<typeof parseArgs>[1]> = {
       backup: { values: [...common, 'name', 'ttl', 'codec', 'parent'], flags: ['help'], min: 1 },
-      restore: { values: [...common, 'mode'], flags: ['help', 'force', 'json', 'no-hydrate'], min: 1, max: 2 },
+      restore: { values: [...common, 'mode', 'cache-size'], flags: ['help', 'force', 'json', 'no-hydrate'], min: 1, max: 2 },
       status: { values: common, flags: ['help', 'json'], min: 0, max: 1 },
       unmount: { values: common, flags: ['help', 'discard'], min: 1 },
       list: { values: [...common, 'name'], flags: ['help', 'json'] },
@@ -177,6 +179,7 @@ export async function run(argv: string[], io: Io = process): Promise<number> {
     const strata = new Strata({
       store: a.values.get('store'),
       ...(a.flags.has('no-hydrate') ? { hydrate: false } : {}),
+      ...(a.values.has('cache-size') ? { cacheSize: parseSize(a.values.get('cache-size')!, '--cache-size') } : {}),
       ...(codec !== undefined ? { codec } : {}),
       onProgress: progressPrinter(io),
       onWarning: (m) => io.stderr.write(`strata: warning: ${m}\n`),

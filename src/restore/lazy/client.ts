@@ -34,18 +34,22 @@ function request(home: string, msg: Record<string, unknown>, timeoutMs: number):
 }
 
 /** Start the daemon for this home, detached (it outlives the caller), and wait for its socket. */
-async function startDaemon(home: string): Promise<void> {
+async function startDaemon(home: string, env: Record<string, string>): Promise<void> {
   await mkdir(runDir(home), { recursive: true, mode: 0o700 });
   const logFile = await open(join(runDir(home), 'daemon.log'), 'a');
   // Always the compiled daemon (dist/ and src/ sit at the same depth below the repo root).
   const script = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'dist', 'restore', 'lazy', 'daemon.js');
-  const child = spawn(process.execPath, [script, home], { detached: true, stdio: ['ignore', logFile.fd, logFile.fd], env: process.env });
+  const child = spawn(process.execPath, [script, home], { detached: true, stdio: ['ignore', logFile.fd, logFile.fd], env: { ...process.env, ...env } });
   child.unref();
   await logFile.close();
 }
 
 /** Send a request, starting the daemon first when `start` and nothing answers. */
-export async function daemonRequest(home: string, msg: Record<string, unknown>, opts: { start?: boolean; timeoutMs?: number } = {}): Promise<Record<string, unknown> | null> {
+export async function daemonRequest(
+  home: string,
+  msg: Record<string, unknown>,
+  opts: { start?: boolean; timeoutMs?: number; env?: Record<string, string> } = {},
+): Promise<Record<string, unknown> | null> {
   const timeoutMs = opts.timeoutMs ?? 60_000;
   try {
     return await request(home, msg, timeoutMs);
@@ -54,7 +58,7 @@ export async function daemonRequest(home: string, msg: Record<string, unknown>, 
     if (code !== 'ENOENT' && code !== 'ECONNREFUSED') throw err;
     if (!opts.start) return null;
   }
-  await startDaemon(home);
+  await startDaemon(home, opts.env ?? {});
   const until = Date.now() + 15_000;
   for (;;) {
     try {
