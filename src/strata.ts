@@ -237,9 +237,13 @@ export class Strata {
       if (incremental) {
         // A workspace: only what changed since its last backup or restore, over its chain.
         const previous = await incremental.loadCaptured();
+        const prioritized = await incremental.loadPrioritized();
         parent = { id: incremental.state.backupId, layers: incremental.state.layers };
         layer = await this.writeLayer(dir, async (w) => {
-          const r = await captureUpper({ upper: incremental.upper, merged: dir }, previous, w, { onWarning: (m) => this.warn(m) });
+          const r = await captureUpper({ upper: incremental.upper, merged: dir }, previous, w, {
+            onWarning: (m) => this.warn(m),
+            ...(prioritized ? { prioritized } : {}),
+          });
           captured = r.captured;
           return r.changed;
         });

@@ -95,6 +95,56 @@ describe.runIf(RUN)('lazy workspaces', () => {
     expect(st.errors).toEqual([]);
   });
 
+  it('records the files read first, writes them first in the next layer, and prefetches them on restore', async () => {
+    process.env.STRATA_PRIORITY_WINDOW_MS = '1500';
+    try {
+      const c = await setup({ hydrate: false });
+      const ws = c.dir('ws');
+      await c.strata.restoreBackup(c.base, { dir: ws });
+      // The startup workload: two files, read in this order.
+      expect(await readFile(join(ws, 'dir1/sub/z'), 'utf8')).toBe('z');
+      expect((await readFile(join(ws, 'big.bin'))).length).toBe(6 * 1024 * 1024);
+      const rec = join(c.strata.home, 'workspaces');
+      let prioritized: string[] = [];
+      for (let i = 0; i < 50 && prioritized.length === 0; i++) {
+        await new Promise((r) => setTimeout(r, 100));
+        const [id] = await readdir(rec);
+        prioritized = JSON.parse(await readFile(join(rec, id!, 'prioritized.json'), 'utf8').catch(() => '[]')) as string[];
+      }
+      expect(prioritized).toEqual(['dir1/sub/z', 'big.bin']);
+      await writeFile(join(ws, 'b.txt'), 'changed\n');
+      const h = await c.strata.createBackup({ dir: ws });
+      const info = await c.strata.getBackup(h.id);
+      const { fetchToc } = await import('../src/format/reader.js');
+      const toc = await fetchToc(c.strata.store, info.layers[1]!);
+      // The prioritized files open the new layer (after their directories), then the change.
+      const files = toc.entries.filter((e) => e.type === 'file').map((e) => e.path);
+      expect(files).toEqual(['dir1/sub/z', 'big.bin', 'b.txt']);
+      expect(toc.prefetch).toBeDefined();
+      const big = toc.entries.find((e) => e.path === 'big.bin')!;
+      const last = big.chunks![big.chunks!.length - 1]!;
+      expect(toc.prefetch!.blobOffset + toc.prefetch!.blobLength).toBe(last.blobOffset + last.blobLength);
+      // A lazy restore of it on another host (its own home, daemon and empty cache) fetches that
+      // region before anything is read, in few requests, and nothing else.
+      const other = new Strata({ home: c.dir('other-home'), store: c.strata.store, mode: 'lazy', hydrate: false });
+      const again = c.dir('again');
+      await other.restoreBackup(h, { dir: again });
+      let st = await lazyOf(other, again);
+      for (let i = 0; i < 100 && st.fetcher!.bytesFetched < 6 * 1024 * 1024; i++) {
+        await new Promise((r) => setTimeout(r, 50));
+        st = await lazyOf(other, again);
+      }
+      expect(st.fetcher!.bytesFetched).toBeGreaterThanOrEqual(6 * 1024 * 1024);
+      expect(st.fetcher!.bytesFetched).toBeLessThan(toc.prefetch!.blobLength + 64 * 1024);
+      expect(st.fetcher!.gets).toBeLessThanOrEqual(2);
+      expect(st.fetcher!.misses).toBe(0);
+      expect(diffTrees(await summarize(ws), await summarize(again))).toEqual([]);
+      await other.unmount(again, { discard: true });
+    } finally {
+      delete process.env.STRATA_PRIORITY_WINDOW_MS;
+    }
+  });
+
   it.each(['strata-fuse', 'daemon'])('when the %s process is killed: errors, not hangs; unmount and restore recover the upper', async (victim) => {
     const c = await setup({ hydrate: false });
     const ws = c.dir('ws');

@@ -53,6 +53,7 @@ export class LayerWriter {
   private queue: PendingFrame[] = [];
   private writing: Promise<void> = Promise.resolve();
   private failed: unknown;
+  private prefetch: Toc['prefetch'];
 
   private constructor(
     private readonly fh: FileHandle,
@@ -152,11 +153,16 @@ export class LayerWriter {
     this.dataBytes = m.dataBytes;
   }
 
+  /** Mark [blobOffset, blobOffset + blobLength) as the prioritized region (the TOC's landmark). */
+  setPrefetch(region: NonNullable<Toc['prefetch']>): void {
+    this.prefetch = region;
+  }
+
   /** Write the end of the archive, the TOC and the footer; fsync; close. */
   async finish(extra?: Partial<Pick<Toc, 'prefetch'>>): Promise<LayerResult> {
     await this.enqueue({ data: this.codec.compress(Buffer.concat([this.takePad(), END_OF_ARCHIVE])) });
     await this.drain();
-    const toc: Toc = { version: TOC_VERSION, codec: this.codec.name, entries: this.entries, ...extra };
+    const toc: Toc = { version: TOC_VERSION, codec: this.codec.name, entries: this.entries, ...(this.prefetch ? { prefetch: this.prefetch } : {}), ...extra };
     const tocRaw = encodeToc(toc);
     const tocFrame = await this.codec.compress(tocRaw);
     const tocOffset = this.offset;

@@ -11,6 +11,7 @@ import { mkdir, open, readdir, readFile, rename, rm, writeFile, lstat, chmod, lc
 import { join, resolve } from 'node:path';
 import type { LayerDescriptor } from '../format/reader.js';
 import type { TocEntry } from '../format/toc.js';
+import { checkLayerPath } from '../format/paths.js';
 import { sys } from '../sys/native.js';
 import { type Captured, signature } from '../capture/upper.js';
 import { mountAt } from '../restore/overlay.js';
@@ -86,6 +87,26 @@ export class Workspace {
     const tmp = join(this.root, `captured.json.${randomBytes(4).toString('hex')}`);
     await writeFile(tmp, JSON.stringify(Object.fromEntries(c)));
     await rename(tmp, join(this.root, 'captured.json'));
+  }
+
+  /** Files a lazy workspace read first after its restore (recorded by the restore daemon). */
+  async loadPrioritized(): Promise<string[] | undefined> {
+    try {
+      const v = JSON.parse(await readFile(join(this.root, 'prioritized.json'), 'utf8')) as unknown;
+      if (!Array.isArray(v)) return undefined;
+      // Only clean layer paths: nothing here may name a file outside the workspace.
+      return v.filter((p): p is string => {
+        if (typeof p !== 'string' || p === '.') return false;
+        try {
+          checkLayerPath(p);
+          return true;
+        } catch {
+          return false;
+        }
+      });
+    } catch {
+      return undefined;
+    }
   }
 
   /** Give the upper's root the view root's metadata: the overlay root shows the upper's. */

@@ -16,7 +16,7 @@ import { fetchToc } from '../../format/reader.js';
 import { openStore } from '../../store/index.js';
 import type { ObjectStore } from '../../store/store.js';
 import { Workspace } from '../../workspace/workspace.js';
-import { buildView } from '../view.js';
+import { buildView, type ViewNode, walkView } from '../view.js';
 import { Fetcher, type FetcherStats } from './fetcher.js';
 import { viewChunks } from './index-file.js';
 import { type LazyMount, mountLazy, unmountPath } from './mount.js';
@@ -127,8 +127,18 @@ async function main(home: string): Promise<void> {
     await unmountPath(mountpoint); // a dead mount left by a crashed server
     await mkdir(mountpoint, { recursive: true });
     const m = await mountLazy({ store, layers: ws.state.mounted, view, mountpoint, runDir: join(ws.root, 'run'), fetcher, onLog: (l) => log(`strata-fuse ${id}: ${l}`) });
-    const h: Held = { mount: m, digests: viewChunks(view).map((c) => c.chunk.digest), hydrating: false, errors: [], abort: new AbortController() };
+    const chunks = viewChunks(view);
+    const h: Held = { mount: m, digests: chunks.map((c) => c.chunk.digest), hydrating: false, errors: [], abort: new AbortController() };
     held.set(id, h);
+    // Prioritized files: each layer's landmark region, fetched ahead of everything else.
+    const landmark = chunks.filter(({ layer, chunk }) => {
+      const p = tocs[layer]?.prefetch;
+      return p !== undefined && chunk.blobOffset >= p.blobOffset && chunk.blobOffset + chunk.blobLength <= p.blobOffset + p.blobLength;
+    });
+    if (landmark.length > 0) {
+      fetcher.hydrate(ws.state.mounted, landmark, { priority: 'normal', signal: h.abort.signal }).catch((err: Error) => h.errors.push(`prefetch: ${err.message}`));
+    }
+    recordFirstReads(ws, view, fetcher);
     m.child.once('exit', (code, sig) => {
       if (held.get(id) === h && !exiting) {
         h.errors.push(`strata-fuse exited (${sig ?? code}); run 'strata unmount' then 'strata restore' to bring the workspace back`);
@@ -226,6 +236,34 @@ async function main(home: string): Promise<void> {
       if (held.size === 0 && !exiting) await shutdown('no mounts left');
     })();
   }, 5000).unref();
+}
+
+/**
+ * Record which files the workspace reads in its first seconds (STRATA_PRIORITY_WINDOW_MS, default
+ * 10 s) into prioritized.json; the workspace's next backup writes them first in its layer.
+ */
+function recordFirstReads(ws: Workspace, view: ViewNode, fetcher: Fetcher): void {
+  const windowMs = Number(process.env.STRATA_PRIORITY_WINDOW_MS || 0) || 10_000;
+  const pathOf = new Map<string, string>();
+  for (const n of walkView(view)) {
+    if (n.entry.type !== 'file') continue;
+    for (const c of n.entry.chunks ?? []) if (!pathOf.has(c.digest.slice(7))) pathOf.set(c.digest.slice(7), n.path);
+  }
+  const order: string[] = [];
+  const seen = new Set<string>();
+  const off = fetcher.onAccess((hex) => {
+    const p = pathOf.get(hex);
+    if (p !== undefined && !seen.has(p) && order.length < 10_000) {
+      seen.add(p);
+      order.push(p);
+    }
+  });
+  setTimeout(() => {
+    off();
+    if (order.length === 0) return;
+    // Paths are byte strings (latin1 code points): JSON keeps them exactly.
+    writeFile(join(ws.root, 'prioritized.json'), JSON.stringify(order)).catch((err: Error) => log(`prioritized files of ${ws.state.id}: ${err.message}`));
+  }, windowMs).unref();
 }
 
 function alive(pid: number): boolean {

@@ -155,6 +155,7 @@ export class Fetcher {
   private closed = false;
   private server?: Server;
   private readonly sockets = new Set<Socket>();
+  private readonly accessListeners = new Set<(digestHex: string) => void>();
   private readonly counters = { requests: 0, hits: 0, misses: 0, errors: 0, bytesFetched: 0, gets: 0, touches: 0, chunksFetched: 0 };
 
   private constructor(socketPath: string, cache: ChunkCache, opts: FetcherOptions) {
@@ -202,6 +203,15 @@ export class Fetcher {
     // Chunks of any mounted backup can be asked for through it: owner only.
     await chmod(this.socketPath, 0o600);
     this.server = server;
+  }
+
+  /**
+   * Call fn with the digest (hex) of every chunk strata-fuse reads, cached or not: what a workload
+   * reads first after a restore (prioritized files). Returns the matching unsubscribe.
+   */
+  onAccess(fn: (digestHex: string) => void): () => void {
+    this.accessListeners.add(fn);
+    return () => this.accessListeners.delete(fn);
   }
 
   /** Make layers fetchable; chunks (the view's) guide readahead. Returns the matching unregister. */
@@ -287,6 +297,7 @@ export class Fetcher {
           });
         }
         buf = buf.subarray(len);
+        for (const fn of this.accessListeners) for (const r of refs) fn(r.digest);
         if (type === MSG_TOUCH) {
           for (const r of refs) this.cache.touch(r.digest);
           this.counters.touches += refs.length;
