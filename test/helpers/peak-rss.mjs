@@ -4,7 +4,8 @@ import { readFileSync } from 'node:fs';
 import { Strata } from '../../dist/index.js';
 
 const [home, dir, out] = process.argv.slice(2);
-const s = new Strata({ home });
+// A plain copy: this measures the streaming data path, not a mount.
+const s = new Strata({ home, mode: 'copy' });
 const h = await s.createBackup({ dir });
 const afterBackup = peak();
 await s.restoreBackup(h, { dir: out });
