@@ -40,6 +40,7 @@ import { mountAt, mountOverlay, unmount } from './restore/overlay.js';
 import { findWorkspace, listWorkspaces, Workspace } from './workspace/workspace.js';
 import { type BackupHandle, checkDir, checkId, checkName, handleOf, isExpired, type Manifest, manifestKey, parseHandle } from './store/manifest.js';
 import type { ObjectStore } from './store/store.js';
+import { pidAlive } from './util/process.js';
 
 export const DEFAULT_TTL_SECONDS = 3 * 24 * 3600;
 /**
@@ -164,14 +165,6 @@ function uuidv7(): string {
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
 }
 
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 /** Remove temp layers whose backup process died (kill -9, OOM): a blob-sized file each. */
 async function sweepDeadTemps(tmpDir: string): Promise<void> {

@@ -10,12 +10,12 @@ import { createHash } from 'node:crypto';
 import type { BigIntStats } from 'node:fs';
 import { createReadStream } from 'node:fs';
 import { lstat, readdir, readlink } from 'node:fs/promises';
-import { type BytePath, compareBytes, fromFsPath, joinPath, parentOf, toFsPath } from '../format/paths.js';
+import { type BytePath, compareBytes, fromFsPath, joinPath, toFsPath } from '../format/paths.js';
 import type { TocEntry } from '../format/toc.js';
 import type { LayerWriter } from '../format/writer.js';
 import type { ViewNode } from '../restore/view.js';
 import { sys } from '../sys/native.js';
-import { splitNs, TreeCapture } from './tree.js';
+import { ParentDirs, splitNs, TreeCapture } from './tree.js';
 
 function sameType(e: TocEntry, st: BigIntStats): boolean {
   switch (e.type) {
@@ -83,16 +83,9 @@ export async function captureDiff(
   const rootB = fromFsPath(Buffer.from(dir));
   let changed = 0;
   // Parent directories go into the layer before anything under them (see upper.ts).
-  const emitted = new Set<BytePath>(['.']);
-  const ensureParents = async (path: BytePath): Promise<void> => {
-    const missing: BytePath[] = [];
-    for (let a = parentOf(path); !emitted.has(a); a = parentOf(a)) missing.unshift(a);
-    for (const a of missing) {
-      const fsA = joinPath(rootB, a);
-      await tree.addEntry(fsA, a, await lstat(toFsPath(fsA), { bigint: true }));
-      emitted.add(a);
-    }
-  };
+  const parents = new ParentDirs(tree, rootB);
+  const emitted = parents.emitted;
+  const ensureParents = (path: BytePath): Promise<void> => parents.ensure(path);
   const visit = async (path: BytePath, node: ViewNode | undefined, st: BigIntStats): Promise<void> => {
     const fsPath = joinPath(rootB, path);
     const fsb = toFsPath(fsPath);

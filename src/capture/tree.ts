@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto';
 import { constants as C, type BigIntStats } from 'node:fs';
 import { lstat, open, readdir, readlink, type FileHandle } from 'node:fs/promises';
 import { BackupCreateError } from '../errors.js';
-import { type BytePath, compareBytes, displayPath, fromFsPath, joinPath, toFsPath } from '../format/paths.js';
+import { type BytePath, compareBytes, displayPath, fromFsPath, joinPath, parentOf, toFsPath } from '../format/paths.js';
 import type { Extent } from '../format/tar.js';
 import { MAX_CHUNK_SIZE, type TocEntry } from '../format/toc.js';
 import type { LayerWriter } from '../format/writer.js';
@@ -106,16 +106,46 @@ async function prefetch(fsPath: BytePath): Promise<Prefetched | null> {
   try {
     const size = Number(st.size);
     const data = Buffer.allocUnsafe(size);
-    let got = 0;
-    while (got < size) {
-      const { bytesRead } = await fh.read(data, got, size - got, got);
-      if (bytesRead === 0) break;
-      got += bytesRead;
-    }
+    const got = await readFully(fh, data, size);
     return { st, data: data.subarray(0, got), after: await fh.stat({ bigint: true }) };
   } finally {
     await fh.close();
   }
+}
+
+/**
+ * Writes each entry's missing parent directories before it, so every layer stands alone as an
+ * overlay lower directory (a parent missing from a layer would appear with made-up metadata and
+ * hide the real one's). `emitted` is every directory already in the layer.
+ */
+export class ParentDirs {
+  readonly emitted = new Set<BytePath>(['.']);
+  constructor(
+    private readonly tree: TreeCapture,
+    private readonly base: BytePath,
+  ) {}
+
+  /** Add path's missing ancestors, read from `base` (or the given root) in top-down order. */
+  async ensure(path: BytePath, base = this.base): Promise<void> {
+    const missing: BytePath[] = [];
+    for (let a = parentOf(path); !this.emitted.has(a); a = parentOf(a)) missing.unshift(a);
+    for (const a of missing) {
+      const fsA = joinPath(base, a);
+      await this.tree.addEntry(fsA, a, await lstat(toFsPath(fsA), { bigint: true }));
+      this.emitted.add(a);
+    }
+  }
+}
+
+/** Read up to size bytes from the start of a file; fewer when it shrank under the read. */
+async function readFully(fh: FileHandle, buf: Buffer, size: number, position = 0): Promise<number> {
+  let got = 0;
+  while (got < size) {
+    const { bytesRead } = await fh.read(buf, got, size - got, position + got);
+    if (bytesRead === 0) break;
+    got += bytesRead;
+  }
+  return got;
 }
 
 export class TreeCapture {
@@ -271,12 +301,7 @@ export class TreeCapture {
     // Small files: read whole, check, then queue (keeps the writer's pipeline full).
     if (!sparse && size <= MAX_CHUNK_SIZE) {
       const buf = Buffer.allocUnsafe(size);
-      let got = 0;
-      while (got < size) {
-        const { bytesRead } = await fh.read(buf, got, size - got, got);
-        if (bytesRead === 0) break;
-        got += bytesRead;
-      }
+      const got = await readFully(fh, buf, size);
       const after = await fh.stat({ bigint: true });
       if (got !== size || !sameFile(before, after)) return false;
       const digest = 'sha256:' + createHash('sha256').update(buf).digest('hex');
@@ -296,12 +321,7 @@ export class TreeCapture {
     for (const x of extents) {
       for (let off = x.offset; off < x.offset + x.size; ) {
         const want = Math.min(MAX_CHUNK_SIZE, x.offset + x.size - off);
-        let got = 0;
-        while (got < want) {
-          const { bytesRead } = await fh.read(buf, got, want - got, off + got);
-          if (bytesRead === 0) break;
-          got += bytesRead;
-        }
+        const got = await readFully(fh, buf, want, off);
         if (got !== want) {
           await w.rollback(mark);
           return false;

@@ -15,7 +15,7 @@ import { lstat, readdir } from 'node:fs/promises';
 import { type BytePath, compareBytes, fromFsPath, joinPath, parentOf, toFsPath } from '../format/paths.js';
 import type { LayerWriter } from '../format/writer.js';
 import { sys } from '../sys/native.js';
-import { splitNs, TreeCapture } from './tree.js';
+import { ParentDirs, splitNs, TreeCapture } from './tree.js';
 
 /** type, ino, size, mtime ns, ctime ns, 'o' when captured as opaque. */
 export type Signature = string;
@@ -80,20 +80,11 @@ export async function captureUpper(
   /** Every path this layer whites out. */
   const whiteouts = new Set<BytePath>();
   /**
-   * Directories written to this layer. Every entry's parent directories are written before it,
-   * so each layer stands alone as an overlay lower directory (a parent missing from the layer
-   * would appear with made-up metadata and hide the real one's).
+   * Every entry's parent directories go into the layer before it (see ParentDirs).
    */
-  const emitted = new Set<BytePath>(['.']);
-  const ensureParents = async (path: BytePath, base = upperB): Promise<void> => {
-    const missing: BytePath[] = [];
-    for (let a = parentOf(path); !emitted.has(a); a = parentOf(a)) missing.unshift(a);
-    for (const a of missing) {
-      const fsA = joinPath(base, a);
-      await tree.addEntry(fsA, a, await lstat(toFsPath(fsA), { bigint: true }));
-      emitted.add(a);
-    }
-  };
+  const parents = new ParentDirs(tree, upperB);
+  const emitted = parents.emitted;
+  const ensureParents = (path: BytePath, base = upperB): Promise<void> => parents.ensure(path, base);
   /** Files already in the layer from the prioritized region: the walk does not add them again. */
   const written = new Set<BytePath>();
   if (opts.prioritized && opts.prioritized.length > 0) {

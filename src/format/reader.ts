@@ -2,6 +2,7 @@
  * Reading a layer from a store: its TOC (verified against the digest the manifest gives) and its
  * chunks (each verified against the TOC before a byte of it is used).
  */
+import { constants as bufferConstants } from 'node:buffer';
 import { createHash } from 'node:crypto';
 import { DigestMismatchError, InvalidLayerError } from '../errors.js';
 import type { ObjectStore } from '../store/store.js';
@@ -9,8 +10,12 @@ import { codecFor, type Codec } from './codec.js';
 import { decodeFooter, FOOTER_READ_SIZE, type Footer } from './footer.js';
 import { type Chunk, type CodecName, decodeToc, parseDigest, type Toc } from './toc.js';
 
-/** Largest TOC strata will parse (uncompressed); a bound against hostile footers. */
-export const MAX_TOC_SIZE = 1024 * 1024 * 1024;
+/**
+ * Largest TOC strata will parse or write (uncompressed); a bound against hostile footers. It is
+ * the longest string V8 makes (~512 MiB): past it JSON.parse cannot run at all. A million tiny
+ * entries take ~315 MiB and parse in ~13 s with ~1.8 GB peak RSS (test/load.test.ts).
+ */
+export const MAX_TOC_SIZE = Math.min(512 * 1024 * 1024, bufferConstants.MAX_STRING_LENGTH);
 
 /** What a manifest says of a layer: enough to fetch and verify its TOC with one range request. */
 export interface LayerDescriptor {

@@ -8,8 +8,10 @@
  */
 import { createHash, type Hash } from 'node:crypto';
 import { open, type FileHandle } from 'node:fs/promises';
+import { BackupCreateError } from '../errors.js';
 import type { Codec } from './codec.js';
 import { encodeFooter } from './footer.js';
+import { MAX_TOC_SIZE } from './reader.js';
 import { END_OF_ARCHIVE, entryHeader, type Extent, padLength } from './tar.js';
 import { type Chunk, encodeToc, type Toc, TOC_VERSION, type TocEntry } from './toc.js';
 
@@ -163,7 +165,18 @@ export class LayerWriter {
     await this.enqueue({ data: this.codec.compress(Buffer.concat([this.takePad(), END_OF_ARCHIVE])) });
     await this.drain();
     const toc: Toc = { version: TOC_VERSION, codec: this.codec.name, entries: this.entries, ...(this.prefetch ? { prefetch: this.prefetch } : {}), ...extra };
-    const tocRaw = encodeToc(toc);
+    let tocRaw: Buffer | undefined;
+    try {
+      tocRaw = encodeToc(toc);
+    } catch (err) {
+      if (!(err instanceof RangeError)) throw err; // longer than V8's longest string
+    }
+    // A layer restore would refuse: fail the backup instead, saying why.
+    if (tocRaw === undefined || tocRaw.length > MAX_TOC_SIZE) {
+      throw new BackupCreateError(
+        `the layer has ${this.entries.length} entries: its table of contents is over the ${Math.floor(MAX_TOC_SIZE / 2 ** 20)} MiB limit; back up fewer files at once`,
+      );
+    }
     const tocFrame = await this.codec.compress(tocRaw);
     const tocOffset = this.offset;
     await this.fh.write(tocFrame, 0, tocFrame.length, tocOffset);

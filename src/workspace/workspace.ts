@@ -15,6 +15,7 @@ import { checkLayerPath } from '../format/paths.js';
 import { sys } from '../sys/native.js';
 import { type Captured, signature } from '../capture/upper.js';
 import { mountAt } from '../restore/overlay.js';
+import { pidAlive } from '../util/process.js';
 
 export type WorkspaceMode = 'extract' | 'lazy';
 
@@ -176,7 +177,7 @@ export class Workspace {
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
         const pid = Number(await readFile(path, 'utf8').catch(() => ''));
-        if (pid > 0 && !alive(pid)) {
+        if (pid > 0 && !pidAlive(pid)) {
           await rm(path, { force: true }); // its owner died: the lock is stale
           continue;
         }
@@ -190,14 +191,6 @@ export class Workspace {
   }
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 export async function listWorkspaces(home: string): Promise<Workspace[]> {
   let ids: string[];

@@ -20,6 +20,7 @@ import { buildView, type ViewNode, walkView } from '../view.js';
 import { Fetcher, type FetcherStats } from './fetcher.js';
 import { viewChunks } from './index-file.js';
 import { type LazyMount, mountLazy, unmountPath } from './mount.js';
+import { pidAlive } from '../../util/process.js';
 
 export interface MountStatus {
   workspace: string;
@@ -74,7 +75,7 @@ async function main(home: string): Promise<void> {
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
       const pid = Number(await readFile(pidFile, 'utf8').catch(() => '0'));
-      if (pid > 0 && alive(pid)) {
+      if (pid > 0 && pidAlive(pid)) {
         log(`another daemon (pid ${pid}) serves ${home}; exiting`);
         return;
       }
@@ -266,14 +267,6 @@ function recordFirstReads(ws: Workspace, view: ViewNode, fetcher: Fetcher): void
   }, windowMs).unref();
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 if (process.argv[1] && import.meta.url.endsWith(process.argv[1].split('/').pop()!) && process.argv[2]) {
   main(process.argv[2]).catch((err: Error) => {
