@@ -74,6 +74,12 @@ function sameFile(a: BigIntStats, b: BigIntStats): boolean {
   return a.size === b.size && a.mtimeNs === b.mtimeNs && a.ctimeNs === b.ctimeNs && a.ino === b.ino;
 }
 
+/** ENOENT/ENOTDIR: the entry (or a parent) was removed or replaced under the capture. */
+function isVanished(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException | null)?.code;
+  return code === 'ENOENT' || code === 'ENOTDIR';
+}
+
 /** Entries stat'ed (and small files read) ahead of the writer, per directory. */
 const PREFETCH = 32;
 /** Files up to this size are read ahead whole. */
@@ -92,7 +98,7 @@ async function prefetch(fsPath: BytePath): Promise<Prefetched | null> {
   try {
     st = await lstat(toFsPath(fsPath), { bigint: true });
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    if (isVanished(err)) return null;
     throw err;
   }
   // Possibly sparse files (fewer blocks than bytes) take the careful path.
@@ -172,7 +178,14 @@ export class TreeCapture {
   /** Capture the directory at fsPath as layer path `path`, then everything beneath it. */
   async captureDir(fsPath: BytePath, path: BytePath, st: BigIntStats, extra?: Partial<TocEntry>): Promise<void> {
     await this.addEntry(fsPath, path, st, extra);
-    const names = (await readdir(toFsPath(fsPath), { encoding: 'buffer' })).map(fromFsPath).sort(compareBytes);
+    let names: BytePath[];
+    try {
+      names = (await readdir(toFsPath(fsPath), { encoding: 'buffer' })).map(fromFsPath).sort(compareBytes);
+    } catch (err) {
+      // Deleted after it was recorded: empty at this point in time.
+      if (path !== '.' && isVanished(err)) return;
+      throw err;
+    }
     // Stat and read small files ahead, PREFETCH at a time: capture is bound by syscall latency,
     // and entries must still reach the writer in order.
     const ahead: Array<Promise<Prefetched | null>> = [];
@@ -191,8 +204,14 @@ export class TreeCapture {
       const childFs = joinPath(fsPath, name);
       const child = path === '.' ? name : path + '/' + name;
       if (this.opts.exclude?.(child, pre.st)) continue;
-      if (pre.st.isDirectory()) await this.captureDir(childFs, child, pre.st);
-      else await this.addEntry(childFs, child, pre.st, undefined, pre);
+      try {
+        if (pre.st.isDirectory()) await this.captureDir(childFs, child, pre.st);
+        else await this.addEntry(childFs, child, pre.st, undefined, pre);
+      } catch (err) {
+        // Deleted between its lstat and its read (xattrs, link target): nothing of it was written
+        // yet, so it is simply not part of this point in time, like an entry gone before the lstat.
+        if (!isVanished(err)) throw err;
+      }
     }
   }
 

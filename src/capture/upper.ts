@@ -147,16 +147,26 @@ export async function captureUpper(
       // previous layer already did and the directory itself has not changed since.
       const full = forceAll || (opaque && changedHere);
       if (changedHere) {
-        if (!emitted.has(path) || (full && opaque)) {
+        // A directory is already in the layer only as a parent of a prioritized file ('.' is
+        // never written as a parent, so it is always written here).
+        const already = path !== '.' && emitted.has(path);
+        if (!already || (full && opaque)) {
           await ensureParents(path);
-          if (emitted.has(path)) throw new Error(`internal: ${path} written twice`);
+          if (already) throw new Error(`internal: ${path} written twice`);
           await tree.addEntry(fsPath, path, st, full && opaque ? { opaque: true } : {});
           emitted.add(path);
         }
         changed++;
       }
       if (full && opaque) whole.push(path);
-      const names = (await readdir(toFsPath(fsPath), { encoding: 'buffer' })).map(fromFsPath).sort(compareBytes);
+      let names: BytePath[];
+      try {
+        names = (await readdir(toFsPath(fsPath), { encoding: 'buffer' })).map(fromFsPath).sort(compareBytes);
+      } catch (err) {
+        // Removed since its lstat: empty at this point in time.
+        if (path !== '.' && (err as NodeJS.ErrnoException).code === 'ENOENT') return;
+        throw err;
+      }
       for (const name of names) {
         const child = path === '.' ? name : path + '/' + name;
         let cst: BigIntStats;
@@ -183,7 +193,16 @@ export async function captureUpper(
       await writer.addEntry({ path, type: 'whiteout', mode: 0, uid: 0, gid: 0, mtime: [sec, nsec], size: 0 });
       return;
     }
-    await tree.addEntry(fsPath, path, st);
+    try {
+      await tree.addEntry(fsPath, path, st);
+    } catch (err) {
+      // Deleted between the walk's lstat and its read (nothing of it was written): gone at this
+      // point in time, and whited out below if an earlier capture had it.
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code !== 'ENOENT' && code !== 'ENOTDIR') throw err;
+      captured.delete(path);
+      changed--;
+    }
   };
 
   const recordSubtree = async (path: BytePath): Promise<void> => {

@@ -51,24 +51,29 @@ export async function daemonRequest(
   opts: { start?: boolean; timeoutMs?: number; env?: Record<string, string> } = {},
 ): Promise<Record<string, unknown> | null> {
   const timeoutMs = opts.timeoutMs ?? 60_000;
-  try {
-    return await request(home, msg, timeoutMs);
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code !== 'ENOENT' && code !== 'ECONNREFUSED') throw err;
-    if (!opts.start) return null;
-  }
-  await startDaemon(home, opts.env ?? {});
   const until = Date.now() + 15_000;
+  let startedAt = 0;
   for (;;) {
+    let answer: Record<string, unknown> | undefined;
     try {
-      return await request(home, msg, timeoutMs);
+      answer = await request(home, msg, timeoutMs);
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
-      if ((code !== 'ENOENT' && code !== 'ECONNREFUSED') || Date.now() > until) {
+      if (code !== 'ENOENT' && code !== 'ECONNREFUSED') throw err;
+      if (!opts.start) return null;
+      if (Date.now() > until) {
         throw new BackupRestoreError(`cannot reach the restore daemon: ${(err as Error).message} (log: ${join(runDir(home), 'daemon.log')})`, { cause: err });
       }
-      await new Promise((r) => setTimeout(r, 50));
+      // Start one; again if it has not answered within a second (it may have found a daemon
+      // that was on its way out still holding the pid file, and left).
+      if (Date.now() - startedAt > 1000) {
+        await startDaemon(home, opts.env ?? {});
+        startedAt = Date.now();
+      }
     }
+    if (answer && answer.code !== 'EXITING') return answer;
+    // A daemon on its way out answered: once it is gone, start (or reach) the next one.
+    if (answer && !opts.start) return null;
+    await new Promise((r) => setTimeout(r, 50));
   }
 }

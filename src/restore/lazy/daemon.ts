@@ -178,14 +178,26 @@ async function main(home: string): Promise<void> {
     })),
   });
 
+  // With no mounts left the daemon exits, after a grace period: a restore that takes a workspace
+  // down and mounts the next one (restore --force) must not race the exit.
+  let idleTimer: NodeJS.Timeout | undefined;
+  const idleExit = (): void => {
+    clearTimeout(idleTimer);
+    idleTimer = setTimeout(() => {
+      if (held.size === 0) void shutdown('no mounts left');
+    }, 3000);
+  };
+
   const handle = async (req: Record<string, unknown>): Promise<unknown> => {
+    if (exiting) return { ok: false, code: 'EXITING', error: 'the daemon is stopping' };
+    if (req.op === 'mount') clearTimeout(idleTimer);
     switch (req.op) {
       case 'mount':
         await mount(String(req.workspace), req.hydrate !== false);
         return { ok: true };
       case 'unmount':
         await unmount(String(req.workspace));
-        if (held.size === 0) setImmediate(() => void shutdown('no mounts left'));
+        if (held.size === 0) idleExit();
         return { ok: true };
       case 'status':
         return { ok: true, ...status() };
@@ -233,8 +245,9 @@ async function main(home: string): Promise<void> {
   setInterval(() => {
     void (async () => {
       const { mountAt } = await import('../overlay.js');
+      const before = held.size;
       for (const [id, h] of held) if (!(await mountAt(h.mount.mountpoint))) await unmount(id).catch(() => undefined);
-      if (held.size === 0 && !exiting) await shutdown('no mounts left');
+      if (before > 0 && held.size === 0 && !exiting) idleExit();
     })();
   }, 5000).unref();
 }
