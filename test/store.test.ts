@@ -9,7 +9,8 @@ import { join, relative } from 'node:path';
 import type { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FileStore } from '../src/store/file.js';
-import { openStore, S3Store, type ObjectStore } from '../src/store/index.js';
+import { DeferredStore, openStore, type ObjectStore } from '../src/store/index.js';
+import { S3Store } from '../src/store/s3.js';
 import { s3StoreFor, startS3Server, type S3TestServer } from './helpers/s3server.js';
 
 const MiB = 1024 * 1024;
@@ -324,13 +325,14 @@ describe('FileStore specifics', () => {
 });
 
 describe('openStore', () => {
-  it('chooses the store by scheme', () => {
+  it('chooses the store by scheme', async () => {
     expect(openStore('file:///var/tmp/strata-x')).toBeInstanceOf(FileStore);
     expect(openStore('/var/tmp/strata-x').url).toBe('file:///var/tmp/strata-x');
     const s3 = openStore('s3://my-bucket/some/prefix/', { s3: { region: 'us-east-1', endpoint: 'http://127.0.0.1:9' } });
-    expect(s3).toBeInstanceOf(S3Store);
+    // An S3 store whose SDK loads on first use.
+    expect(s3).toBeInstanceOf(DeferredStore);
     expect(s3.url).toBe('s3://my-bucket/some/prefix');
-    (s3 as S3Store).close();
+    await (s3 as DeferredStore).close();
   });
 
   it('rejects unknown schemes and malformed URLs with INVALID_BACKUP_CONFIG', () => {

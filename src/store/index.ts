@@ -1,12 +1,16 @@
 import * as path from 'node:path';
 import { InvalidBackupConfigError } from '../errors.js';
 import { FileStore } from './file.js';
-import { S3Store, type S3StoreOptions } from './s3.js';
+import { DeferredStore } from './deferred.js';
+import type { S3StoreOptions } from './s3.js';
+import { canonicalS3Url } from './s3url.js';
 import type { ObjectStore } from './store.js';
 
 export type { ByteRange, ObjectInfo, ObjectStore } from './store.js';
 export { FileStore } from './file.js';
-export { S3Store, parseS3Url, type S3StoreOptions } from './s3.js';
+export type { S3StoreOptions } from './s3.js';
+export { parseS3Url } from './s3url.js';
+export { DeferredStore } from './deferred.js';
 
 export interface OpenStoreOptions {
   /** Options for s3:// stores; ignored for file stores. */
@@ -27,7 +31,11 @@ export function openStore(url: string, opts: OpenStoreOptions = {}): ObjectStore
       }
       return new FileStore(url);
     }
-    if (scheme === 's3') return new S3Store(url, opts.s3);
+    if (scheme === 's3') {
+      // The URL is checked now; the SDK is loaded (and the endpoint checked) on first use.
+      const canonical = canonicalS3Url(url);
+      return new DeferredStore(canonical, async () => new (await import('./s3.js')).S3Store(url, opts.s3));
+    }
   } catch (err) {
     if (err instanceof InvalidBackupConfigError) {
       throw new InvalidBackupConfigError(`${err.message}; ${SUPPORTED}`, { cause: err });

@@ -24,6 +24,7 @@ import {
 import { Upload } from '@aws-sdk/lib-storage';
 import { InvalidBackupConfigError, ObjectNotFoundError, StoreError } from '../errors.js';
 import { emptyStream, validateKey, validatePrefix, validateRange } from './keys.js';
+import { parseS3Url } from './s3url.js';
 import type { ByteRange, IncompleteWrite, ObjectInfo, ObjectStore } from './store.js';
 
 export interface S3StoreOptions {
@@ -57,35 +58,7 @@ const GiB = 1024 * MiB;
 const MAX_SINGLE_COPY = 5 * GiB;
 const COPY_PART_SIZE = 1 * GiB;
 
-/** Parses s3://BUCKET[/PREFIX]; throws InvalidBackupConfigError. */
-export function parseS3Url(url: string): { bucket: string; prefix: string } {
-  const m = /^s3:\/\/([^/?#]+)(?:\/([^?#]*))?$/.exec(url);
-  if (!m) {
-    throw new InvalidBackupConfigError(`invalid S3 store URL ${JSON.stringify(url)}: expected s3://BUCKET or s3://BUCKET/PREFIX`);
-  }
-  const bucket = m[1]!;
-  if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket)) {
-    throw new InvalidBackupConfigError(
-      `invalid S3 bucket name ${JSON.stringify(bucket)} in ${JSON.stringify(url)}: 3-63 characters of a-z, 0-9, '.', '-'`,
-    );
-  }
-  let prefix: string;
-  try {
-    prefix = decodeURIComponent(m[2] ?? '').replace(/\/+$/, '');
-  } catch (err) {
-    throw new InvalidBackupConfigError(`invalid S3 store URL ${JSON.stringify(url)}: bad percent-encoding`, { cause: err });
-  }
-  if (prefix !== '') {
-    try {
-      validateKey(prefix);
-    } catch {
-      throw new InvalidBackupConfigError(
-        `invalid S3 store URL ${JSON.stringify(url)}: prefix must be '/'-separated names without '', '.', '..' or NUL`,
-      );
-    }
-  }
-  return { bucket, prefix };
-}
+export { parseS3Url } from './s3url.js';
 
 function env(name: string): string | undefined {
   const v = process.env[name];
