@@ -467,17 +467,23 @@ export class Strata {
     // anything is unpacked (each layer is also checked alone as it is unpacked).
     const rootEntry = buildView(tocs).entry;
     const ws = await Workspace.create(this.home, { dir, store: this.store.url, mode, backupId: m.id, layers: m.layers, mounted: m.layers });
+    // Set once the old content is moved aside: only then may a failure clear dir and put it back
+    // (before that, dir still IS the old content).
+    let movedAside = false;
     try {
       const lowers = await this.mountLowers(ws, tocs);
       await ws.initUpperRoot(rootEntry);
-      if (aside) sys.renameNoReplace(Buffer.from(dir), Buffer.from(aside));
+      if (aside) {
+        sys.renameNoReplace(Buffer.from(dir), Buffer.from(aside));
+        movedAside = true;
+      }
       await mkdir(dir, { recursive: true });
       await mountOverlay({ lowers, upper: ws.upper, work: ws.work, target: dir, cwd: this.home });
       await ws.resetBaseline();
     } catch (err) {
       await this.takeDown(ws).catch(() => undefined);
       await ws.remove();
-      if (aside) {
+      if (aside && movedAside) {
         await rm(dir, { recursive: true, force: true }).catch(() => undefined);
         sys.renameNoReplace(Buffer.from(aside), Buffer.from(dir));
       }

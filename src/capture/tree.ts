@@ -74,6 +74,16 @@ function sameFile(a: BigIntStats, b: BigIntStats): boolean {
   return a.size === b.size && a.mtimeNs === b.mtimeNs && a.ctimeNs === b.ctimeNs && a.ino === b.ino;
 }
 
+/**
+ * A write moves a file's mtime and ctime when it begins, not when its data is all in: a read that
+ * starts while a write is still copying sees a torn file with stats that do not move. A file
+ * changed this recently before its read is therefore read twice (racy-git style).
+ */
+const RACY_WINDOW_MS = 2000;
+function racy(st: BigIntStats, readStartMs: number): boolean {
+  return st.ctimeNs >= BigInt(readStartMs - RACY_WINDOW_MS) * 1_000_000n;
+}
+
 /** ENOENT/ENOTDIR: the entry (or a parent) was removed or replaced under the capture. */
 function isVanished(err: unknown): boolean {
   const code = (err as NodeJS.ErrnoException | null)?.code;
@@ -273,6 +283,8 @@ export class TreeCapture {
   /** A small file read ahead: kept when nothing moved between the lstat and the end of the read. */
   private async addPrefetched(fsPath: BytePath, path: BytePath, pre: Prefetched): Promise<boolean> {
     if (!pre.data || !pre.after || !sameFile(pre.st, pre.after) || pre.data.length !== Number(pre.st.size)) return false;
+    // Changed just before it was read: the careful path reads it twice.
+    if (racy(pre.after, Date.now())) return false;
     const w = this.writer;
     const size = pre.data.length;
     const digest = 'sha256:' + createHash('sha256').update(pre.data).digest('hex');
@@ -286,6 +298,8 @@ export class TreeCapture {
   /** False when the file vanished before it could be read. */
   private async addFile(fsPath: BytePath, path: BytePath): Promise<boolean> {
     for (let attempt = 1; attempt <= this.maxRetries; attempt++) {
+      // Back off a little between tries (10, 20, 40, 80 ms): a writer's burst can pass.
+      if (attempt > 1) await new Promise((r) => setTimeout(r, 10 * 2 ** (attempt - 2)));
       let fh: FileHandle;
       try {
         fh = await open(toFsPath(fsPath), C.O_RDONLY | C.O_NOFOLLOW);
@@ -305,6 +319,7 @@ export class TreeCapture {
   /** One attempt at a file; false when it changed during the read (nothing of it is kept). */
   private async tryFile(fh: FileHandle, fsPath: BytePath, path: BytePath): Promise<boolean> {
     const w = this.writer;
+    const startMs = Date.now();
     const before = await fh.stat({ bigint: true });
     const size = Number(before.size);
     const meta = baseMeta(path, before, toFsPath(fsPath), this.opts.skipXattr);
@@ -323,6 +338,12 @@ export class TreeCapture {
       const got = await readFully(fh, buf, size);
       const after = await fh.stat({ bigint: true });
       if (got !== size || !sameFile(before, after)) return false;
+      // Changed just before the read: a write may still have been copying data (its timestamps
+      // moved when it began). A second read must find the same bytes.
+      if (racy(after, startMs)) {
+        const again = Buffer.allocUnsafe(size);
+        if ((await readFully(fh, again, size)) !== size || !again.equals(buf) || !sameFile(before, await fh.stat({ bigint: true }))) return false;
+      }
       const digest = 'sha256:' + createHash('sha256').update(buf).digest('hex');
       const e = await w.addEntry({ ...meta, type: 'file', size, digest });
       if (size > 0) await w.addChunk(e, 0, buf, digest);
@@ -354,7 +375,7 @@ export class TreeCapture {
       }
     }
     const after = await fh.stat({ bigint: true });
-    if (!sameFile(before, after)) {
+    if (!sameFile(before, after) || (racy(after, startMs) && !(await this.rereadMatches(fh, e.chunks!, before)))) {
       await w.rollback(mark);
       return false;
     }
@@ -362,5 +383,15 @@ export class TreeCapture {
     w.endFile(stored);
     this.bytes += stored;
     return true;
+  }
+
+  /** Read the chunks again: true when every one has the digest the first read gave. */
+  private async rereadMatches(fh: FileHandle, chunks: Array<{ offset: number; size: number; digest: string }>, before: BigIntStats): Promise<boolean> {
+    const buf = Buffer.allocUnsafe(MAX_CHUNK_SIZE);
+    for (const c of chunks) {
+      if ((await readFully(fh, buf, c.size, c.offset)) !== c.size) return false;
+      if ('sha256:' + createHash('sha256').update(buf.subarray(0, c.size)).digest('hex') !== c.digest) return false;
+    }
+    return sameFile(before, await fh.stat({ bigint: true }));
   }
 }

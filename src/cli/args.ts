@@ -32,7 +32,7 @@ export function parseArgs(argv: string[], spec: ArgSpec, command: string): Parse
       const name = eq >= 0 ? a.slice(2, eq) : a.slice(2);
       if (values.has(name)) {
         const v = eq >= 0 ? a.slice(eq + 1) : argv[++i];
-        if (v === undefined) throw new UsageError(`${command}: --${name} needs a value`);
+        if (v === undefined || v === '') throw new UsageError(`${command}: --${name} needs a value`);
         out.values.set(name, v);
       } else if (flags.has(name)) {
         if (eq >= 0) throw new UsageError(`${command}: --${name} takes no value`);
@@ -44,6 +44,8 @@ export function parseArgs(argv: string[], spec: ArgSpec, command: string): Parse
     } else out.positionals.push(a);
   }
   if (out.flags.has('help')) return out;
+  // An empty argument is a script's unset variable ("$DIR"), not the current directory.
+  if (out.positionals.includes('')) throw new UsageError(`${command}: empty argument (an unset variable?) (see strata ${command} --help)`);
   const min = spec.min ?? 0;
   const max = spec.max ?? min;
   if (out.positionals.length < min || out.positionals.length > max) {

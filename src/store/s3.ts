@@ -241,9 +241,11 @@ export class S3Store implements ObjectStore {
 
   async putFile(key: string, path: string, opts?: { onProgress?: (sentBytes: number) => void }): Promise<void> {
     const fullKey = this.fullKey(key);
+    let size: number;
     try {
       const st = await fsp.stat(path);
       if (!st.isFile()) throw new Error('not a regular file');
+      size = st.size;
     } catch (err) {
       throw new StoreError(`cannot upload ${JSON.stringify(path)} to ${this.describe(fullKey)}: ${(err as Error).message}`, {
         cause: err,
@@ -265,9 +267,14 @@ export class S3Store implements ObjectStore {
         if (typeof p.loaded === 'number') onProgress(p.loaded);
       });
     }
+    const started = Date.now();
     try {
       await upload.done();
     } catch (err) {
+      // CompleteMultipartUpload applied but its answer lost (a reset): the SDK's retry then finds
+      // no such upload. An object of our size written since we started is this upload, landed.
+      const landed = await this.head(key).catch(() => null);
+      if (landed && landed.size === size && landed.mtime.getTime() >= Math.floor(started / 1000) * 1000) return;
       throw this.mapError(err, 'upload', fullKey);
     } finally {
       body.destroy();
