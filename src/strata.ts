@@ -606,6 +606,13 @@ export class Strata {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
     }
     for (const hex of hexes) {
+      // Staging directories of unpacks killed midway (.fs.strata-*): never a layer, removed
+      // past the grace period, even beside a layer in use.
+      for (const name of await readdir(join(this.home, 'layers', hex)).catch(() => [] as string[])) {
+        if (!name.startsWith('.fs.strata-')) continue;
+        const sst = await lstat(join(this.home, 'layers', hex, name)).catch(() => null);
+        if (sst && sst.mtimeMs <= now - grace && !options.dryRun) await rm(join(this.home, 'layers', hex, name), { recursive: true, force: true });
+      }
       if (used.has(hex)) continue;
       const st = await lstat(join(this.home, 'layers', hex)).catch(() => null);
       if (!st || st.mtimeMs > now - grace) continue;
