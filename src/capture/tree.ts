@@ -80,6 +80,18 @@ function sameFile(a: BigIntStats, b: BigIntStats): boolean {
  * changed this recently before its read is therefore read twice (racy-git style).
  */
 const RACY_WINDOW_MS = 2000;
+
+/**
+ * Before the second read of a large recently-changed file, give a write in flight time to land:
+ * one write() of megabytes copies page by page and can be stalled midway (dirty-page
+ * throttling), and two reads inside one stall would agree on a torn file. Small files, whose
+ * writes are over in microseconds, are re-read at once (a tree just written may hold thousands).
+ */
+const SETTLE_FROM = 256 * 1024;
+const SETTLE_MS = 30;
+function settle(size: number): Promise<void> {
+  return size >= SETTLE_FROM ? new Promise((r) => setTimeout(r, SETTLE_MS)) : Promise.resolve();
+}
 function racy(st: BigIntStats, readStartMs: number): boolean {
   return st.ctimeNs >= BigInt(readStartMs - RACY_WINDOW_MS) * 1_000_000n;
 }
@@ -341,6 +353,7 @@ export class TreeCapture {
       // Changed just before the read: a write may still have been copying data (its timestamps
       // moved when it began). A second read must find the same bytes.
       if (racy(after, startMs)) {
+        await settle(size);
         const again = Buffer.allocUnsafe(size);
         if ((await readFully(fh, again, size)) !== size || !again.equals(buf) || !sameFile(before, await fh.stat({ bigint: true }))) return false;
       }
@@ -387,6 +400,7 @@ export class TreeCapture {
 
   /** Read the chunks again: true when every one has the digest the first read gave. */
   private async rereadMatches(fh: FileHandle, chunks: Array<{ offset: number; size: number; digest: string }>, before: BigIntStats): Promise<boolean> {
+    await settle(Number(before.size));
     const buf = Buffer.allocUnsafe(MAX_CHUNK_SIZE);
     for (const c of chunks) {
       if ((await readFully(fh, buf, c.size, c.offset)) !== c.size) return false;
