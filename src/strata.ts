@@ -43,6 +43,7 @@ import type { ObjectStore } from './store/store.js';
 import { pidAlive } from './util/process.js';
 
 export const DEFAULT_TTL_SECONDS = 3 * 24 * 3600;
+const MAX_TTL_SECONDS = 1000 * 365 * 24 * 3600;
 /**
  * Longest layer chain a backup leaves (see docs/design.md): overlay lookups measured flat up to
  * 64 lowers; each layer still costs a TOC request per restore, so chains are kept well short.
@@ -209,6 +210,10 @@ export class Strata {
     const ttl = options.ttl === undefined ? DEFAULT_TTL_SECONDS : options.ttl;
     if (ttl !== null && (typeof ttl !== 'number' || Number.isNaN(ttl) || ttl <= 0)) {
       throw new InvalidBackupConfigError('ttl must be a positive number of seconds (or null for no expiry)');
+    }
+    // Checked before any upload: an expiry past what a date can hold would fail only at the end.
+    if (ttl !== null && ttl !== Infinity && !(ttl <= MAX_TTL_SECONDS)) {
+      throw new InvalidBackupConfigError(`ttl must be at most ${MAX_TTL_SECONDS} seconds (1000 years); use null for no expiry`);
     }
     let st;
     try {
