@@ -317,7 +317,9 @@ describe.runIf(RUN)('workspaces', () => {
         await new Promise((r) => setTimeout(r, 5));
         await fh.write(Buffer.alloc(size / 2, ch), 0, size / 2, size / 2);
         await fh.close();
-        await new Promise((r) => setTimeout(r, 30));
+        // Quiet spells between versions: a backup must find one to succeed (a file that never
+        // holds still fails the backup, by design), and must never store a torn version.
+        await new Promise((r) => setTimeout(r, 150));
       }
     })();
     const results = [];
