@@ -343,4 +343,46 @@ describe.runIf(RUN)('workspaces', () => {
     }
     expect(checked).toBeGreaterThan(0);
   });
+
+  it('fails a backup cleanly, after its retry window, on a file that never holds still', async () => {
+    const c = await setup();
+    const ws = c.dir('ws');
+    await c.strata.restoreBackup(c.base, { dir: ws });
+    const target = join(ws, 'spinning.bin');
+    await writeFile(target, Buffer.alloc(1024 * 1024, 'a'));
+    const before = (await c.strata.listBackups()).map((b) => b.id).sort();
+    // A separate process rewrites the file in place with no pause at all, for 8 s.
+    const { spawn } = await import('node:child_process');
+    const code = `const fs=require('fs');const fd=fs.openSync(${JSON.stringify(target)},'r+');const b=Buffer.alloc(1024*1024);
+      const end=Date.now()+8000;for(let v=0;Date.now()<end;v++){b.fill(97+(v%26));fs.writeSync(fd,b,0,b.length,0);}`;
+    const child = spawn(process.execPath, ['-e', code], { stdio: 'ignore' });
+    const exited = new Promise((r) => child.on('exit', r));
+    try {
+      // Wait until the writer is at it (its first write replaced the 'a's).
+      for (let i = 0; (await readFile(target)).every((b) => b === 97) || (await readFile(target)).length === 0; i++) {
+        if (i > 500) throw new Error('the writer process never started writing');
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      const t0 = Date.now();
+      const err = await c.strata.createBackup({ dir: ws }).then(() => null, (e: { code: string; message: string }) => e);
+      const took = Date.now() - t0;
+      expect(err, 'a backup of a file rewritten without pause must not succeed').not.toBeNull();
+      expect(err!.code).toBe('BACKUP_CREATE_FAILED');
+      expect(err!.message).toMatch(/spinning\.bin kept changing while it was read \(\d+ tries over \d+ ms\)/);
+      // It kept trying for its whole retry window (3 s) before giving up.
+      expect(took).toBeGreaterThanOrEqual(3000);
+      // Nothing half-made is visible.
+      expect((await c.strata.listBackups()).map((b) => b.id).sort()).toEqual(before);
+    } finally {
+      child.kill('SIGKILL');
+      await exited;
+    }
+    // With the writer gone the same workspace backs up, the file whole.
+    const h = await c.strata.createBackup({ dir: ws });
+    const out = c.dir('spin-out');
+    await c.strata.restoreBackup(h, { dir: out, mode: 'copy' });
+    const data = await readFile(join(out, 'spinning.bin'));
+    expect(data.length).toBe(1024 * 1024);
+    expect(data.every((b) => b === data[0])).toBe(true);
+  });
 });

@@ -2,8 +2,9 @@
  * Capture a directory tree into a layer: walk it in byte order, record every entry's metadata as
  * rsync -aHAX would keep it, and stream file data in chunks into the LayerWriter.
  *
- * Point in time: a file whose size, mtime or ctime moves while it is read is read again; after
- * `maxRetries` tries the capture fails rather than store a torn file.
+ * Point in time: a file whose size, mtime or ctime moves while it is read is read again, with a
+ * jittered backoff, until it holds still for one read; a file that never does within `retryWindowMs`
+ * (and at least `maxRetries` tries) fails the capture rather than be stored torn.
  */
 import { createHash } from 'node:crypto';
 import { constants as C, type BigIntStats } from 'node:fs';
@@ -20,8 +21,14 @@ export interface CaptureOptions {
   exclude?: (path: BytePath, st: BigIntStats) => boolean;
   /** Drop xattrs whose name this returns true for (e.g. overlay's own trusted.overlay.*). */
   skipXattr?: (name: string) => boolean;
-  /** How often to re-read a file that changes under the read. */
+  /** Fewest tries at a file that changes under the read before giving up (default 5). */
   maxRetries?: number;
+  /**
+   * How long to keep trying a file that changes under the read (default 3000 ms). A writer that
+   * pauses between writes, even briefly, leaves a quiet spell inside this window; only one that
+   * never holds still fails the backup.
+   */
+  retryWindowMs?: number;
   onProgress?: (p: CaptureProgress) => void;
   onWarning?: (msg: string) => void;
 }
@@ -32,8 +39,8 @@ export interface CaptureProgress {
 }
 
 export class TornFileError extends BackupCreateError {
-  constructor(path: BytePath, tries: number) {
-    super(`file ${displayPath(path)} kept changing while it was read (${tries} tries); stop the writer or retry the backup`);
+  constructor(path: BytePath, tries: number, ms: number) {
+    super(`file ${displayPath(path)} kept changing while it was read (${tries} tries over ${ms} ms); stop the writer or retry the backup`);
   }
 }
 
@@ -91,6 +98,14 @@ const SETTLE_FROM = 256 * 1024;
 const SETTLE_MS = 30;
 function settle(size: number): Promise<void> {
   return size >= SETTLE_FROM ? new Promise((r) => setTimeout(r, SETTLE_MS)) : Promise.resolve();
+}
+/**
+ * The wait before try `attempt` (2, 3, ...): doubling from 10 ms to at most 200 ms, each scaled by
+ * a random 0.5-1.5 so that retries do not fall into step with a writer that rewrites on a timer.
+ */
+export function retryDelay(attempt: number): number {
+  const base = Math.min(200, 10 * 2 ** (attempt - 2));
+  return Math.round(base * (0.5 + Math.random()));
 }
 function racy(st: BigIntStats, readStartMs: number): boolean {
   return st.ctimeNs >= BigInt(readStartMs - RACY_WINDOW_MS) * 1_000_000n;
@@ -181,12 +196,14 @@ export class TreeCapture {
   private entries = 0;
   private bytes = 0;
   private readonly maxRetries: number;
+  private readonly retryWindowMs: number;
 
   constructor(
     private readonly writer: LayerWriter,
     private readonly opts: CaptureOptions = {},
   ) {
     this.maxRetries = opts.maxRetries ?? 5;
+    this.retryWindowMs = opts.retryWindowMs ?? 3000;
   }
 
   /** Capture `root` (a real directory) as the whole layer, its own metadata as entry '.'. */
@@ -309,9 +326,14 @@ export class TreeCapture {
 
   /** False when the file vanished before it could be read. */
   private async addFile(fsPath: BytePath, path: BytePath): Promise<boolean> {
-    for (let attempt = 1; attempt <= this.maxRetries; attempt++) {
-      // Back off a little between tries (10, 20, 40, 80 ms): a writer's burst can pass.
-      if (attempt > 1) await new Promise((r) => setTimeout(r, 10 * 2 ** (attempt - 2)));
+    const start = Date.now();
+    for (let attempt = 1; ; attempt++) {
+      if (attempt > 1) {
+        if (attempt > this.maxRetries && Date.now() - start >= this.retryWindowMs) {
+          throw new TornFileError(path, attempt - 1, Date.now() - start);
+        }
+        await new Promise((r) => setTimeout(r, retryDelay(attempt)));
+      }
       let fh: FileHandle;
       try {
         fh = await open(toFsPath(fsPath), C.O_RDONLY | C.O_NOFOLLOW);
@@ -325,7 +347,6 @@ export class TreeCapture {
         await fh.close();
       }
     }
-    throw new TornFileError(path, this.maxRetries);
   }
 
   /** One attempt at a file; false when it changed during the read (nothing of it is kept). */
