@@ -350,26 +350,26 @@ export function strataRestore(ctx, lib, { mode, warm = false, hydrate = true, re
   const lazyStatus = async (strata, dir) => (await strata.status(dir))[0]?.lazy;
 
   /**
-   * Until everything is local: with background hydration, wait for the daemon to report every
-   * chunk cached; without, read every file (8 readers), which fetches the rest.
+   * Watch, from the moment the restore returns, for the daemon to report every chunk of the
+   * workspace in the host cache (background hydration). Resolves with the time it first did, so
+   * the moment does not depend on when the harness asks (after the workload).
    */
-  async function untilLocal(strata, dir, background) {
-    if (!background) {
-      await sh(`find ${q(dir)} -type f -print0 | xargs -0 -r -P 8 -n 64 cat > /dev/null`);
-      return 'every file read (8 readers)';
-    }
-    for (;;) {
-      const l = await lazyStatus(strata, dir);
-      if (!l) throw new Error(`strata status ${dir} reports no lazy state`);
-      if (l.errors?.length) throw new Error(`lazy workspace ${dir}: ${l.errors.join('; ')}`);
-      if (l.cached >= l.chunks && !l.hydrating) return 'background hydration';
-      if (!l.hydrating && l.cached < l.chunks) {
-        // Hydration ended short of everything: fetch the rest by reading.
-        await sh(`find ${q(dir)} -type f -print0 | xargs -0 -r -P 8 -n 64 cat > /dev/null`);
-        return 'background hydration, then every file read';
+  function watchLocal(strata, dir) {
+    return (async () => {
+      for (;;) {
+        const l = await lazyStatus(strata, dir);
+        if (!l) throw new Error(`strata status ${dir} reports no lazy state`);
+        if (l.errors?.length) throw new Error(`lazy workspace ${dir}: ${l.errors.join('; ')}`);
+        if (l.cached >= l.chunks) return { at: performance.now(), via: 'background hydration' };
+        if (!l.hydrating) {
+          // Hydration ended short of everything: fetch the rest by reading every file.
+          await sh(`find ${q(dir)} -type f -print0 | xargs -0 -r -P 8 -n 64 cat > /dev/null`);
+          return { at: performance.now(), via: 'background hydration, then every file read' };
+        }
+        // Each status asks the daemon, which counts the view's chunks in its cache: not too often.
+        await new Promise((r) => setTimeout(r, 100));
       }
-      await new Promise((r) => setTimeout(r, 25));
-    }
+    })();
   }
 
   const open = (home, url) => {
@@ -449,7 +449,10 @@ export function strataRestore(ctx, lib, { mode, warm = false, hydrate = true, re
       shared.base = join(ctx.tmp, `base-${id}`);
       await rm(shared.base, { recursive: true, force: true });
       await shared.strata.restoreBackup(artifact.handle, { dir: shared.base, mode });
-      if (mode === 'lazy') await untilLocal(shared.strata, shared.base, hydrate);
+      if (mode === 'lazy') {
+        if (hydrate) await watchLocal(shared.strata, shared.base);
+        else await sh(`find ${q(shared.base)} -type f -print0 | xargs -0 -r -P 8 -n 64 cat > /dev/null`);
+      }
     },
     async restore(artifact, target) {
       let o;
@@ -467,11 +470,13 @@ export function strataRestore(ctx, lib, { mode, warm = false, hydrate = true, re
       }
       o.t.mark();
       const result = await o.strata.restoreBackup((derived ?? artifact).handle, { dir: target, mode });
+      // Without background hydration "fully local" is not a state it reaches by itself: not timed.
+      const local = mode === 'lazy' && hydrate ? watchLocal(o.strata, target) : undefined;
+      local?.catch(() => undefined); // awaited by the harness
       return {
         result,
         trace: [...o.t.events],
-        // Without background hydration "fully local" is not a state it reaches by itself: not timed.
-        untilLocal: mode === 'lazy' && hydrate ? () => untilLocal(o.strata, target, hydrate) : undefined,
+        local,
         neverLocal: mode === 'lazy' && !hydrate,
         async cleanup() {
           await o.strata.unmount(target, { discard: true }).catch(() => unmountQuiet(target));

@@ -325,9 +325,12 @@ async function runRestores(ctx, lib, tree, arts, unavailable) {
           let full = ready;
           let hydratedBy = 'local at return';
           let s2 = s1;
-          if (h.untilLocal) {
-            hydratedBy = await h.untilLocal();
-            full = now() - t0;
+          if (h.local) {
+            // Watched since the restore returned: the moment everything was cached, even if
+            // that was before the workload ended.
+            const l = await h.local;
+            hydratedBy = l.via;
+            full = Math.max(l.at - t0, returned);
             s2 = await stats();
           }
           const dw = delta(s0, s1);
@@ -373,7 +376,7 @@ async function runSteady(ctx, lib, tree, arts, unavailable) {
       await rm(target, { recursive: true, force: true });
       const h = await c.restore(arts[c.method], target);
       mounted.push(h);
-      if (h.untilLocal) await h.untilLocal();
+      if (h.local) await h.local;
       // The restored tree must be the backed-up tree, every byte (diff -r). --quick skips this
       // (time); its restores ran the workload, which reads the code through every contender.
       if (!quick) {
