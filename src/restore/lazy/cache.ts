@@ -59,6 +59,11 @@ export class ChunkCache {
   private readonly writing = new Set<string>();
   /** Of those, the ones evicted meanwhile: their file goes as soon as it lands. */
   private readonly evictedWhileWriting = new Set<string>();
+  /** Fan-out directories known to exist (made at most once per process). */
+  private readonly fans = new Set<string>();
+  /** Temp names: a random per-process prefix and a counter (no random bytes per chunk). */
+  private readonly tmpPrefix = randomBytes(6).toString('hex');
+  private tmpSeq = 0;
 
   private constructor(dir: string, opts: ChunkCacheOptions) {
     if (!Number.isSafeInteger(opts.maxBytes) || opts.maxBytes < 2 * MAX_CHUNK_SIZE) {
@@ -163,8 +168,13 @@ export class ChunkCache {
    */
   async put(digest: string, data: Buffer): Promise<void> {
     const h = hexOf(digest);
-    const tmp = join(this.tmpDir, `${h.slice(0, 16)}-${randomBytes(6).toString('hex')}`);
+    const fan = h.slice(0, 2);
+    const tmp = join(this.tmpDir, `${h.slice(0, 16)}-${this.tmpPrefix}-${(this.tmpSeq++).toString(36)}`);
     try {
+      if (!this.fans.has(fan)) {
+        await mkdir(join(this.dir, fan), { recursive: true, mode: 0o700 });
+        this.fans.add(fan);
+      }
       const fh = await open(tmp, 'wx', 0o600);
       try {
         await fh.writeFile(data);
@@ -172,7 +182,6 @@ export class ChunkCache {
       } finally {
         await fh.close();
       }
-      await mkdir(join(this.dir, h.slice(0, 2)), { recursive: true, mode: 0o700 });
     } catch (err) {
       await rm(tmp, { force: true });
       throw err;
@@ -189,6 +198,8 @@ export class ChunkCache {
     } catch (err) {
       this.writing.delete(h);
       this.lru.delete(h);
+      // The fan-out directory may have been removed under us (cache wiped by hand): remade next time.
+      this.fans.delete(fan);
       await rm(tmp, { force: true });
       throw err;
     }

@@ -39,7 +39,7 @@ async function startDaemon(home: string, env: Record<string, string>): Promise<v
   const logFile = await open(join(runDir(home), 'daemon.log'), 'a');
   // Always the compiled daemon (dist/ and src/ sit at the same depth below the repo root).
   const script = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'dist', 'restore', 'lazy', 'daemon.js');
-  const child = spawn(process.execPath, [script, home], { detached: true, stdio: ['ignore', logFile.fd, logFile.fd], env: { ...process.env, ...env } });
+  const child = spawn(process.execPath, [...(process.env.STRATA_DAEMON_PROF ? ["--cpu-prof", `--cpu-prof-dir=${process.env.STRATA_DAEMON_PROF}`] : []), script, home], { detached: true, stdio: ['ignore', logFile.fd, logFile.fd], env: { ...process.env, ...env } });
   child.unref();
   await logFile.close();
 }

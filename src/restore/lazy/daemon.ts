@@ -89,6 +89,7 @@ async function main(home: string): Promise<void> {
     cacheBytes,
     log,
     ...(process.env.STRATA_FETCH_DEADLINE_MS ? { deadlineMs: Number(process.env.STRATA_FETCH_DEADLINE_MS) } : {}),
+    ...(readaheadFromEnv() !== undefined ? { readahead: readaheadFromEnv() } : {}),
   });
   const stores = new Map<string, ObjectStore>();
   const held = new Map<string, Held>();
@@ -286,4 +287,16 @@ if (process.argv[1] && import.meta.url.endsWith(process.argv[1].split('/').pop()
     log(`fatal: ${err.stack ?? err.message}`);
     process.exit(1);
   });
+}
+
+/** STRATA_READAHEAD: bytes fetched along with an on-demand miss (0 turns readahead off). */
+function readaheadFromEnv(): number | undefined {
+  const v = process.env.STRATA_READAHEAD;
+  if (v === undefined || v === '') return undefined;
+  const n = Number(v);
+  if (!Number.isSafeInteger(n) || n < 0) {
+    process.stderr.write(`strata daemon: ignoring STRATA_READAHEAD=${JSON.stringify(v)}: not a byte count; using the default\n`);
+    return undefined;
+  }
+  return n;
 }
