@@ -178,10 +178,13 @@ describe.each([
     const e = await fresh();
     const older = await e.strata.createBackup({ dir: srcA, name: 'proj' });
     await sleep(5);
-    const newer = await e.strata.createBackup({ dir: srcB, name: 'proj', ttl: 1 });
-    const gone1 = await e.strata.createBackup({ dir: srcC, name: 'gone', ttl: 1 });
+    // ttl 5 s: these must still be live through two more backups and two restores below (well
+    // under a second here, but a slow, loaded machine can take several); then the test waits
+    // for their real expiry.
+    const newer = await e.strata.createBackup({ dir: srcB, name: 'proj', ttl: 5 });
+    const gone1 = await e.strata.createBackup({ dir: srcC, name: 'gone', ttl: 5 });
     await sleep(5);
-    const gone2 = await e.strata.createBackup({ dir: srcC, name: 'gone', ttl: 1 });
+    const gone2 = await e.strata.createBackup({ dir: srcC, name: 'gone', ttl: 5 });
     expect(Date.parse(newer.createdAt)).toBeGreaterThan(Date.parse(older.createdAt));
 
     // While both live, the name restores the newer one.

@@ -11,6 +11,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BackupHandle, BackupInfo, GcReport, RestoreResult } from '../src/index.js';
+import { assertBuilt } from './helpers/built.js';
 import { diffTrees, summarize } from './helpers/tree.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -68,13 +69,8 @@ async function makeTree(root: string, seed: string): Promise<string> {
 const NO_SUCH_ID = '0190aaaa-0000-7000-8000-000000000000';
 
 beforeAll(async () => {
-  // The CLI runs from dist/: build it once. Type errors elsewhere still emit; only a missing build fails.
-  const r = await promisify(execFile)('npx', ['tsc', '-p', 'tsconfig.json'], { cwd: ROOT }).catch((err: { stdout?: string; stderr?: string }) => {
-    console.warn(`tsc reported errors (dist may still be usable):\n${err.stdout ?? ''}${err.stderr ?? ''}`);
-    return null;
-  });
-  void r;
-  if (!existsSync(join(ROOT, 'dist', 'cli', 'main.js'))) throw new Error('dist/cli/main.js was not built');
+  // The CLI runs from dist/, which make build (and make test) compiles: check it is current.
+  assertBuilt();
   work = await mkdtemp(join(tmpdir(), 'strata-cli-'));
   home = join(work, 'home');
   src = await makeTree(join(work, 'src'), 'cli');

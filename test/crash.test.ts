@@ -1,7 +1,7 @@
 /**
  * Crashes (issue 6): a backup or restore process killed with SIGKILL at the worst moments, and
  * what is left afterwards. The process under test is a child running the compiled library
- * (dist/, built in beforeAll), so the kill is a real kill -9:
+ * (dist/, from make build), so the kill is a real kill -9:
  *
  *   - mid-upload to S3 (a multipart upload slowed by a throttling proxy): no backup is listed, a
  *     rerun succeeds, gc (grace 0) aborts the incomplete upload and removes any orphan blob, and
@@ -13,7 +13,7 @@
  *
  * Reproduce: npx vitest run test/crash.test.ts
  */
-import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -22,6 +22,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Strata, type BackupHandle } from '../src/index.js';
 import { FileStore } from '../src/store/file.js';
 import type { ObjectStore } from '../src/store/store.js';
+import { assertBuilt } from './helpers/built.js';
 import { IS_ROOT, need } from './helpers/caps.js';
 import { type FaultProxy, startFaultProxy } from './helpers/faultproxy.js';
 import { prng } from './helpers/fidelity.js';
@@ -89,11 +90,11 @@ function runChild(args: string[]): Run {
   return { proc, out: () => out, exited };
 }
 
-async function until(cond: () => boolean, what: string, ms = 60_000): Promise<void> {
+async function until(cond: () => boolean, what: string, ms = 60_000, everyMs = 20): Promise<void> {
   const t0 = Date.now();
   while (!cond()) {
     if (Date.now() - t0 > ms) throw new Error(`timed out waiting for ${what}`);
-    await sleep(20);
+    await sleep(everyMs);
   }
 }
 
@@ -120,8 +121,8 @@ function uploadsUnder(prefix: string): string[] {
 }
 
 beforeAll(async () => {
-  // The child runs the compiled library.
-  execFileSync('npx', ['tsc', '-p', 'tsconfig.json'], { cwd: REPO, stdio: 'pipe' });
+  // The child runs the compiled library (make build).
+  assertBuilt();
   work = await mkdtemp(join(tmpdir(), 'strata-crash-'));
   child = join(work, 'child.mjs');
   await writeFile(child, CHILD);
@@ -133,7 +134,7 @@ beforeAll(async () => {
   for (let i = 0; i < 4; i++) await writeFile(join(src, `big-${i}.bin`), prng(100 + i, 10 * MiB));
   for (let i = 0; i < 1500; i++) await writeFile(join(src, 'many', `f${i}.txt`), `file ${i}\n`.repeat(1 + (i % 50)));
   await symlink('big-0.bin', join(src, 'link'));
-}, 120_000);
+});
 
 afterEach(() => {
   proxy.reset();
@@ -284,16 +285,31 @@ describe('kill -9 of a restore', () => {
     const r = runChild(['restore', store.url, home, handleFile, target, mode, existing ? 'force' : '']);
     await until(() => r.out().includes('start') || r.proc.exitCode !== null, 'the child to start');
     // Mid-restore: the staging directory has data in it.
-    const staging = (): string[] => {
-      if (mode === 'copy') return readdirSync(lab).filter((x) => x.includes('.strata-'));
+    const stagingDirs = (): Array<[path: string, shown: string]> => {
+      if (mode === 'copy') return readdirSync(lab).filter((x) => x.includes('.strata-')).map((x) => [join(lab, x), x]);
       const layers = join(home, 'layers');
       if (!existsSync(layers)) return [];
-      return readdirSync(layers).flatMap((hex) => readdirSync(join(layers, hex)).filter((x) => x.includes('.strata-')).map((x) => `STRATA_HOME/layers/${hex.slice(0, 8)}…/${x}`));
+      return readdirSync(layers).flatMap((hex) =>
+        readdirSync(join(layers, hex))
+          .filter((x) => x.includes('.strata-'))
+          .map((x): [string, string] => [join(layers, hex, x), `STRATA_HOME/layers/${hex.slice(0, 8)}…/${x}`]),
+      );
     };
-    await until(() => staging().length > 0 || r.proc.exitCode !== null, 'the restore to start writing');
-    await sleep(250);
+    const staged = (): boolean =>
+      stagingDirs().some(([p]) => {
+        try {
+          return readdirSync(p).length > 0;
+        } catch {
+          return false; // renamed into place meanwhile: the child is finishing (kill9 reports it)
+        }
+      });
+    // Freeze the child as soon as its staging holds data (the restore goes on for ~0.5 s after
+    // that here; a fixed delay could let it finish first on a busy machine), then kill -9 it: still
+    // a real kill mid-restore, and SIGKILL ends a stopped process.
+    await until(() => staged() || r.proc.exitCode !== null, 'the restore to start writing', 60_000, 2);
+    r.proc.kill('SIGSTOP');
     await kill9(r);
-    const left = staging();
+    const left = stagingDirs().map(([, shown]) => shown);
     // The target is as it was; the staging directory (hidden, named .NAME.strata-XXXX) is the only trace.
     const after = await summarize(lab, { skip: (rel) => rel === '.' || rel.split('/')[0]!.includes('.strata-') });
     expect(diffTrees(before, after)).toEqual([]);

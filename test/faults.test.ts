@@ -31,6 +31,8 @@ import { diffTrees, summarize } from './helpers/tree.js';
 import { unmountUnder } from './helpers/workspace.js';
 
 const MiB = 1024 * 1024;
+/** The stores' socket (inactivity) timeout; see ctx(). */
+const SOCKET_TIMEOUT_MS = 5000;
 
 let work: string;
 let s3: S3TestServer;
@@ -81,7 +83,10 @@ interface Ctx {
 }
 
 /**
- * A store through the proxy with short timeouts, so a stall costs seconds, not minutes. Each
+ * A store through the proxy with short timeouts, so a stall costs seconds, not minutes. Not
+ * shorter: s3rver and the proxy run on this test's event loop, which a loaded machine can hold
+ * for a second or more, and an answer that late must not count as a stall (the stall faults
+ * below hold for longer than this, or forever). Each
  * context gets its own client (the SDK's retry quota is per client) and, unless given, its own
  * key prefix (so a blob is really uploaded, not deduplicated against another case's).
  */
@@ -95,7 +100,7 @@ function ctx(opts: { url?: string; store?: S3StoreOptions; mode?: 'copy' | 'extr
     partSize: 5 * MiB,
     queueSize: 2,
     connectionTimeout: 1000,
-    socketTimeout: 1500,
+    socketTimeout: SOCKET_TIMEOUT_MS,
     retryBaseDelayMs: 20,
     ...opts.store,
   });
@@ -198,8 +203,9 @@ describe('backup to S3 under store faults', () => {
     ['connection reset before UploadPart #1', { op: 'UploadPart', at: 1, fault: { kind: 'reset' } }],
     ['connection reset after 1 MiB of UploadPart #2 body', { op: 'UploadPart', at: 2, fault: { kind: 'reset', phase: 'request', afterBytes: MiB } }],
     ['connection reset before the manifest PutObject', { op: 'PutObject', at: 1, fault: { kind: 'reset' } }],
-    ['UploadPart #1 stalled (no answer; socket timeout 1.5 s)', { op: 'UploadPart', at: 1, fault: { kind: 'stall' } }],
-    ['manifest PutObject stalled for 5 s', { op: 'PutObject', at: 1, fault: { kind: 'stall', ms: 5000 } }],
+    ['UploadPart #1 stalled (no answer; socket timeout 5 s)', { op: 'UploadPart', at: 1, fault: { kind: 'stall' } }],
+    // Three times the socket timeout: the client gives up on it and retries.
+    ['manifest PutObject stalled for 15 s', { op: 'PutObject', at: 1, fault: { kind: 'stall', ms: 3 * SOCKET_TIMEOUT_MS } }],
     ['HeadObject answer cut short', { op: 'HeadObject', at: 1, fault: { kind: 'truncate', afterBytes: 0 } }],
   ];
   it.each(once)('%s: completes after retries', async (what, rule) => {
@@ -257,7 +263,8 @@ describe('backup to S3 under store faults', () => {
       { rate: 0.05, fault: { kind: 'reset' } },
       { op: ['UploadPart', 'PutObject'], rate: 0.05, fault: { kind: 'reset', phase: 'request', afterBytes: 256 * 1024 } },
       { rate: 0.03, fault: { kind: 'reset', phase: 'response', afterBytes: 0 } },
-      { rate: 0.02, fault: { kind: 'stall', ms: 2500 } },
+      // Longer than the socket timeout (as 2.5 s was against 1.5 s): a stall the client must time out.
+      { rate: 0.02, fault: { kind: 'stall', ms: 8000 } },
     ];
     await backupUnder(`random faults ~25%, seed ${seed}`, rules, { seed });
   });

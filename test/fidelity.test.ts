@@ -13,6 +13,9 @@ import { startS3Server, s3StoreFor } from './helpers/s3server.js';
 import { diffTrees, summarize, type EntrySummary } from './helpers/tree.js';
 
 const BIG = 8 * 1024 ** 3 + 5 * 1024 * 1024 + 17; // past tar's 8 GiB size field, not chunk-aligned
+// Writing, hashing, backing up and restoring 8 GiB of dense data takes minutes on a slow disk or
+// a loaded 2-core machine: the suite-wide 300 s would fail a correct run. 30 min still ends a hang.
+const BIG_TIMEOUT_MS = 1_800_000;
 
 let work: string;
 let src: string;
@@ -25,7 +28,7 @@ beforeAll(async () => {
   await makeFidelityTree(src, { bigFileSize: BIG });
   before = await summarize(src);
   s3 = await startS3Server();
-});
+}, BIG_TIMEOUT_MS);
 
 afterAll(async () => {
   await s3?.close();
@@ -62,5 +65,5 @@ describe.each([
       await rm(join(strata.home, 'layers'), { recursive: true, force: true });
     }
     await rm(dest, { recursive: true, force: true });
-  });
+  }, BIG_TIMEOUT_MS);
 });

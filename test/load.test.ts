@@ -15,7 +15,7 @@
  *
  * Reproduce: npx vitest run test/load.test.ts
  */
-import { execFile, execFileSync, spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
@@ -26,6 +26,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { StrataError, Strata, type BackupHandle } from '../src/index.js';
 import { MAX_TOC_SIZE } from '../src/format/reader.js';
 import { FileStore } from '../src/store/file.js';
+import { assertBuilt } from './helpers/built.js';
 import { IS_ROOT, need } from './helpers/caps.js';
 import { type CraftEntry, craftLayer, publish } from './helpers/craft.js';
 import { prng } from './helpers/fidelity.js';
@@ -149,7 +150,8 @@ describe('concurrent forks, restores and backups', () => {
 // ---- steady mixed load during backups -------------------------------------------------------------
 
 /**
- * Workers, one process each, for `ms` milliseconds:
+ * Workers, one process each, until the file `stopFile` exists (at most `ms` milliseconds, a
+ * safety net for a test that dies without stopping them):
  *   stat   lstat every entry, over and over
  *   read   read the stable files and check them against their hashes
  *   write  rewrite its own hot files in place (same size, one pwrite each, up to 5 MiB), plus
@@ -157,13 +159,13 @@ describe('concurrent forks, restores and backups', () => {
  *          then pause 30-70 ms: every state between two of its syscalls is a whole file, but for
  *          its temp files (created empty, then written)
  * Every file a writer writes verifies itself: its last 32 bytes are the sha256 of the rest.
- * Each prints {ops, errors, mismatches} as JSON when done.
+ * Each prints "ready" once it runs, and {ops, errors, mismatches} as JSON when done.
  */
 const WORKER = `
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import { join } from 'node:path';
-const [role, dir, ms, id, hashesFile] = process.argv.slice(2);
+const [role, dir, ms, id, hashesFile, stopFile] = process.argv.slice(2);
 const end = Date.now() + Number(ms);
 const stats = { role, id, ops: 0, errors: [], mismatches: [] };
 const sha = (b) => createHash('sha256').update(b).digest();
@@ -181,7 +183,8 @@ function walk(d, out) {
 const tick = () => new Promise((r) => setImmediate(r));
 let v = Number(id) * 1000000;
 let cycle = 0;
-while (Date.now() < end) {
+process.stdout.write('ready\\n');
+while (Date.now() < end && !fs.existsSync(stopFile)) {
   try {
     if (role === 'stat') {
       for (const p of walk(dir, [])) { try { fs.lstatSync(p); } catch (e) { if (e.code !== 'ENOENT') throw e; } stats.ops++; }
@@ -236,7 +239,10 @@ async function underLoad(dir: string, strata: Strata, label: string): Promise<vo
   const stable = Object.fromEntries(await hashes(dir));
   const hashesFile = join(work, `stable-${label}.json`);
   await writeFile(hashesFile, JSON.stringify(stable));
-  const ms = 6000;
+  // Backups run for at least LOAD_MS and until at least two are done (one backup can take
+  // seconds on a loaded machine); the workers run until the test tells them to stop.
+  const LOAD_MS = 5000;
+  const stopFile = join(work, `stop-${label.replace(/\W/g, '')}`);
   const roles: Array<[string, number]> = [
     ['stat', 0],
     ['read', 0],
@@ -244,21 +250,33 @@ async function underLoad(dir: string, strata: Strata, label: string): Promise<vo
     ['write', 2],
     ['write', 3],
   ];
-  const procs = roles.map(([role, id]) => {
-    const p = spawn(process.execPath, [worker, role, dir, String(ms), String(id), hashesFile], { stdio: ['ignore', 'pipe', 'inherit'] });
-    let out = '';
-    p.stdout.on('data', (b: Buffer) => (out += b.toString()));
+  const outs = roles.map(() => '');
+  const exited = roles.map(() => false);
+  const procs = roles.map(([role, id], i) => {
+    const p = spawn(process.execPath, [worker, role, dir, String(600_000), String(id), hashesFile, stopFile], { stdio: ['ignore', 'pipe', 'inherit'] });
+    p.stdout.on('data', (b: Buffer) => (outs[i] += b.toString()));
     return new Promise<{ role: string; ops: number; errors: string[]; mismatches: string[] }>((res, rej) =>
-      p.on('exit', (code) => (code === 0 ? res(JSON.parse(out)) : rej(new Error(`${role} worker exited ${code}: ${out}`)))),
+      p.on('exit', (code) => {
+        exited[i] = true;
+        if (code === 0) res(JSON.parse(outs[i]!.trim().split('\n').pop()!));
+        else rej(new Error(`${role} worker exited ${code}: ${outs[i]}`));
+      }),
     );
   });
+  procs.forEach((p) => p.catch(() => undefined)); // awaited below; a worker that dies early must not go unhandled meanwhile
   // Back up over and over while the workers run; every backup must succeed.
   const handles: BackupHandle[] = [];
   try {
+    // Every worker at work before the first backup (a process start can take a while under load).
+    for (let i = 0; !outs.every((o, k) => o.startsWith('ready') || exited[k]); i++) {
+      if (i > 3000) throw new Error('the workers did not start within 60 s');
+      await new Promise((r) => setTimeout(r, 20));
+    }
     await new Promise((r) => setTimeout(r, 300));
     const t0 = Date.now();
-    while (Date.now() - t0 < ms - 800) handles.push(await strata.createBackup({ dir }));
+    while (handles.length < 2 || Date.now() - t0 < LOAD_MS) handles.push(await strata.createBackup({ dir }));
   } finally {
+    await writeFile(stopFile, '');
     await Promise.allSettled(procs);
   }
   const stats = await Promise.all(procs);
@@ -343,9 +361,9 @@ async function makeDeep(root: string, depth: number): Promise<void> {
 
 describe('scale: huge and hostile input', () => {
   beforeAll(() => {
-    // The probe runs the compiled library in its own process, to measure its peak memory alone.
-    execFileSync('npx', ['tsc', '-p', 'tsconfig.json'], { cwd: REPO, stdio: 'pipe' });
-  }, 120_000);
+    // The probe runs the compiled library (make build) in its own process, to measure its peak memory alone.
+    assertBuilt();
+  });
 
   it('a TOC of a million tiny entries parses (and its view builds) within bounded time and memory', async () => {
     const probe = join(work, 'toc-probe.mjs');

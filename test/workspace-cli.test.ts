@@ -3,13 +3,13 @@
  * status shows it, restore refuses to drop unsaved changes, unmount keeps them, restore of the
  * same backup brings them back, unmount --discard drops the workspace.
  */
-import { execFile, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { assertBuilt } from './helpers/built.js';
 import { need } from './helpers/caps.js';
 import { unmountUnder } from './helpers/workspace.js';
 
@@ -37,13 +37,15 @@ async function ok(args: string[]): Promise<string> {
 }
 
 beforeAll(async () => {
+  assertBuilt(); // the CLI runs from dist/ (make build)
   work = await mkdtemp(join(tmpdir(), 'strata-wscli-'));
-  await promisify(execFile)('npx', ['tsc', '-p', 'tsconfig.json'], { cwd: ROOT });
 });
 afterAll(async () => {
   if (work) {
     unmountUnder(work);
-    await rm(work, { recursive: true, force: true });
+    // The lazy daemon (the default mode as root) may still write into its home for a few seconds
+    // after the last unmount: retry the removal (ENOTEMPTY) for up to ~10 s.
+    await rm(work, { recursive: true, force: true, maxRetries: 8, retryDelay: 250 });
   }
 });
 

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { Strata, type BackupHandle } from '../src/index.js';
 import { sys } from '../src/sys/native.js';
+import { assertBuilt } from './helpers/built.js';
 import { need } from './helpers/caps.js';
 import { diffTrees, summarize } from './helpers/tree.js';
 import { makeBaseTree, unmountUnder } from './helpers/workspace.js';
@@ -18,6 +19,7 @@ let work: string;
 let n = 0;
 
 beforeAll(async () => {
+  assertBuilt(); // restores default to lazy workspaces, served by the daemon from dist/ (make build)
   work = await mkdtemp(join(tmpdir(), 'strata-ws-'));
 });
 afterEach(() => {
@@ -26,7 +28,9 @@ afterEach(() => {
 afterAll(async () => {
   if (work) {
     unmountUnder(work);
-    await rm(work, { recursive: true, force: true });
+    // A lazy daemon may still write into its home for a few seconds after its last unmount (its
+    // log, a cache file in flight): retry the removal (ENOTEMPTY) for up to ~10 s.
+    await rm(work, { recursive: true, force: true, maxRetries: 8, retryDelay: 250 });
   }
 });
 
@@ -293,8 +297,9 @@ describe.runIf(RUN)('workspaces', () => {
     await writeFile(join(ws, 'one'), '1');
     const [h1, h2] = await Promise.all([c.strata.createBackup({ dir: ws }), c.strata.createBackup({ dir: ws })]);
     const [i1, i2] = [await c.strata.getBackup(h1.id), await c.strata.getBackup(h2.id)];
-    // One ran after the other: the second stacks on the first (and added no layer).
-    const [first, second] = i1.createdAt <= i2.createdAt ? [i1, i2] : [i2, i1];
+    // One ran after the other: the second stacks on the first (and added no layer). Told apart by
+    // the parent link, not createdAt (milliseconds: two quick backups can share one).
+    const [first, second] = i2.parent === i1.id ? [i1, i2] : [i2, i1];
     expect(second.parent).toBe(first.id);
     expect(second.layers.map((l) => l.digest)).toEqual(first.layers.map((l) => l.digest));
   });
@@ -318,8 +323,12 @@ describe.runIf(RUN)('workspaces', () => {
         await fh.write(Buffer.alloc(size / 2, ch), 0, size / 2, size / 2);
         await fh.close();
         // Quiet spells between versions: a backup must find one to succeed (a file that never
-        // holds still fails the backup, by design), and must never store a torn version.
-        await new Promise((r) => setTimeout(r, 150));
+        // holds still fails the backup, by design), and must never store a torn version. A
+        // successful try reads the 8 MiB twice (it changed within the racy window) inside one
+        // spell: ~50 ms here, but several times that on a slow, loaded machine, so every fourth
+        // spell is 1 s long (the capture retries for 3 s, so it always meets one); the others
+        // stay short, so that many tries still overlap a write.
+        await new Promise((r) => setTimeout(r, v % 4 === 3 ? 1000 : 150));
       }
     })();
     const results = [];
@@ -351,10 +360,13 @@ describe.runIf(RUN)('workspaces', () => {
     const target = join(ws, 'spinning.bin');
     await writeFile(target, Buffer.alloc(1024 * 1024, 'a'));
     const before = (await c.strata.listBackups()).map((b) => b.id).sort();
-    // A separate process rewrites the file in place with no pause at all, for 8 s.
+    // A separate process rewrites the file in place with no pause at all, until told to stop (not
+    // for a fixed time: a slow backup could outlast it; not by a kill: SIGKILL can cut a write
+    // short and leave the file torn at rest). 120 s: a cap, should the test die first.
+    const stop = c.dir('stop-spinning');
     const { spawn } = await import('node:child_process');
     const code = `const fs=require('fs');const fd=fs.openSync(${JSON.stringify(target)},'r+');const b=Buffer.alloc(1024*1024);
-      const end=Date.now()+8000;for(let v=0;Date.now()<end;v++){b.fill(97+(v%26));fs.writeSync(fd,b,0,b.length,0);}`;
+      const end=Date.now()+120000;for(let v=0;Date.now()<end&&!fs.existsSync(${JSON.stringify(stop)});v++){b.fill(97+(v%26));fs.writeSync(fd,b,0,b.length,0);}`;
     const child = spawn(process.execPath, ['-e', code], { stdio: 'ignore' });
     const exited = new Promise((r) => child.on('exit', r));
     try {
@@ -374,7 +386,7 @@ describe.runIf(RUN)('workspaces', () => {
       // Nothing half-made is visible.
       expect((await c.strata.listBackups()).map((b) => b.id).sort()).toEqual(before);
     } finally {
-      child.kill('SIGKILL');
+      await writeFile(stop, ''); // it ends after a whole write
       await exited;
     }
     // With the writer gone the same workspace backs up, the file whole.
