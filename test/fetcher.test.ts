@@ -8,7 +8,6 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PassThrough, type Readable } from 'node:stream';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Strata } from '../src/index.js';
 import { fetchToc, type LayerDescriptor } from '../src/format/reader.js';
@@ -17,66 +16,11 @@ import { Fetcher, type FetcherStartOptions, MSG_FETCH, MSG_HEADER_SIZE, MSG_MAGI
 import { viewChunks, type ViewChunk } from '../src/restore/lazy/index-file.js';
 import { buildView } from '../src/restore/view.js';
 import { FileStore } from '../src/store/file.js';
-import type { ByteRange, ObjectInfo, ObjectStore } from '../src/store/store.js';
+import { ProbeStore } from './helpers/probe-store.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-/** A real store whose GETs are recorded, counted while open, and each held back `delayMs`. */
-class CountingStore implements ObjectStore {
-  readonly url: string;
-  gets: Array<{ start: number; end: number; at: number }> = [];
-  active = 0;
-  maxActive = 0;
-  delayMs = 0;
-  constructor(private readonly inner: ObjectStore) {
-    this.url = inner.url;
-  }
-  async get(key: string, range?: ByteRange): Promise<Readable> {
-    this.gets.push({ start: range?.start ?? 0, end: range?.end ?? -1, at: performance.now() });
-    this.active++;
-    this.maxActive = Math.max(this.maxActive, this.active);
-    let open = true;
-    const done = (): void => {
-      if (open) this.active--;
-      open = false;
-    };
-    try {
-      if (this.delayMs) await sleep(this.delayMs);
-      const s = await this.inner.get(key, range);
-      const out = new PassThrough();
-      s.on('error', (e) => out.destroy(e));
-      out.on('close', done);
-      out.on('end', done);
-      return s.pipe(out);
-    } catch (err) {
-      done();
-      throw err;
-    }
-  }
-  getBytes(key: string, range?: ByteRange): Promise<Buffer> {
-    return this.inner.getBytes(key, range);
-  }
-  putFile(key: string, path: string): Promise<void> {
-    return this.inner.putFile(key, path);
-  }
-  putBytes(key: string, body: Buffer): Promise<void> {
-    return this.inner.putBytes(key, body);
-  }
-  head(key: string): Promise<ObjectInfo | null> {
-    return this.inner.head(key);
-  }
-  touch(key: string): Promise<void> {
-    return this.inner.touch(key);
-  }
-  delete(key: string): Promise<void> {
-    return this.inner.delete(key);
-  }
-  list(prefix: string): AsyncIterable<ObjectInfo> {
-    return this.inner.list(prefix);
-  }
-}
 
 let work: string;
 let storeDir: string;
@@ -115,25 +59,25 @@ afterAll(async () => {
   if (work) await rm(work, { recursive: true, force: true });
 });
 
-async function start(opts: Partial<FetcherStartOptions> = {}): Promise<{ f: Fetcher; store: CountingStore }> {
+async function start(opts: Partial<FetcherStartOptions> = {}): Promise<{ f: Fetcher; store: ProbeStore }> {
   const dir = join(work, `case-${++n}`);
   await mkdir(dir, { recursive: true });
   const f = await Fetcher.start({ socketPath: join(dir, 'fetch.sock'), cacheDir: join(dir, 'cache'), cacheBytes: 1024 * MiB, log: () => undefined, ...opts });
   fetchers.push(f);
-  const store = new CountingStore(new FileStore(storeDir));
+  const store = new ProbeStore(new FileStore(storeDir));
   f.register(store, layers, chunks);
   return { f, store };
 }
 
 /** Every chunk covered by exactly one GET: nothing fetched twice. */
-function coverage(store: CountingStore): number[] {
+function coverage(store: ProbeStore): number[] {
   return chunks.map((c) => store.gets.filter((g) => g.start <= c.chunk.blobOffset && c.chunk.blobOffset + c.chunk.blobLength <= g.end).length);
 }
 
 describe('background hydration', () => {
   it('fetches every chunk once, in spans, with at most hydrateSlots GETs at a time', async () => {
     const { f, store } = await start({ hydrateSlots: 2, maxSpan: 1 * MiB, concurrency: 8 });
-    store.delayMs = 20; // a round trip, so GETs overlap when the fetcher lets them
+    store.hook = () => sleep(20); // a round trip, so GETs overlap when the fetcher lets them
     const r = await f.hydrate(layers, chunks, { priority: 'low' });
     expect(r).toEqual({ chunks: uniqueChunks, alreadyCached: 0, fetched: uniqueChunks, failed: 0 });
     for (const c of chunks) expect(f.cache.has(c.chunk.digest), c.chunk.digest).toBe(true);
@@ -152,7 +96,7 @@ describe('background hydration', () => {
 
   it('stops soon after an abort, with most of the work not done', async () => {
     const { f, store } = await start({ hydrateSlots: 1, maxSpan: 256 * KiB });
-    store.delayMs = 30;
+    store.hook = () => sleep(30);
     const ac = new AbortController();
     const p = f.hydrate(layers, chunks, { priority: 'low', signal: ac.signal });
     while (store.gets.length < 2) await sleep(5);
@@ -198,7 +142,7 @@ describe('an on-demand miss during hydration', () => {
   it('is answered ahead of queued hydration, in a GET of itself plus readahead only', async () => {
     const readahead = 256 * KiB;
     const { f, store } = await start({ hydrateSlots: 1, maxSpan: 4 * MiB, readahead, concurrency: 4, reservedSlots: 1 });
-    store.delayMs = 50;
+    store.hook = () => sleep(50);
     let hydrated = false;
     const h = f.hydrate(layers, chunks, { priority: 'low' }).then(() => (hydrated = true));
     while (store.gets.length < 1) await sleep(5);

@@ -11,7 +11,6 @@ import { existsSync } from 'node:fs';
 import { cp, lstat, mkdir, mkdtemp, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Readable } from 'node:stream';
 import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { Strata } from '../src/index.js';
@@ -22,8 +21,8 @@ import { encodeIndex, viewChunks } from '../src/restore/lazy/index-file.js';
 import { defaultFuseBinary, mountLazy, unmountPath, type LazyMount, type MountLazyOptions } from '../src/restore/lazy/mount.js';
 import { buildView, type ViewNode } from '../src/restore/view.js';
 import { FileStore } from '../src/store/file.js';
-import type { ByteRange, ObjectInfo, ObjectStore } from '../src/store/store.js';
 import { IS_ROOT, need } from './helpers/caps.js';
+import { ProbeStore } from './helpers/probe-store.js';
 import { makeFidelityTree } from './helpers/fidelity.js';
 import { diffTrees, summarize, type EntrySummary } from './helpers/tree.js';
 
@@ -32,42 +31,6 @@ const run = promisify(execFile);
 const RUN = need('fuse') && need('root') && need('fuse', existsSync(defaultFuseBinary()));
 const MiB = 1024 * 1024;
 const MANY = 40;
-
-/** Delegates to a real store, recording every get() and letting a test delay or fail them. */
-class ProbeStore implements ObjectStore {
-  readonly url: string;
-  gets: Array<{ key: string; start: number; end: number }> = [];
-  hook?: (key: string, range?: ByteRange) => Promise<void> | void;
-  constructor(private readonly inner: ObjectStore) {
-    this.url = inner.url;
-  }
-  async get(key: string, range?: ByteRange): Promise<Readable> {
-    this.gets.push({ key, start: range?.start ?? 0, end: range?.end ?? -1 });
-    await this.hook?.(key, range);
-    return this.inner.get(key, range);
-  }
-  getBytes(key: string, range?: ByteRange): Promise<Buffer> {
-    return this.inner.getBytes(key, range);
-  }
-  putFile(key: string, path: string): Promise<void> {
-    return this.inner.putFile(key, path);
-  }
-  putBytes(key: string, body: Buffer): Promise<void> {
-    return this.inner.putBytes(key, body);
-  }
-  head(key: string): Promise<ObjectInfo | null> {
-    return this.inner.head(key);
-  }
-  touch(key: string): Promise<void> {
-    return this.inner.touch(key);
-  }
-  delete(key: string): Promise<void> {
-    return this.inner.delete(key);
-  }
-  list(prefix: string): AsyncIterable<ObjectInfo> {
-    return this.inner.list(prefix);
-  }
-}
 
 interface Backup {
   storeDir: string;

@@ -103,7 +103,7 @@ function settle(size: number): Promise<void> {
  * The wait before try `attempt` (2, 3, ...): doubling from 10 ms to at most 200 ms, each scaled by
  * a random 0.5-1.5 so that retries do not fall into step with a writer that rewrites on a timer.
  */
-export function retryDelay(attempt: number): number {
+function retryDelay(attempt: number): number {
   const base = Math.min(200, 10 * 2 ** (attempt - 2));
   return Math.round(base * (0.5 + Math.random()));
 }

@@ -39,7 +39,10 @@ async function startDaemon(home: string, env: Record<string, string>): Promise<v
   const logFile = await open(join(runDir(home), 'daemon.log'), 'a');
   // Always the compiled daemon (dist/ and src/ sit at the same depth below the repo root).
   const script = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'dist', 'restore', 'lazy', 'daemon.js');
-  const child = spawn(process.execPath, [...(process.env.STRATA_DAEMON_PROF ? ["--cpu-prof", `--cpu-prof-dir=${process.env.STRATA_DAEMON_PROF}`] : []), script, home], { detached: true, stdio: ['ignore', logFile.fd, logFile.fd], env: { ...process.env, ...env } });
+  // STRATA_DAEMON_PROF=DIR: a CPU profile of the daemon, written to DIR when it exits.
+  const prof = process.env.STRATA_DAEMON_PROF;
+  const nodeArgs = prof ? ['--cpu-prof', `--cpu-prof-dir=${prof}`] : [];
+  const child = spawn(process.execPath, [...nodeArgs, script, home], { detached: true, stdio: ['ignore', logFile.fd, logFile.fd], env: { ...process.env, ...env } });
   child.unref();
   await logFile.close();
 }

@@ -82,14 +82,15 @@ async function main(home: string): Promise<void> {
       await rm(pidFile, { force: true });
     }
   }
-  const cacheBytes = Number(process.env.STRATA_CACHE_SIZE || 0) || 4 * 1024 ** 3;
+  const deadlineMs = envCount('STRATA_FETCH_DEADLINE_MS', 1);
+  const readahead = envCount('STRATA_READAHEAD', 0);
   const fetcher = await Fetcher.start({
     socketPath: join(run, 'fetch.sock'),
     cacheDir: join(home, 'cache', 'chunks'),
-    cacheBytes,
+    cacheBytes: envCount('STRATA_CACHE_SIZE', 1) ?? 4 * 1024 ** 3,
     log,
-    ...(process.env.STRATA_FETCH_DEADLINE_MS ? { deadlineMs: Number(process.env.STRATA_FETCH_DEADLINE_MS) } : {}),
-    ...(readaheadFromEnv() !== undefined ? { readahead: readaheadFromEnv() } : {}),
+    ...(deadlineMs !== undefined ? { deadlineMs } : {}),
+    ...(readahead !== undefined ? { readahead } : {}),
   });
   const stores = new Map<string, ObjectStore>();
   const held = new Map<string, Held>();
@@ -258,7 +259,7 @@ async function main(home: string): Promise<void> {
  * 10 s) into prioritized.json; the workspace's next backup writes them first in its layer.
  */
 function recordFirstReads(ws: Workspace, view: ViewNode, fetcher: Fetcher): void {
-  const windowMs = Number(process.env.STRATA_PRIORITY_WINDOW_MS || 0) || 10_000;
+  const windowMs = envCount('STRATA_PRIORITY_WINDOW_MS', 1) ?? 10_000;
   const pathOf = new Map<string, string>();
   for (const n of walkView(view)) {
     if (n.entry.type !== 'file') continue;
@@ -289,13 +290,16 @@ if (process.argv[1] && import.meta.url.endsWith(process.argv[1].split('/').pop()
   });
 }
 
-/** STRATA_READAHEAD: bytes fetched along with an on-demand miss (0 turns readahead off). */
-function readaheadFromEnv(): number | undefined {
-  const v = process.env.STRATA_READAHEAD;
+/**
+ * A whole number from the daemon's environment (sizes, milliseconds), at least `min`; unset gives
+ * undefined (the default applies), and so does a bad value, with a line in the daemon log.
+ */
+function envCount(name: string, min: number): number | undefined {
+  const v = process.env[name];
   if (v === undefined || v === '') return undefined;
   const n = Number(v);
-  if (!Number.isSafeInteger(n) || n < 0) {
-    process.stderr.write(`strata daemon: ignoring STRATA_READAHEAD=${JSON.stringify(v)}: not a byte count; using the default\n`);
+  if (!Number.isSafeInteger(n) || n < min) {
+    process.stderr.write(`strata daemon: ignoring ${name}=${JSON.stringify(v)}: not a whole number >= ${min}; using the default\n`);
     return undefined;
   }
   return n;

@@ -680,7 +680,7 @@ export class Fetcher {
     const layerIndex = new Map(hexes.map((h, i) => [h, i]));
     refs.sort((a, b) => layerIndex.get(a.layer)! - layerIndex.get(b.layer)! || a.blobOffset - b.blobOffset);
     const result: HydrateResult = { chunks: refs.length, alreadyCached: 0, fetched: 0, failed: 0 };
-    // A sliding window over the chunks (in blob order, as the view lists them): enough queued at
+    // A sliding window over the sorted chunks: enough queued at
     // once that the scheduler can cut maxSpan-sized GETs and keep every background slot busy, few
     // enough that an abort stops soon and the queue stays small. (Batches with a barrier between
     // them left the link idle while each batch's last GET finished.)
