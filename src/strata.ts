@@ -4,8 +4,9 @@
  */
 import { randomBytes } from 'node:crypto';
 import { access, lstat, mkdir, readdir, readFile, rm } from 'node:fs/promises';
-import { basename, dirname, join, relative, resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { storeUrl, strataHome } from './config.js';
+import { parentChainView, stackLayer, type ChainView } from './capture/chain-index.js';
 import { captureDiff } from './capture/diff.js';
 import { squashLayers } from './capture/squash.js';
 import { TreeCapture } from './capture/tree.js';
@@ -17,30 +18,29 @@ import {
   BackupRestoreError,
   InvalidBackupConfigError,
   StrataError,
-  TargetNotEmptyError,
-  UnsavedChangesError,
-  WorkspaceNotFoundError,
 } from './errors.js';
-import { sys } from './sys/native.js';
 import { codecFor, DEFAULT_CODEC } from './format/codec.js';
-import { blobKey, fetchToc, type LayerDescriptor } from './format/reader.js';
+import { blobKey, type LayerDescriptor } from './format/reader.js';
+import { encodeIndex, type IndexDescriptor, packIndex } from './format/restore-index.js';
 import type { CodecName, Toc, TocEntry } from './format/toc.js';
+import { buildView, type ViewNode } from './format/view.js';
 import { LayerWriter } from './format/writer.js';
 import { extractView, type ExtractStats } from './restore/extract.js';
-import { buildView, type ViewNode } from './restore/view.js';
+import { loadIndex } from './restore/index-source.js';
+import { ensureDaemon } from './restore/lazy/client.js';
+import { defaultFuseBinary } from './restore/lazy/mount.js';
+import { removeLayerDir } from './restore/layers.js';
+import { fetchToc } from './store/blobs.js';
 import { getManifest, listManifests, putManifest, resolveName, type ManifestRecord } from './store/catalog.js';
 import { DEFAULT_GRACE_MS, gc, type GcOptions, type GcReport } from './store/gc.js';
 import { openStore } from './store/index.js';
-import { ensureLayerDirs, removeLayerDir } from './restore/layers.js';
-import { daemonRequest } from './restore/lazy/client.js';
-import { type DaemonStatus, lowerDir } from './restore/lazy/daemon.js';
-import type { FetcherStats } from './restore/lazy/fetcher.js';
-import { defaultFuseBinary, unmountPath } from './restore/lazy/mount.js';
-import { mountAt, mountOverlay, unmount } from './restore/overlay.js';
-import { findWorkspace, listWorkspaces, Workspace } from './workspace/workspace.js';
 import { type BackupHandle, checkDir, checkId, checkName, handleOf, isExpired, type Manifest, manifestKey, parseHandle } from './store/manifest.js';
 import type { ObjectStore } from './store/store.js';
 import { pidAlive } from './util/process.js';
+import { WorkspaceService, type WorkspaceStatus } from './workspace/service.js';
+import { chainIndexPath, type Workspace } from './workspace/workspace.js';
+
+export type { WorkspaceStatus } from './workspace/service.js';
 
 export const DEFAULT_TTL_SECONDS = 3 * 24 * 3600;
 const MAX_TTL_SECONDS = 1000 * 365 * 24 * 3600;
@@ -107,29 +107,6 @@ export interface RestoreResult {
   stats: ExtractStats & { layers: number; ms: number };
 }
 
-export interface WorkspaceStatus {
-  /** Lazy workspaces: what the restore daemon reports. */
-  lazy?: {
-    served: boolean;
-    chunks: number;
-    /** Chunks of this workspace in the host cache: hydration progress. */
-    cached: number;
-    hydrating: boolean;
-    errors: string[];
-    /** Host-wide fetch counters (bytes fetched, hits, misses...). */
-    fetcher?: FetcherStats;
-  };
-  dir: string;
-  workspace: string;
-  backupId: string;
-  mode: string;
-  layers: number;
-  mounted: boolean;
-  unsavedEntries: number;
-  unsavedBytes: number;
-  store: string;
-}
-
 export type RestoreMode = 'lazy' | 'extract' | 'copy';
 
 /**
@@ -150,6 +127,12 @@ export interface BackupInfo extends BackupHandle {
   /** Bytes stored in the layer blobs. */
   size: number;
   parent?: string;
+}
+
+/** A layer just written: its descriptor and the TOC it holds. */
+interface Written {
+  desc: LayerDescriptor;
+  toc: Toc;
 }
 
 /** A handle, or a string naming a backup by id or by name. */
@@ -191,12 +174,15 @@ function infoOf(r: ManifestRecord, now = Date.now()): BackupInfo {
 export class Strata {
   readonly store: ObjectStore;
   readonly home: string;
+  /** The lifecycle of restored directories (prepare, commit, mounts, remove, status). */
+  readonly workspaces: WorkspaceService;
   private readonly opts: StrataOptions;
 
   constructor(opts: StrataOptions = {}) {
     this.opts = opts;
     this.home = opts.home ? resolve(opts.home) : strataHome();
     this.store = typeof opts.store === 'object' ? opts.store : openStore(storeUrl(opts.store, this.home));
+    this.workspaces = new WorkspaceService(this.home, { hydrate: opts.hydrate !== false, cacheSize: opts.cacheSize, onWarning: (m) => this.warn(m) });
   }
 
   private warn(msg: string): void {
@@ -223,20 +209,24 @@ export class Strata {
     }
     if (!st.isDirectory()) throw new InvalidBackupConfigError(`cannot back up ${dir}: not a directory`);
 
-    const ws = await findWorkspace(this.home, dir);
+    const ws = await this.workspaces.find(dir);
     const incremental = ws && ws.state.store === this.store.url && (await ws.isMounted()) ? ws : undefined;
     const release = await incremental?.lock();
     try {
       // Under the lock: a backup that ran while we waited moved the workspace's chain on.
       await incremental?.reload();
-      let parent: { id: string; layers: LayerDescriptor[] } | undefined;
+      let parent: { id: string; layers: LayerDescriptor[]; index?: IndexDescriptor | undefined } | undefined;
       let captured: Captured | undefined;
-      let layer: LayerDescriptor | null;
+      let layer: Written | null;
+      /** The parent chain's view, for the new restore index (incremental and diff backups). */
+      let base: (() => Promise<ChainView>) | undefined;
       if (incremental) {
         // A workspace: only what changed since its last backup or restore, over its chain.
         const previous = await incremental.loadCaptured();
         const prioritized = await incremental.loadPrioritized();
-        parent = { id: incremental.state.backupId, layers: incremental.state.layers };
+        parent = { id: incremental.state.backupId, layers: incremental.state.layers, index: incremental.state.index };
+        const p = parent;
+        base = () => parentChainView(this.store, p, chainIndexPath(incremental));
         layer = await this.writeLayer(dir, async (w) => {
           const r = await captureUpper({ upper: incremental.upper, merged: dir }, previous, w, {
             onWarning: (m) => this.warn(m),
@@ -250,7 +240,10 @@ export class Strata {
         const rec = await this.resolve(options.parent);
         const tocs = await Promise.all(rec.manifest.layers.map((l) => fetchToc(this.store, l)));
         const view = buildView(tocs);
-        parent = { id: rec.manifest.id, layers: rec.manifest.layers };
+        parent = { id: rec.manifest.id, layers: rec.manifest.layers, index: rec.manifest.index };
+        const layers = rec.manifest.layers;
+        // The diff only reads the view; the index stacks the new layer on it afterwards.
+        base = async () => ({ view, layers: layers.map((l, i) => ({ digest: l.digest, prefetch: tocs[i]?.prefetch })) });
         layer = await this.writeLayer(dir, (w) =>
           captureDiff(dir, view, new Date(rec.manifest.createdAt), w, { onWarning: (m) => this.warn(m) }),
         );
@@ -264,8 +257,22 @@ export class Strata {
           return 1;
         });
       }
-      let layers = [...(parent?.layers ?? []), ...(layer ? [layer] : [])];
-      if (layers.length > this.maxChain) layers = await this.mergeChain(layers);
+      let layers = [...(parent?.layers ?? []), ...(layer ? [layer.desc] : [])];
+      // The restore index of the new chain: what a lazy restore mounts without reading a TOC.
+      let index: { raw: Buffer; desc: IndexDescriptor } | undefined;
+      if (layers.length > this.maxChain) {
+        const merged = await this.mergeChain(layers, layer);
+        layers = merged.layers;
+        index = await this.putIndex(merged.index);
+      } else if (layer && base) {
+        index = await this.putIndex(stackLayer(await base(), layer.desc, layer.toc));
+      } else if (layer) {
+        index = await this.putIndex(stackLayer({ view: buildView([]), layers: [] }, layer.desc, layer.toc));
+      } else if (parent?.index) {
+        // Nothing changed: the chain, and so its index, is the parent's.
+        index = { raw: await readFile(chainIndexPath(incremental!)).catch(() => Buffer.alloc(0)), desc: parent.index };
+        if (index.raw.length === 0) index = undefined;
+      }
       const createdAt = new Date();
       const manifest: Manifest = {
         kind: 'strata.backup.manifest',
@@ -278,14 +285,11 @@ export class Strata {
       };
       if (name !== undefined) manifest.name = name;
       if (parent) manifest.parent = parent.id;
+      if (index) manifest.index = index.desc;
+      else if (parent?.index && !layer) manifest.index = parent.index;
       // Written last: the backup exists once this lands, and not before.
       const digest = await putManifest(this.store, manifest);
-      if (incremental && captured) {
-        incremental.state.backupId = manifest.id;
-        incremental.state.layers = layers;
-        await incremental.saveCaptured(captured);
-        await incremental.save();
-      }
+      if (incremental && captured) await this.workspaces.commit(incremental, { backupId: manifest.id, layers, captured, index });
       return handleOf(manifest, digest);
     } catch (err) {
       // A failed backup is BACKUP_CREATE_FAILED whatever failed (a store write, a read); the
@@ -303,10 +307,24 @@ export class Strata {
   }
 
   /**
+   * Compress an encoded index and put its blob (content-addressed: an index already stored is only
+   * refreshed for gc's grace). A small one rides inline in the manifest and is not uploaded.
+   */
+  private async putIndex(raw: Buffer): Promise<{ raw: Buffer; desc: IndexDescriptor }> {
+    const { blob, desc } = await packIndex(raw);
+    if (desc.inline === undefined) {
+      const key = blobKey(desc.digest);
+      if (await this.store.head(key)) await this.store.touch(key);
+      else await this.store.putBytes(key, blob);
+    }
+    return { raw, desc };
+  }
+
+  /**
    * Write one layer with `fill`, upload it (unless the store has it) and describe it. Returns
    * null when fill reports no change: an unchanged workspace adds no layer.
    */
-  private async writeLayer(dir: string, fill: (w: LayerWriter) => Promise<number>): Promise<LayerDescriptor | null> {
+  private async writeLayer(dir: string, fill: (w: LayerWriter) => Promise<number>): Promise<Written | null> {
     const tmpDir = join(this.home, 'tmp');
     await mkdir(tmpDir, { recursive: true, mode: 0o700 });
     await sweepDeadTemps(tmpDir);
@@ -327,15 +345,18 @@ export class Strata {
         });
       }
       return {
-        digest: layer.digest,
-        size: layer.size,
-        codec: codec.name,
-        tocOffset: layer.tocOffset,
-        tocLength: layer.tocLength,
-        tocSize: layer.tocSize,
-        tocDigest: layer.tocDigest,
-        entries: layer.entries,
-        dataBytes: layer.dataBytes,
+        desc: {
+          digest: layer.digest,
+          size: layer.size,
+          codec: codec.name,
+          tocOffset: layer.tocOffset,
+          tocLength: layer.tocLength,
+          tocSize: layer.tocSize,
+          tocDigest: layer.tocDigest,
+          entries: layer.entries,
+          dataBytes: layer.dataBytes,
+        },
+        toc: layer.toc,
       };
     } catch (err) {
       await writer.abort();
@@ -349,12 +370,13 @@ export class Strata {
   /**
    * Merge the top half of a chain into one layer. Halving (rather than folding just the newest
    * layer in) means the merged data is re-uploaded once per maxChain/2 backups, not every time.
+   * Returns the new chain and its restore index (built from the TOCs, which the merge reads anyway).
    */
-  private async mergeChain(layers: LayerDescriptor[]): Promise<LayerDescriptor[]> {
+  private async mergeChain(layers: LayerDescriptor[], newest: Written | null): Promise<{ layers: LayerDescriptor[]; index: Buffer }> {
     const split = Math.max(1, Math.floor(this.maxChain / 2));
     const keep = layers.slice(0, split);
     const top = layers.slice(split);
-    const all = await Promise.all(layers.map((l) => fetchToc(this.store, l)));
+    const all = await Promise.all(layers.map((l) => (newest && l === newest.desc ? newest.toc : fetchToc(this.store, l))));
     const view = buildView(all);
     const find = (p: string): TocEntry | undefined => {
       let n: ViewNode | undefined = view;
@@ -362,7 +384,9 @@ export class Strata {
       return n?.entry;
     };
     const merged = await this.writeLayer('(merged layers)', (w) => squashLayers(this.store, top, all.slice(split), w, find));
-    return merged ? [...keep, merged] : keep;
+    const out = merged ? [...keep, merged.desc] : keep;
+    const tocs = merged ? [...all.slice(0, split), merged.toc] : all.slice(0, split);
+    return { layers: out, index: encodeIndex(buildView(tocs), out.map((l, i) => ({ digest: l.digest, prefetch: tocs[i]?.prefetch }))) };
   }
 
   /** Find the manifest a reference names, verified against the handle's digest when there is one. */
@@ -387,192 +411,60 @@ export class Strata {
     if (mode !== 'lazy' && mode !== 'extract' && mode !== 'copy') {
       throw new InvalidBackupConfigError(`unknown restore mode ${String(mode)}; supported: lazy, extract, copy`);
     }
+    // A cold host: the restore daemon starts now, while the manifest and index download.
+    if (mode === 'lazy') ensureDaemon(this.home, this.workspaces.daemonEnv).catch(() => undefined);
     const { manifest: m } = await this.resolve(ref);
     if (isExpired(m)) throw new BackupExpiredError(`backup ${m.id} expired at ${m.expiresAt}`);
     // A handle's own dir is the caller's; the manifest's is the store's (unverified without a digest).
     const dir = resolve(checkDir(options.dir ?? (typeof ref === 'object' ? ref.dir : m.dir), 'restore dir'));
+    const result = (extra: { recovered?: boolean; mode?: RestoreMode; entries?: number } & Partial<ExtractStats> = {}): RestoreResult => ({
+      success: true,
+      dir,
+      id: m.id,
+      mode: extra.mode ?? mode,
+      ...(extra.recovered !== undefined ? { recovered: extra.recovered } : {}),
+      stats: { entries: extra.entries ?? m.layers.reduce((n, l) => n + l.entries, 0), bytes: extra.bytes ?? 0, requests: extra.requests ?? 0, layers: m.layers.length, ms: performance.now() - t0 },
+    });
     try {
-      const tocs = await Promise.all(m.layers.map((l) => fetchToc(this.store, l)));
       if (mode === 'copy') {
-        const ws = await findWorkspace(this.home, dir);
-        if (ws && (await ws.isMounted())) {
-          throw new TargetNotEmptyError(`${dir} is a mounted workspace; run 'strata unmount ${dir}' before restoring a copy there`);
-        }
+        await this.workspaces.refuseMountedWorkspace(dir);
+        const tocs = await Promise.all(m.layers.map((l) => fetchToc(this.store, l)));
         const stats = await extractView(this.store, m.layers, buildView(tocs), dir, {
           force: !!options.force,
           onWarning: (w) => this.warn(w),
           onProgress: (p) => this.opts.onProgress?.({ phase: 'restore', ...p }),
         });
-        return { success: true, dir, id: m.id, mode, stats: { ...stats, layers: m.layers.length, ms: performance.now() - t0 } };
+        return result(stats);
       }
-      return await this.restoreWorkspace(m, tocs, dir, mode, !!options.force, t0);
+      // Lazy: the index alone (no TOC). Extract: the TOCs unpack the layers, the index gives the
+      // workspace the base of its next backup; both are fetched at once.
+      const tocs = mode === 'extract' ? await Promise.all(m.layers.map((l) => fetchToc(this.store, l))) : undefined;
+      const { raw, index } = await loadIndex(this.store, m, tocs);
+      const r = await this.workspaces.prepare({
+        backupId: m.id,
+        layers: m.layers,
+        store: this.store,
+        dir,
+        mode,
+        force: !!options.force,
+        index: { raw, root: index.rootEntry(), desc: m.index },
+        ...(tocs ? { tocs } : {}),
+      });
+      return result(r);
     } catch (err) {
       if (err instanceof StrataError) throw err;
       throw new BackupRestoreError(`restore of backup ${m.id} into ${dir} failed: ${(err as Error).message}`, { cause: err });
     }
   }
 
-  /** Restore as an overlay workspace over host-shared layer directories. */
-  private async restoreWorkspace(m: Manifest, tocs: Toc[], dir: string, mode: 'lazy' | 'extract', force: boolean, t0: number): Promise<RestoreResult> {
-    const result = (recovered: boolean, as: 'lazy' | 'extract' = mode): RestoreResult => ({
-      success: true,
-      dir,
-      id: m.id,
-      mode: as,
-      recovered,
-      stats: { entries: tocs.reduce((n, t) => n + t.entries.length, 0), bytes: 0, requests: 0, layers: m.layers.length, ms: performance.now() - t0 },
-    });
-    let old = await findWorkspace(this.home, dir);
-    if (old && !(await lstat(join(old.root, 'captured.json')).then(() => true, () => false))) {
-      // A restore killed before it finished (no baseline yet): its workspace never held anything
-      // and its upper was never set up. Drop it rather than "recover" it.
-      await this.takeDown(old).catch(() => undefined);
-      await old.remove();
-      old = undefined;
-    }
-    if (old) {
-      const mounted = await old.isMounted();
-      if (!mounted && old.state.backupId === m.id) {
-        // The workspace went down (unmount, crash, reboot) with its upper kept: bring it back,
-        // in the mode it had.
-        await this.takeDown(old);
-        const lowers = await this.mountLowers(old);
-        await mkdir(dir, { recursive: true });
-        await mountOverlay({ lowers, upper: old.upper, work: old.work, target: dir, cwd: this.home });
-        return result(true, old.state.mode);
-      }
-      const unsaved = await old.unsavedChanges();
-      if (unsaved.entries > 0 && !force) {
-        throw new UnsavedChangesError(
-          `${dir} is a workspace with ${unsaved.entries} unsaved change(s) (${unsaved.bytes} bytes) since backup ${old.state.backupId}; ` +
-            `back it up first, or pass --force to discard them`,
-        );
-      }
-      await this.takeDown(old);
-      await old.remove();
-    } else {
-      const mi = await mountAt(dir);
-      if (mi) throw new TargetNotEmptyError(`${dir} is a mount point (${mi.fstype}) that strata does not manage; restore elsewhere`);
-    }
-    let aside: string | undefined;
-    try {
-      const entries = await readdir(dir);
-      if (entries.length > 0) {
-        if (!force) throw new TargetNotEmptyError(`restore target ${dir} is not empty; restore elsewhere, empty it, or pass --force to replace it`);
-        // Replaced only once the workspace is up: until then the old content stays where it was.
-        aside = join(dirname(dir), `.${basename(dir)}.strata-old-${randomBytes(6).toString('hex')}`);
-      }
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOTDIR') {
-        if (!force) throw new TargetNotEmptyError(`restore target ${dir} exists and is not a directory; remove it or pass --force`);
-        aside = join(dirname(dir), `.${basename(dir)}.strata-old-${randomBytes(6).toString('hex')}`);
-      } else if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-    }
-    // The merged view is built first: a stack that is hostile as a whole is refused before
-    // anything is unpacked (each layer is also checked alone as it is unpacked).
-    const rootEntry = buildView(tocs).entry;
-    const ws = await Workspace.create(this.home, { dir, store: this.store.url, mode, backupId: m.id, layers: m.layers, mounted: m.layers });
-    // Set once the old content is moved aside: only then may a failure clear dir and put it back
-    // (before that, dir still IS the old content).
-    let movedAside = false;
-    try {
-      const lowers = await this.mountLowers(ws, tocs);
-      await ws.initUpperRoot(rootEntry);
-      if (aside) {
-        sys.renameNoReplace(Buffer.from(dir), Buffer.from(aside));
-        movedAside = true;
-      }
-      await mkdir(dir, { recursive: true });
-      await mountOverlay({ lowers, upper: ws.upper, work: ws.work, target: dir, cwd: this.home });
-      await ws.resetBaseline();
-    } catch (err) {
-      await this.takeDown(ws).catch(() => undefined);
-      await ws.remove();
-      if (aside && movedAside) {
-        await rm(dir, { recursive: true, force: true }).catch(() => undefined);
-        sys.renameNoReplace(Buffer.from(aside), Buffer.from(dir));
-      }
-      throw err;
-    }
-    if (aside) await rm(aside, { recursive: true, force: true });
-    return result(false);
-  }
-
-  /** The read-only lower directories of a workspace, mounted or unpacked as its mode wants. */
-  private async mountLowers(ws: Workspace, tocs?: Toc[]): Promise<string[]> {
-    if (ws.state.mode === 'lazy') {
-      const r = await daemonRequest(
-        this.home,
-        { op: 'mount', workspace: ws.state.id, hydrate: this.opts.hydrate !== false },
-        { start: true, ...(this.opts.cacheSize ? { env: { STRATA_CACHE_SIZE: String(this.opts.cacheSize) } } : {}) },
-      );
-      if (!r?.ok) throw new BackupRestoreError(`lazy mount of ${ws.state.dir} failed: ${String(r?.error)} (daemon log: ${join(this.home, 'run', 'daemon.log')})`);
-      return [relative(this.home, lowerDir(ws))];
-    }
-    return (await ensureLayerDirs(this.store, this.home, ws.state.mounted, { ...(tocs ? { tocs } : {}), onWarning: (w) => this.warn(w) })).lowers;
-  }
-
-  /** Unmount a workspace's overlay and, for a lazy one, its FUSE view (even a dead one). */
-  private async takeDown(ws: Workspace): Promise<void> {
-    if (await ws.isMounted()) {
-      try {
-        await unmount(ws.state.dir);
-      } catch {
-        // Busy, or its lower is a dead FUSE mount: detach it.
-        await unmount(ws.state.dir, { lazy: true });
-      }
-    }
-    if (ws.state.mode === 'lazy') {
-      const r = await daemonRequest(this.home, { op: 'unmount', workspace: ws.state.id }).catch(() => null);
-      if (!r) await unmountPath(lowerDir(ws)); // no daemon: clean a dead mount by hand
-    }
-  }
-
   /** Workspaces on this host (or the one at dir): what they came from and what is unsaved. */
-  async status(dir?: string): Promise<WorkspaceStatus[]> {
-    const all = dir ? [await findWorkspace(this.home, dir)].filter((w): w is Workspace => !!w) : await listWorkspaces(this.home);
-    if (dir && all.length === 0) throw new WorkspaceNotFoundError(`${dir} is not a strata workspace`);
-    const out: WorkspaceStatus[] = [];
-    const daemon = all.some((w) => w.state.mode === 'lazy')
-      ? ((await daemonRequest(this.home, { op: 'status' }).catch(() => null)) as (DaemonStatus & { ok: boolean }) | null)
-      : null;
-    for (const w of all) {
-      const unsaved = await w.unsavedChanges();
-      const lazy = daemon?.mounts.find((x) => x.workspace === w.state.id);
-      const mounted = await w.isMounted();
-      out.push({
-        ...(w.state.mode === 'lazy' && (mounted || lazy)
-          ? {
-              lazy: lazy
-                ? { served: true, chunks: lazy.chunks, cached: lazy.cached, hydrating: lazy.hydrating, errors: lazy.errors, fetcher: daemon!.fetcher }
-                : { served: false, chunks: 0, cached: 0, hydrating: false, errors: ['no restore daemon serves this workspace: strata unmount, then strata restore'] },
-            }
-          : {}),
-        dir: w.state.dir,
-        workspace: w.state.id,
-        backupId: w.state.backupId,
-        mode: w.state.mode,
-        layers: w.state.mounted.length,
-        mounted,
-        unsavedEntries: unsaved.entries,
-        unsavedBytes: unsaved.bytes,
-        store: w.state.store,
-      });
-    }
-    return out;
+  status(dir?: string): Promise<WorkspaceStatus[]> {
+    return this.workspaces.status(dir === undefined ? undefined : resolve(dir));
   }
 
   /** Take a workspace down. Its unsaved changes are kept (restore brings them back) unless discard. */
-  async unmount(dir: string, options: { discard?: boolean } = {}): Promise<{ dir: string; kept: boolean }> {
-    const abs = resolve(dir);
-    const ws = await findWorkspace(this.home, abs);
-    if (!ws) throw new WorkspaceNotFoundError(`${abs} is not a strata workspace`);
-    await this.takeDown(ws);
-    if (options.discard) {
-      await ws.remove();
-      return { dir: abs, kept: false };
-    }
-    return { dir: abs, kept: true };
+  unmount(dir: string, options: { discard?: boolean } = {}): Promise<{ dir: string; kept: boolean }> {
+    return this.workspaces.unmount(resolve(dir), options);
   }
 
   async listBackups(options: { name?: string } = {}): Promise<BackupInfo[]> {
@@ -601,8 +493,7 @@ export class Strata {
     const report = await gc(this.store, options);
     const grace = options.graceMs ?? DEFAULT_GRACE_MS;
     const now = options.now ?? Date.now();
-    const used = new Set<string>();
-    for (const w of await listWorkspaces(this.home)) for (const l of w.state.mounted) used.add(l.digest.slice(7));
+    const used = await this.workspaces.mountedLayers();
     const layerDirs: string[] = [];
     let hexes: string[] = [];
     try {

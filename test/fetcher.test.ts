@@ -10,11 +10,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Strata } from '../src/index.js';
-import { fetchToc, type LayerDescriptor } from '../src/format/reader.js';
+import type { LayerDescriptor } from '../src/format/reader.js';
+import { fetchToc } from '../src/store/blobs.js';
 import { parseDigest } from '../src/format/toc.js';
 import { Fetcher, type FetcherStartOptions, MSG_FETCH, MSG_HEADER_SIZE, MSG_MAGIC, REF_SIZE, RESP_MAGIC, RESP_SIZE } from '../src/restore/lazy/fetcher.js';
-import { viewChunks, type ViewChunk } from '../src/restore/lazy/index-file.js';
-import { buildView } from '../src/restore/view.js';
+import { viewChunks, type ViewChunk } from '../src/format/restore-index.js';
+import { buildView } from '../src/format/view.js';
 import { FileStore } from '../src/store/file.js';
 import { ProbeStore } from './helpers/probe-store.js';
 

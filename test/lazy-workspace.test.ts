@@ -148,7 +148,7 @@ describe.runIf(RUN)('lazy workspaces', () => {
       await writeFile(join(ws, 'b.txt'), 'changed\n');
       const h = await c.strata.createBackup({ dir: ws });
       const info = await c.strata.getBackup(h.id);
-      const { fetchToc } = await import('../src/format/reader.js');
+      const { fetchToc } = await import('../src/store/blobs.js');
       const toc = await fetchToc(c.strata.store, info.layers[1]!);
       // The prioritized files open the new layer (after their directories), then the change.
       const files = toc.entries.filter((e) => e.type === 'file').map((e) => e.path);

@@ -332,7 +332,7 @@ describe('a steady mix of stat, read and write during backups', () => {
 
 const TOC_PROBE = `
 import { encodeToc, decodeToc } from ${JSON.stringify(join(REPO, 'dist/format/toc.js'))};
-import { buildView } from ${JSON.stringify(join(REPO, 'dist/restore/view.js'))};
+import { buildView } from ${JSON.stringify(join(REPO, 'dist/format/view.js'))};
 const n = Number(process.argv[2]);
 const d = 'sha256:' + 'ab'.repeat(32);
 const entries = [{ path: '.', type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: [1700000000, 0], size: 0, headerOffset: 0 }];

@@ -26,7 +26,7 @@ import { StrataError, UnsafePathError } from '../src/errors.js';
 import { decodeFooter, encodeFooter, type Footer, footerSize } from '../src/format/footer.js';
 import { baseOf, checkLayerPath, decodeUtf8, displayPath, encodeUtf8, joinPath, parentOf } from '../src/format/paths.js';
 import { type Chunk, decodeToc, encodeToc, type EntryType, MAX_CHUNK_SIZE, type Toc, type TocEntry } from '../src/format/toc.js';
-import { buildView, walkView } from '../src/restore/view.js';
+import { buildView, walkView } from '../src/format/view.js';
 import { type CraftEntry, craftLayer } from './helpers/craft.js';
 
 const run = promisify(execFile);

@@ -4,10 +4,11 @@
  *   strata-fuse --index FILE --cache DIR --socket PATH [--timeout-ms N]
  *               [--threads N] [--ready-fd FD] [--foreground] [--die-with-parent]
  *               [--debug] MOUNTPOINT
+ *   strata-fuse --print-layout
  *
  * Metadata comes from the mmapped index (sx_index.c), file data from the
- * host-wide chunk cache (CACHE/ab/abcdef..., named by the sha256 of the
- * chunk's bytes). Only a cache miss involves the TypeScript fetcher, over a
+ * host-wide frame cache (CACHE/ab/abcdef..., named by the sha256 of a
+ * frame's uncompressed content; a file's chunk is a range of one frame). Only a cache miss involves the TypeScript fetcher, over a
  * unix socket (sx_fetch.c); a read waiting for it blocks its own worker thread
  * and nothing else. Layers are immutable, so every reply may be cached by the
  * kernel for a long time.
@@ -20,6 +21,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <limits.h>
+#include <stddef.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -38,14 +40,14 @@
 #include "sx_index.h"
 
 #define SX_TTL 86400.0          /* seconds the kernel may cache entries and attributes */
-#define SX_FETCH_ROUNDS 3       /* a chunk evicted between fetch and open is asked for again */
-#define SX_TOUCH_INTERVAL 60    /* seconds between LRU touches of one chunk */
+#define SX_FETCH_ROUNDS 3       /* a frame evicted between fetch and open is asked for again */
+#define SX_TOUCH_INTERVAL 60    /* seconds between LRU touches of one frame */
 
 struct sx_ctx {
 	struct sx_index idx;
 	int cache_fd;               /* the cache directory */
 	struct sx_fetch *fetch;
-	_Atomic uint32_t *touched;  /* per chunk: monotonic second of its last touch, 0 = never */
+	_Atomic uint32_t *touched;  /* per digest (cache entry): monotonic second of its last touch, 0 = never */
 	atomic_bool noatime;        /* O_NOATIME still allowed (it needs ownership or CAP_FOWNER) */
 	atomic_bool no_open;        /* the kernel can skip OPEN/RELEASE (FUSE_CAP_NO_OPEN_SUPPORT) */
 	atomic_bool no_opendir;     /* ... and OPENDIR/RELEASEDIR */
@@ -299,11 +301,11 @@ static void hex32(const uint8_t d[32], char out[65])
 	out[64] = '\0';
 }
 
-/* Open one chunk's cache file; -1 with errno set (ENOENT = not cached). */
+/* Open the cache file of a chunk's frame; -1 with errno set (ENOENT = not cached). */
 static int open_chunk(struct sx_ctx *c, const struct sx_chunk *ch)
 {
 	char name[3 + 65];
-	hex32(ch->digest, name + 3);
+	hex32(c->idx.digests[ch->digest].digest, name + 3);
 	name[0] = name[3];
 	name[1] = name[4];
 	name[2] = '/';
@@ -320,10 +322,10 @@ static int open_chunk(struct sx_ctx *c, const struct sx_chunk *ch)
 static void chunk_ref(const struct sx_ctx *c, const struct sx_chunk *ch, struct sx_chunk_ref *r)
 {
 	memcpy(r->layer, c->idx.layers[ch->layer].digest, 32);
-	memcpy(r->digest, ch->digest, 32);
+	memcpy(r->digest, c->idx.digests[ch->digest].digest, 32);
 	r->blob_off = ch->blob_off;
 	r->blob_len = ch->blob_len;
-	r->size = ch->size;
+	r->size = ch->frame_size; /* the fetcher caches whole frames */
 }
 
 static uint32_t now_sec(void)
@@ -335,11 +337,13 @@ static uint32_t now_sec(void)
 
 static void maybe_touch(struct sx_ctx *c, uint32_t ci)
 {
+	/* Rate-limited per frame: chunks of files sharing one frame share one cache entry. */
+	_Atomic uint32_t *t = &c->touched[c->idx.chunks[ci].digest];
 	uint32_t now = now_sec();
-	uint32_t last = atomic_load_explicit(&c->touched[ci], memory_order_relaxed);
+	uint32_t last = atomic_load_explicit(t, memory_order_relaxed);
 	if (last != 0 && now - last < SX_TOUCH_INTERVAL)
 		return;
-	if (!atomic_compare_exchange_strong(&c->touched[ci], &last, now))
+	if (!atomic_compare_exchange_strong(t, &last, now))
 		return; /* another thread is touching it */
 	struct sx_chunk_ref r;
 	chunk_ref(c, &c->idx.chunks[ci], &r);
@@ -349,10 +353,13 @@ static void maybe_touch(struct sx_ctx *c, uint32_t ci)
 static void log_failure(const struct sx_ctx *c, fuse_ino_t ino, const struct sx_chunk *ch, const char *why)
 {
 	char d[65], l[65];
-	hex32(ch->digest, d);
+	hex32(c->idx.digests[ch->digest].digest, d);
 	hex32(c->idx.layers[ch->layer].digest, l);
-	fprintf(stderr, "strata-fuse: read of inode %lu: chunk sha256:%s (layer sha256:%s bytes %llu+%u): %s\n",
-		(unsigned long)ino, d, l, (unsigned long long)ch->blob_off, ch->blob_len, why);
+	fprintf(stderr,
+		"strata-fuse: read of inode %lu: frame sha256:%s (%u bytes, file bytes at %u+%u; layer sha256:%s bytes "
+		"%llu+%u): %s\n",
+		(unsigned long)ino, d, ch->frame_size, ch->frame_off, ch->size, l, (unsigned long long)ch->blob_off,
+		ch->blob_len, why);
 }
 
 /*
@@ -379,6 +386,9 @@ static int open_chunks(struct sx_ctx *c, fuse_ino_t ino, uint32_t first, uint32_
 				log_failure(c, ino, ch, strerror(e));
 				return -EIO;
 			}
+			/* Consecutive chunks of one frame: ask for it once. */
+			if (nmiss > 0 && c->idx.chunks[miss[nmiss - 1]].digest == ch->digest)
+				continue;
 			chunk_ref(c, ch, &refs[nmiss]);
 			miss[nmiss++] = first + i;
 		}
@@ -463,12 +473,14 @@ static void sx_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		size_t want = (size_t)(ce - cs);
 		size_t got = 0;
 		while (got < want) {
-			ssize_t r = pread(fds[i], buf + (cs - start) + got, want - got, (off_t)(cs - ch->file_off + got));
+			/* The cache file is the whole frame; this file's bytes start at frame_off. */
+			ssize_t r = pread(fds[i], buf + (cs - start) + got, want - got,
+					  (off_t)(cs - ch->file_off + ch->frame_off + got));
 			if (r < 0 && errno == EINTR)
 				continue;
 			if (r <= 0) {
 				/* Cache files are written whole and renamed: short means damaged. */
-				log_failure(c, ino, ch, r < 0 ? strerror(errno) : "cache file is shorter than the chunk");
+				log_failure(c, ino, ch, r < 0 ? strerror(errno) : "cache file is shorter than the frame");
 				err = EIO;
 				goto out;
 			}
@@ -640,7 +652,72 @@ static const struct fuse_lowlevel_ops sx_ops = {
 static void usage(FILE *to)
 {
 	fprintf(to, "usage: strata-fuse --index FILE --cache DIR --socket PATH [--timeout-ms N] [--threads N]\n"
-		    "                   [--ready-fd FD] [--foreground] [--die-with-parent] [--debug] MOUNTPOINT\n");
+		    "                   [--ready-fd FD] [--foreground] [--die-with-parent] [--debug] MOUNTPOINT\n"
+		    "       strata-fuse --print-layout\n");
+}
+
+/*
+ * --print-layout: the record layouts as this binary was compiled, as one JSON
+ * object, so a test can hold the TypeScript encoder's constants against them.
+ */
+struct sx_field {
+	const char *name;
+	size_t off;
+};
+
+#define SX_F(type, field) { #field, offsetof(struct type, field) }
+
+static void print_record(const char *name, size_t size, const struct sx_field *f, size_t n, bool last)
+{
+	printf("\"%s\":{\"size\":%zu,\"offsets\":{", name, size);
+	for (size_t i = 0; i < n; i++)
+		printf("%s\"%s\":%zu", i ? "," : "", f[i].name, f[i].off);
+	printf("}}%s", last ? "" : ",");
+}
+
+#define SX_RECORD(name, type, last, ...)                                                                   \
+	do {                                                                                               \
+		static const struct sx_field f_[] = { __VA_ARGS__ };                                       \
+		print_record(name, sizeof(struct type), f_, sizeof(f_) / sizeof(f_[0]), last);             \
+	} while (0)
+
+static int print_layout(void)
+{
+	printf("{\"version\":%u,", SX_INDEX_VERSION);
+	SX_RECORD("header", sx_header, false, SX_F(sx_header, magic), SX_F(sx_header, version),
+		  SX_F(sx_header, header_size), SX_F(sx_header, node_count), SX_F(sx_header, dirent_count),
+		  SX_F(sx_header, chunk_count), SX_F(sx_header, xattr_count), SX_F(sx_header, layer_count),
+		  SX_F(sx_header, digest_count), SX_F(sx_header, nodes_off), SX_F(sx_header, dirents_off),
+		  SX_F(sx_header, chunks_off), SX_F(sx_header, xattrs_off), SX_F(sx_header, layers_off),
+		  SX_F(sx_header, digests_off), SX_F(sx_header, strings_off), SX_F(sx_header, strings_size),
+		  SX_F(sx_header, total_size));
+	SX_RECORD("node", sx_node, false, SX_F(sx_node, mode), SX_F(sx_node, uid), SX_F(sx_node, gid),
+		  SX_F(sx_node, nlink), SX_F(sx_node, size), SX_F(sx_node, mtime_sec), SX_F(sx_node, mtime_nsec),
+		  SX_F(sx_node, parent), SX_F(sx_node, rdev_major), SX_F(sx_node, rdev_minor), SX_F(sx_node, blocks),
+		  SX_F(sx_node, target_off), SX_F(sx_node, target_len), SX_F(sx_node, xattr_first),
+		  SX_F(sx_node, xattr_count), SX_F(sx_node, first), SX_F(sx_node, count), SX_F(sx_node, reserved));
+	SX_RECORD("dirent", sx_dirent, false, SX_F(sx_dirent, name_off), SX_F(sx_dirent, name_len),
+		  SX_F(sx_dirent, ino));
+	SX_RECORD("chunk", sx_chunk, false, SX_F(sx_chunk, file_off), SX_F(sx_chunk, blob_off),
+		  SX_F(sx_chunk, blob_len), SX_F(sx_chunk, size), SX_F(sx_chunk, frame_off), SX_F(sx_chunk, frame_size),
+		  SX_F(sx_chunk, digest), SX_F(sx_chunk, layer));
+	SX_RECORD("xattr", sx_xattr, false, SX_F(sx_xattr, name_off), SX_F(sx_xattr, value_off),
+		  SX_F(sx_xattr, name_len), SX_F(sx_xattr, value_len));
+	SX_RECORD("layer", sx_layer, false, SX_F(sx_layer, digest), SX_F(sx_layer, prefetch_off),
+		  SX_F(sx_layer, prefetch_len));
+	SX_RECORD("digest", sx_digest, false, SX_F(sx_digest, digest));
+	SX_RECORD("msg", sx_msg, false, SX_F(sx_msg, magic), SX_F(sx_msg, type), SX_F(sx_msg, id),
+		  SX_F(sx_msg, count), SX_F(sx_msg, flags));
+	SX_RECORD("chunk_ref", sx_chunk_ref, false, SX_F(sx_chunk_ref, layer), SX_F(sx_chunk_ref, digest),
+		  SX_F(sx_chunk_ref, blob_off), SX_F(sx_chunk_ref, blob_len), SX_F(sx_chunk_ref, size));
+	SX_RECORD("resp", sx_resp, true, SX_F(sx_resp, magic), SX_F(sx_resp, status), SX_F(sx_resp, id));
+	printf("}\n");
+	/* A test reads stdout through a pipe: a failed write must not look like success. */
+	if (fflush(stdout) != 0 || ferror(stdout)) {
+		fprintf(stderr, "strata-fuse: cannot write the layout: %s\n", strerror(errno));
+		return 1;
+	}
+	return 0;
 }
 
 static bool parse_uint(const char *s, unsigned long max, unsigned long *out)
@@ -676,7 +753,7 @@ int main(int argc, char **argv)
 		{ "threads", required_argument, NULL, 'T' },   { "ready-fd", required_argument, NULL, 'r' },
 		{ "foreground", no_argument, NULL, 'f' },      { "debug", no_argument, NULL, 'd' },
 		{ "die-with-parent", no_argument, NULL, 'P' }, { "help", no_argument, NULL, 'h' },
-		{ NULL, 0, NULL, 0 },
+		{ "print-layout", no_argument, NULL, 'L' },    { NULL, 0, NULL, 0 },
 	};
 	const char *index_path = NULL, *cache_dir = NULL, *socket_arg = NULL;
 	unsigned long timeout_ms = 60000, threads = 64, ready_fd = ULONG_MAX;
@@ -709,6 +786,7 @@ int main(int argc, char **argv)
 		case 'd': debug = true; break;
 		case 'P': die_with_parent = true; break;
 		case 'h': usage(stdout); return 0;
+		case 'L': return print_layout(); /* needs nothing else */
 		default: usage(stderr); return 2;
 		}
 	}
@@ -749,7 +827,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "strata-fuse: %s\n", err);
 		return 1;
 	}
-	ctx.touched = calloc(ctx.idx.hdr->chunk_count ? ctx.idx.hdr->chunk_count : 1, sizeof(*ctx.touched));
+	ctx.touched = calloc(ctx.idx.hdr->digest_count ? ctx.idx.hdr->digest_count : 1, sizeof(*ctx.touched));
 	socket_path = absolute(socket_arg);
 	if (!ctx.touched || !socket_path) {
 		fprintf(stderr, "strata-fuse: out of memory\n");

@@ -7,6 +7,7 @@
 #ifndef SX_FORMAT_H
 #define SX_FORMAT_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -16,7 +17,8 @@
 /* ---- index file -------------------------------------------------------- */
 
 #define SX_INDEX_MAGIC "STRATAIX" /* 8 bytes, no NUL */
-#define SX_INDEX_VERSION 1u
+#define SX_INDEX_VERSION 2u
+#define SX_MAX_FRAME (64u << 20) /* largest uncompressed frame: the size of one cache entry */
 
 struct sx_header {
 	char magic[8];
@@ -27,17 +29,22 @@ struct sx_header {
 	uint32_t chunk_count;
 	uint32_t xattr_count;
 	uint32_t layer_count;
-	uint32_t flags;         /* 0 */
+	uint32_t digest_count;
 	uint64_t nodes_off;     /* every section offset is 8-byte aligned */
 	uint64_t dirents_off;
 	uint64_t chunks_off;
 	uint64_t xattrs_off;
 	uint64_t layers_off;
+	uint64_t digests_off;
 	uint64_t strings_off;
 	uint64_t strings_size;
 	uint64_t total_size;    /* the file's length */
 };
 
+/*
+ * Nodes are numbered breadth first: every node but the root has a parent with
+ * a lower inode, which is what lets validation rule out directory loops.
+ */
 struct sx_node {
 	uint32_t mode;          /* st_mode: type bits and 07777 */
 	uint32_t uid;
@@ -46,7 +53,7 @@ struct sx_node {
 	uint64_t size;          /* files: logical size; symlinks: target length */
 	int64_t mtime_sec;
 	uint32_t mtime_nsec;
-	uint32_t parent;        /* inode of the directory first naming it */
+	uint32_t parent;        /* inode of the directory first naming it (dirs: the only one) */
 	uint32_t rdev_major;
 	uint32_t rdev_minor;
 	uint64_t blocks;        /* 512-byte units of stored (non-hole) data */
@@ -66,15 +73,20 @@ struct sx_dirent {
 	uint32_t ino;
 };
 
-/* A file's chunks are contiguous, in file order, never overlapping. */
+/*
+ * A file's chunks are contiguous, in file order, never overlapping. A chunk is
+ * the part of one compressed frame that holds this file's bytes; several files
+ * may share a frame, each at its own frame_off.
+ */
 struct sx_chunk {
 	uint64_t file_off;
-	uint32_t size;          /* uncompressed bytes */
-	uint32_t layer;         /* index into the layer table */
 	uint64_t blob_off;      /* the compressed frame in the layer blob */
 	uint32_t blob_len;
-	uint32_t reserved;
-	uint8_t digest[32];     /* sha256 of the uncompressed bytes: the cache key */
+	uint32_t size;          /* bytes of this file held in the chunk */
+	uint32_t frame_off;     /* where they start in the frame's uncompressed content */
+	uint32_t frame_size;    /* uncompressed size of the whole frame = its cache entry */
+	uint32_t digest;        /* index into the digest table: the frame's cache key */
+	uint32_t layer;         /* index into the layer table */
 };
 
 struct sx_xattr {
@@ -86,21 +98,35 @@ struct sx_xattr {
 
 struct sx_layer {
 	uint8_t digest[32];     /* sha256 of the layer blob */
+	uint64_t prefetch_off;  /* the layer's prioritized region in the blob; 0,0 = none */
+	uint64_t prefetch_len;
 };
 
-_Static_assert(sizeof(struct sx_header) == 104, "header layout");
+/* sha256 of a frame's uncompressed content, stored once however many chunks share it. */
+struct sx_digest {
+	uint8_t digest[32];
+};
+
+_Static_assert(sizeof(struct sx_header) == 112, "header layout");
 _Static_assert(sizeof(struct sx_node) == 88, "node layout");
 _Static_assert(sizeof(struct sx_dirent) == 16, "dirent layout");
-_Static_assert(sizeof(struct sx_chunk) == 64, "chunk layout");
+_Static_assert(sizeof(struct sx_chunk) == 40, "chunk layout");
 _Static_assert(sizeof(struct sx_xattr) == 24, "xattr layout");
-_Static_assert(sizeof(struct sx_layer) == 32, "layer layout");
+_Static_assert(sizeof(struct sx_layer) == 48, "layer layout");
+_Static_assert(sizeof(struct sx_digest) == 32, "digest layout");
+_Static_assert(offsetof(struct sx_header, digest_count) == 36 && offsetof(struct sx_header, digests_off) == 80,
+	       "header layout");
+_Static_assert(offsetof(struct sx_chunk, size) == 20 && offsetof(struct sx_chunk, frame_size) == 28 &&
+		       offsetof(struct sx_chunk, layer) == 36,
+	       "chunk layout");
+_Static_assert(offsetof(struct sx_layer, prefetch_off) == 32, "layer layout");
 
 /* ---- fetcher socket ---------------------------------------------------- */
 
 #define SX_MSG_MAGIC 0x31465853u  /* "SXF1" */
 #define SX_RESP_MAGIC 0x31525853u /* "SXR1" */
 #define SX_MSG_FETCH 1u           /* answer with one sx_resp once all are cached */
-#define SX_MSG_TOUCH 2u           /* no answer: these chunks were read from the cache */
+#define SX_MSG_TOUCH 2u           /* no answer: these frames were read from the cache */
 #define SX_MSG_MAX_REFS 1024u
 
 struct sx_msg {
@@ -113,15 +139,15 @@ struct sx_msg {
 
 struct sx_chunk_ref {
 	uint8_t layer[32];      /* sha256 of the layer blob */
-	uint8_t digest[32];     /* sha256 of the chunk's uncompressed bytes */
-	uint64_t blob_off;
+	uint8_t digest[32];     /* sha256 of the frame's uncompressed content (the cache key) */
+	uint64_t blob_off;      /* the compressed frame in the layer blob */
 	uint32_t blob_len;
-	uint32_t size;
+	uint32_t size;          /* uncompressed size of the whole frame */
 };
 
 struct sx_resp {
 	uint32_t magic;
-	int32_t status;         /* 0: every chunk asked for is in the cache; else an errno */
+	int32_t status;         /* 0: every frame asked for is in the cache; else an errno */
 	uint64_t id;
 };
 

@@ -10,6 +10,7 @@
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -43,14 +44,20 @@ static bool string_ok(const struct sx_index *idx, uint64_t off, uint64_t len)
 	return idx->strings[off + len] == '\0';
 }
 
-static int check_node(struct sx_index *idx, uint32_t i, char *err, size_t errlen)
+/*
+ * named: one bit per node, set once a dirent names that directory. With the
+ * parent rules below it makes the directory graph a tree rooted at inode 1, so
+ * nothing walking the view (find, du, our own "..") can loop.
+ */
+static int check_node(struct sx_index *idx, uint32_t i, uint8_t *named, char *err, size_t errlen)
 {
 	const struct sx_header *h = idx->hdr;
 	const struct sx_node *n = &idx->nodes[i];
 	uint32_t type = n->mode & S_IFMT;
 
-	if (n->parent == 0 || n->parent > h->node_count)
-		return fail(err, errlen, "node %u: bad parent %u", i + 1, n->parent);
+	/* Breadth-first numbering: a parent always comes earlier, so parent chains end at the root. */
+	if (i == 0 ? n->parent != 1 : (n->parent == 0 || n->parent > i))
+		return fail(err, errlen, "node %u: parent %u is not an earlier node", i + 1, n->parent);
 	if ((idx->nodes[n->parent - 1].mode & S_IFMT) != S_IFDIR)
 		return fail(err, errlen, "node %u: parent is not a directory", i + 1);
 	if (n->nlink == 0 || n->mtime_nsec > 999999999u)
@@ -70,8 +77,22 @@ static int check_node(struct sx_index *idx, uint32_t i, char *err, size_t errlen
 		const struct sx_dirent *prev = NULL;
 		for (uint32_t k = 0; k < n->count; k++) {
 			const struct sx_dirent *d = &idx->dirents[n->first + k];
-			if (d->ino == 0 || d->ino > h->node_count || d->ino == 1)
+			if (d->ino == 0 || d->ino > h->node_count)
 				return fail(err, errlen, "node %u: dirent with bad inode", i + 1);
+			if (d->ino == 1)
+				return fail(err, errlen, "node %u: dirent names the root", i + 1);
+			if ((idx->nodes[d->ino - 1].mode & S_IFMT) == S_IFDIR) {
+				/* A directory lives in exactly one place: its parent, once. */
+				uint32_t p = idx->nodes[d->ino - 1].parent;
+				if (p != i + 1)
+					return fail(err, errlen, "node %u: dirent names directory %u, whose parent is %u",
+						    i + 1, d->ino, p);
+				uint32_t b = d->ino - 1;
+				if (named[b / 8] & (1u << (b % 8)))
+					return fail(err, errlen, "node %u: directory %u is named by more than one dirent",
+						    i + 1, d->ino);
+				named[b / 8] |= (uint8_t)(1u << (b % 8));
+			}
 			if (d->name_len == 0 || d->name_len > 255 || !string_ok(idx, d->name_off, d->name_len))
 				return fail(err, errlen, "node %u: dirent with bad name", i + 1);
 			const char *name = sx_index_str(idx, d->name_off);
@@ -96,8 +117,19 @@ static int check_node(struct sx_index *idx, uint32_t i, char *err, size_t errlen
 		for (uint32_t k = 0; k < n->count; k++) {
 			const struct sx_chunk *c = &idx->chunks[n->first + k];
 			if (c->size == 0 || c->blob_len == 0 || c->layer >= h->layer_count || c->file_off < end ||
-			    c->file_off > n->size || c->size > n->size - c->file_off)
+			    c->file_off > n->size || c->size > n->size - c->file_off ||
+			    c->blob_len > UINT64_MAX - c->blob_off)
 				return fail(err, errlen, "node %u: bad chunk %u", i + 1, k);
+			if (c->digest >= h->digest_count)
+				return fail(err, errlen, "node %u: chunk %u: digest %u out of range (%u digests)", i + 1, k,
+					    c->digest, h->digest_count);
+			/* The cache entry is the whole frame: it must hold this file's bytes and stay bounded. */
+			if (c->frame_size > SX_MAX_FRAME)
+				return fail(err, errlen, "node %u: chunk %u: frame of %u bytes exceeds %u", i + 1, k,
+					    c->frame_size, SX_MAX_FRAME);
+			if ((uint64_t)c->frame_off + c->size > c->frame_size)
+				return fail(err, errlen, "node %u: chunk %u: bytes %u+%u lie outside its %u-byte frame",
+					    i + 1, k, c->frame_off, c->size, c->frame_size);
 			end = c->file_off + c->size;
 			idx->stored_bytes += c->size;
 		}
@@ -131,7 +163,8 @@ int sx_index_open(struct sx_index *idx, const char *path, char *err, size_t errl
 		close(fd);
 		return fail(err, errlen, "stat %s: %s", path, strerror(e));
 	}
-	if ((uint64_t)st.st_size < sizeof(struct sx_header)) {
+	/* Magic, version and header_size (16 bytes) are all that is read before the version is known. */
+	if ((uint64_t)st.st_size < offsetof(struct sx_header, node_count)) {
 		close(fd);
 		return fail(err, errlen, "%s: too short for an index", path);
 	}
@@ -148,8 +181,16 @@ int sx_index_open(struct sx_index *idx, const char *path, char *err, size_t errl
 	idx->hdr = h;
 	if (memcmp(h->magic, SX_INDEX_MAGIC, 8) != 0)
 		goto bad_magic;
-	if (h->version != SX_INDEX_VERSION || h->header_size != sizeof(*h)) {
+	if (h->version != SX_INDEX_VERSION) {
 		fail(err, errlen, "%s: index version %u, expected %u", path, h->version, SX_INDEX_VERSION);
+		goto out;
+	}
+	if (h->header_size != sizeof(*h)) {
+		fail(err, errlen, "%s: index header of %u bytes, expected %zu", path, h->header_size, sizeof(*h));
+		goto out;
+	}
+	if (total < sizeof(*h)) {
+		fail(err, errlen, "%s: too short for an index", path);
 		goto out;
 	}
 	if (h->total_size != total || h->node_count == 0 ||
@@ -158,6 +199,7 @@ int sx_index_open(struct sx_index *idx, const char *path, char *err, size_t errl
 	    !section_ok(h->chunks_off, h->chunk_count, sizeof(struct sx_chunk), total) ||
 	    !section_ok(h->xattrs_off, h->xattr_count, sizeof(struct sx_xattr), total) ||
 	    !section_ok(h->layers_off, h->layer_count, sizeof(struct sx_layer), total) ||
+	    !section_ok(h->digests_off, h->digest_count, sizeof(struct sx_digest), total) ||
 	    !section_ok(h->strings_off, h->strings_size, 1, total) || h->strings_size == 0) {
 		fail(err, errlen, "%s: truncated or inconsistent index", path);
 		goto out;
@@ -168,14 +210,34 @@ int sx_index_open(struct sx_index *idx, const char *path, char *err, size_t errl
 	idx->chunks = (const void *)(base + h->chunks_off);
 	idx->xattrs = (const void *)(base + h->xattrs_off);
 	idx->layers = (const void *)(base + h->layers_off);
+	idx->digests = (const void *)(base + h->digests_off);
 	idx->strings = base + h->strings_off;
 	if ((idx->nodes[0].mode & S_IFMT) != S_IFDIR || idx->nodes[0].parent != 1) {
 		fail(err, errlen, "%s: node 1 is not the root directory", path);
 		goto out;
 	}
-	for (uint32_t i = 0; i < h->node_count; i++)
-		if (check_node(idx, i, err, errlen) < 0)
+	for (uint32_t i = 0; i < h->layer_count; i++) {
+		const struct sx_layer *l = &idx->layers[i];
+		if (l->prefetch_len > UINT64_MAX - l->prefetch_off) {
+			fail(err, errlen, "%s: layer %u: prefetch region overflows", path, i);
 			goto out;
+		}
+	}
+	uint8_t *named = calloc((size_t)h->node_count / 8 + 1, 1);
+	if (!named) {
+		fail(err, errlen, "%s: out of memory", path);
+		goto out;
+	}
+	/* Node messages follow "PATH: ", like every other refusal. */
+	int pre = snprintf(err, errlen, "%s: ", path);
+	size_t skip = pre > 0 && (size_t)pre < errlen ? (size_t)pre : 0;
+	for (uint32_t i = 0; i < h->node_count; i++) {
+		if (check_node(idx, i, named, err + skip, errlen - skip) < 0) {
+			free(named);
+			goto out;
+		}
+	}
+	free(named);
 	return 0;
 bad_magic:
 	fail(err, errlen, "%s: not a strata index", path);

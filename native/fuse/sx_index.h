@@ -19,6 +19,7 @@ struct sx_index {
 	const struct sx_chunk *chunks;
 	const struct sx_xattr *xattrs;
 	const struct sx_layer *layers;
+	const struct sx_digest *digests;
 	const char *strings;
 	uint64_t stored_bytes; /* sum of chunk sizes, for statfs */
 };

@@ -13,7 +13,7 @@ import { lstat, readdir, readlink } from 'node:fs/promises';
 import { type BytePath, compareBytes, fromFsPath, joinPath, toFsPath } from '../format/paths.js';
 import type { TocEntry } from '../format/toc.js';
 import type { LayerWriter } from '../format/writer.js';
-import type { ViewNode } from '../restore/view.js';
+import type { ViewNode } from '../format/view.js';
 import { sys } from '../sys/native.js';
 import { ParentDirs, splitNs, TreeCapture } from './tree.js';
 

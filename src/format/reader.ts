@@ -1,13 +1,12 @@
 /**
- * Reading a layer from a store: its TOC (verified against the digest the manifest gives) and its
- * chunks (each verified against the TOC before a byte of it is used).
+ * Verifying what is read from a layer: its TOC frame (against the digest the manifest gives) and
+ * its chunks (each against the TOC before a byte of it is used). Bytes only: fetching them is the
+ * store's (src/store/blobs.ts).
  */
 import { constants as bufferConstants } from 'node:buffer';
 import { createHash } from 'node:crypto';
 import { DigestMismatchError, InvalidLayerError } from '../errors.js';
-import type { ObjectStore } from '../store/store.js';
 import { codecFor, type Codec } from './codec.js';
-import { decodeFooter, FOOTER_READ_SIZE, type Footer } from './footer.js';
 import { type Chunk, type CodecName, decodeToc, parseDigest, type Toc } from './toc.js';
 
 /**
@@ -47,22 +46,6 @@ export async function decodeTocFrame(frame: Buffer, d: Pick<LayerDescriptor, 'co
   const toc = decodeToc(raw, d.tocOffset);
   if (toc.codec !== d.codec) throw new InvalidLayerError(`TOC of ${where} names codec ${toc.codec}, its footer ${d.codec}`);
   return toc;
-}
-
-/** Fetch and verify a layer's TOC with one range request. */
-export async function fetchToc(store: ObjectStore, d: LayerDescriptor): Promise<Toc> {
-  const key = blobKey(d.digest);
-  if (d.tocOffset + d.tocLength > d.size) throw new InvalidLayerError(`manifest places the TOC of ${key} past its end`);
-  const frame = await store.getBytes(key, { start: d.tocOffset, end: d.tocOffset + d.tocLength });
-  if (frame.length !== d.tocLength) throw new InvalidLayerError(`short read of the TOC of ${key}`);
-  return decodeTocFrame(frame, d, key);
-}
-
-/** Locate the TOC of a bare blob through its footer (for blobs without a manifest entry). */
-export async function readFooter(store: ObjectStore, key: string, size: number): Promise<Footer> {
-  const start = Math.max(0, size - FOOTER_READ_SIZE);
-  const tail = await store.getBytes(key, { start, end: size });
-  return decodeFooter(tail, size);
 }
 
 /** Decompress one chunk frame and check it against the TOC; throws rather than return bad bytes. */

@@ -25,6 +25,13 @@ export interface Chunk {
   blobLength: number;
   /** 'sha256:<hex>' of the uncompressed bytes. */
   digest: string;
+  /**
+   * Set only when the frame holds more than this file's bytes (restore index records, not TOC v1):
+   * where in the frame's uncompressed bytes this chunk starts, and the frame's whole size (what
+   * digest covers then).
+   */
+  frameOffset?: number;
+  frameSize?: number;
 }
 
 export interface TocEntry {

@@ -27,6 +27,8 @@ export interface LayerResult {
   entries: number;
   /** Uncompressed file bytes stored. */
   dataBytes: number;
+  /** The TOC as written (the backup builds its restore index from it). */
+  toc: Toc;
 }
 
 export interface Mark {
@@ -198,6 +200,7 @@ export class LayerWriter {
       tocDigest: 'sha256:' + tocDigest,
       entries: this.entries.length,
       dataBytes: this.dataBytes,
+      toc,
     };
   }
 

@@ -11,7 +11,8 @@ import { randomBytes } from 'node:crypto';
 import { constants as C } from 'node:fs';
 import { chmod, lchown, link, mkdir, open, rm, rmdir, symlink, readdir, lstat, type FileHandle } from 'node:fs/promises';
 import { dirname, basename, resolve } from 'node:path';
-import { BackupRestoreError, StrataError, TargetNotEmptyError } from '../errors.js';
+import { BackupRestoreError, StrataError } from '../errors.js';
+import { besideTarget, checkTarget, swapInto } from './target.js';
 import { codecFor } from '../format/codec.js';
 import { type BytePath, displayPath, joinPath, toFsPath, fromFsPath } from '../format/paths.js';
 import { blobKey, decodeChunk, type LayerDescriptor } from '../format/reader.js';
@@ -19,7 +20,7 @@ import type { Chunk, TocEntry } from '../format/toc.js';
 import type { ObjectStore } from '../store/store.js';
 import { sys } from '../sys/native.js';
 import { forEachLimit } from '../util/concurrency.js';
-import { type ViewNode, walkView } from './view.js';
+import { type ViewNode, walkView } from '../format/view.js';
 
 export interface ExtractOptions {
   /** Replace a non-empty target (its old content is removed only after the new tree is complete). */
@@ -92,24 +93,6 @@ function spans(jobs: ChunkJob[], maxGap: number): Array<{ start: number; end: nu
   return out;
 }
 
-/** Prepare the target: absent, or an empty directory (or anything, with force). */
-async function checkTarget(target: string, force: boolean): Promise<'absent' | 'empty' | 'replace'> {
-  let st;
-  try {
-    st = await lstat(target);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 'absent';
-    throw err;
-  }
-  if (!st.isDirectory()) {
-    if (!force) throw new TargetNotEmptyError(`restore target ${target} exists and is not a directory; remove it or pass --force`);
-    return 'replace';
-  }
-  if ((await readdir(target)).length === 0) return 'empty';
-  if (!force) throw new TargetNotEmptyError(`restore target ${target} is not empty; restore elsewhere, empty it, or pass --force to replace it`);
-  return 'replace';
-}
-
 export async function extractView(
   store: ObjectStore,
   layers: LayerDescriptor[],
@@ -121,7 +104,7 @@ export async function extractView(
   const target = resolve(targetDir);
   const mode = await checkTarget(target, !!opts.force);
   await mkdir(dirname(target), { recursive: true });
-  const staging = resolve(dirname(target), `.${basename(target)}.strata-${randomBytes(6).toString('hex')}`);
+  const staging = besideTarget(target, '');
   await mkdir(staging, { mode: 0o700 });
   const stagingB = fromFsPath(Buffer.from(staging));
   const stats: ExtractStats = { entries: 0, bytes: 0, requests: 0 };
@@ -283,15 +266,10 @@ export async function extractView(
     });
 
     // 4. Swap in.
-    if (mode === 'empty') await rmdir(target);
-    if (mode === 'replace') {
-      const old = resolve(dirname(target), `.${basename(target)}.strata-old-${randomBytes(6).toString('hex')}`);
-      sys.renameNoReplace(Buffer.from(target), Buffer.from(old));
+    await swapInto(target, mode, async () => {
+      if (mode === 'empty') await rmdir(target);
       sys.renameNoReplace(Buffer.from(staging), Buffer.from(target));
-      await rm(old, { recursive: true, force: true });
-    } else {
-      sys.renameNoReplace(Buffer.from(staging), Buffer.from(target));
-    }
+    });
     return stats;
   } catch (err) {
     await rm(staging, { recursive: true, force: true }).catch(() => undefined);

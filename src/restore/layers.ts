@@ -6,11 +6,12 @@
  */
 import { lstat, mkdir, readlink, rm, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import { fetchToc, type LayerDescriptor } from '../format/reader.js';
+import type { LayerDescriptor } from '../format/reader.js';
+import { fetchToc } from '../store/blobs.js';
 import { parseDigest, type Toc } from '../format/toc.js';
 import type { ObjectStore } from '../store/store.js';
 import { extractView } from './extract.js';
-import { buildView } from './view.js';
+import { buildView } from '../format/view.js';
 
 export interface LayerDirs {
   /** Short relative names for overlay options, TOP FIRST, relative to `home`. */

@@ -18,6 +18,11 @@ export class DeferredStore implements ObjectStore {
     return this.real;
   }
 
+  /** Start loading now (e.g. while an index downloads), so the first real call does not wait. */
+  preload(): void {
+    this.store().catch(() => undefined); // surfaced by the first real call
+  }
+
   async putFile(key: string, path: string, opts?: { onProgress?: (sentBytes: number) => void }): Promise<void> {
     return (await this.store()).putFile(key, path, opts);
   }

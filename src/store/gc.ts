@@ -48,7 +48,10 @@ export async function gc(store: ObjectStore, opts: GcOptions = {}): Promise<GcRe
   for (const r of records) {
     const m = r.manifest;
     const protects = !isExpired(m, now) || Date.parse(m.expiresAt!) > now - grace;
-    if (protects) for (const l of m.layers) live.add(`blobs/sha256/${l.digest.slice(7)}`);
+    if (protects) {
+      for (const l of m.layers) live.add(`blobs/sha256/${l.digest.slice(7)}`);
+      if (m.index && m.index.inline === undefined) live.add(`blobs/sha256/${m.index.digest.slice(7)}`);
+    }
     if (isExpired(m, now)) report.expiredManifests.push(m.id);
   }
   if (!opts.dryRun) for (const id of report.expiredManifests) await store.delete(`manifests/${id}.json`);

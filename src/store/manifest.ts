@@ -4,6 +4,7 @@
  */
 import { InvalidBackupConfigError, InvalidLayerError } from '../errors.js';
 import type { LayerDescriptor } from '../format/reader.js';
+import type { IndexDescriptor } from '../format/restore-index.js';
 
 export const MANIFEST_KIND = 'strata.backup.manifest';
 export const MANIFEST_VERSION = 1;
@@ -21,6 +22,12 @@ export interface Manifest {
   /** Id of the backup this one stacks on, when incremental. */
   parent?: string;
   layers: LayerDescriptor[];
+  /**
+   * The restore index of the whole chain (a blob, or inline when small): what a lazy restore
+   * mounts without reading any TOC. Absent in backups made before it existed; they restore by
+   * building it from the TOCs.
+   */
+  index?: IndexDescriptor;
 }
 
 /** What createBackup returns: a superset of Cloudflare's { id, dir }. JSON-serialisable. */
@@ -122,7 +129,20 @@ export function decodeManifest(buf: Buffer): Manifest {
   if (m.layers.length === 0) bad('no layers');
   if (r.name !== undefined) m.name = checkName(r.name);
   if (r.parent !== undefined) m.parent = checkId(r.parent);
+  if (r.index !== undefined) m.index = indexDescriptor(r.index);
   return m;
+}
+
+function indexDescriptor(v: unknown): IndexDescriptor {
+  if (typeof v !== 'object' || v === null) bad('index is not an object');
+  const o = v as Record<string, unknown>;
+  if (typeof o.digest !== 'string' || !DIGEST_RE.test(o.digest)) bad('index digest');
+  const d: IndexDescriptor = { digest: o.digest, size: nat(o.size, 'index size'), rawSize: nat(o.rawSize, 'index rawSize') };
+  if (o.inline !== undefined) {
+    if (typeof o.inline !== 'string' || !/^[A-Za-z0-9+/]*={0,2}$/.test(o.inline) || Buffer.from(o.inline, 'base64').length !== d.size) bad('index inline is not the base64 of size bytes');
+    d.inline = o.inline;
+  }
+  return d;
 }
 
 export function handleOf(m: Manifest, manifestDigest: string): BackupHandle {

@@ -10,6 +10,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, open, readdir, readFile, rename, rm, writeFile, lstat, chmod, lchown } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { LayerDescriptor } from '../format/reader.js';
+import type { IndexDescriptor } from '../format/restore-index.js';
 import type { TocEntry } from '../format/toc.js';
 import { checkLayerPath } from '../format/paths.js';
 import { sys } from '../sys/native.js';
@@ -32,6 +33,8 @@ export interface WorkspaceState {
   layers: LayerDescriptor[];
   /** The layers mounted below the upper, bottom first (the chain at restore time). */
   mounted: LayerDescriptor[];
+  /** The restore index of `layers` as its manifest names it (chain.index holds its bytes). */
+  index?: IndexDescriptor;
   createdAt: string;
   updatedAt: string;
 }
@@ -214,4 +217,22 @@ export async function listWorkspaces(home: string): Promise<Workspace[]> {
 export async function findWorkspace(home: string, dir: string): Promise<Workspace | undefined> {
   const abs = resolve(dir);
   return (await listWorkspaces(home)).find((w) => w.state.dir === abs);
+}
+
+/** Where a lazy workspace's read-only view is mounted (its overlay's lower directory). */
+export function lowerDir(ws: Workspace): string {
+  return join(ws.root, 'lower');
+}
+
+/** The restore index a lazy workspace's view serves (the chain mounted at restore). */
+export function mountIndexPath(ws: Workspace): string {
+  return join(ws.root, 'mount.index');
+}
+
+/**
+ * The restore index of the workspace's current chain (state.layers): the base its next backup
+ * stacks the new layer on, so an incremental backup fetches no TOC of its parents.
+ */
+export function chainIndexPath(ws: Workspace): string {
+  return join(ws.root, 'chain.index');
 }

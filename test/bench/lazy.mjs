@@ -20,7 +20,7 @@ import { fileURLToPath } from 'node:url';
 const here = path.dirname(fileURLToPath(import.meta.url));
 const dist = path.resolve(here, '..', '..', 'dist');
 const { Strata } = await import(path.join(dist, 'index.js'));
-const { fetchToc } = await import(path.join(dist, 'format', 'reader.js'));
+const { fetchToc } = await import(path.join(dist, 'store', 'blobs.js'));
 const { mountLazy } = await import(path.join(dist, 'restore', 'lazy', 'mount.js'));
 
 const args = process.argv.slice(2);

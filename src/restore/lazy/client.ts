@@ -5,9 +5,9 @@ import { connect } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BackupRestoreError } from '../../errors.js';
-import { controlSocket, runDir } from './daemon.js';
+import { controlSocket, type DaemonRequest, type ReplyTo, runDir } from './protocol.js';
 
-function request(home: string, msg: Record<string, unknown>, timeoutMs: number): Promise<Record<string, unknown>> {
+function request<R extends DaemonRequest>(home: string, msg: R, timeoutMs: number): Promise<ReplyTo<R>> {
   return new Promise((resolveReq, reject) => {
     const sock = connect(controlSocket(home));
     let buf = '';
@@ -21,7 +21,7 @@ function request(home: string, msg: Record<string, unknown>, timeoutMs: number):
     sock.on('end', () => {
       clearTimeout(t);
       try {
-        resolveReq(JSON.parse(buf) as Record<string, unknown>);
+        resolveReq(JSON.parse(buf) as ReplyTo<R>);
       } catch {
         reject(new BackupRestoreError(`bad answer from the restore daemon: ${buf.slice(0, 200)}`));
       }
@@ -47,17 +47,45 @@ async function startDaemon(home: string, env: Record<string, string>): Promise<v
   await logFile.close();
 }
 
+/** When this process last started a daemon for a home: a second start within a second is skipped. */
+const startedAt = new Map<string, number>();
+
+async function startOnce(home: string, env: Record<string, string>): Promise<void> {
+  if (Date.now() - (startedAt.get(home) ?? 0) <= 1000) return;
+  startedAt.set(home, Date.now());
+  await startDaemon(home, env);
+}
+
+/** Is a daemon listening on this home's control socket? (One connect, no request.) */
+function listening(home: string): Promise<boolean> {
+  return new Promise((res) => {
+    const sock = connect(controlSocket(home));
+    sock.once('connect', () => {
+      sock.destroy();
+      res(true);
+    });
+    sock.once('error', () => res(false));
+  });
+}
+
+/**
+ * Start the daemon now if none runs, without waiting for it: a lazy restore calls this first, so
+ * the daemon's own start-up overlaps the manifest and index downloads.
+ */
+export async function ensureDaemon(home: string, env: Record<string, string> = {}): Promise<void> {
+  if (!(await listening(home))) await startOnce(home, env);
+}
+
 /** Send a request, starting the daemon first when `start` and nothing answers. */
-export async function daemonRequest(
+export async function daemonRequest<R extends DaemonRequest>(
   home: string,
-  msg: Record<string, unknown>,
+  msg: R,
   opts: { start?: boolean; timeoutMs?: number; env?: Record<string, string> } = {},
-): Promise<Record<string, unknown> | null> {
+): Promise<ReplyTo<R> | null> {
   const timeoutMs = opts.timeoutMs ?? 60_000;
   const until = Date.now() + 15_000;
-  let startedAt = 0;
   for (;;) {
-    let answer: Record<string, unknown> | undefined;
+    let answer: ReplyTo<R> | undefined;
     try {
       answer = await request(home, msg, timeoutMs);
     } catch (err) {
@@ -69,12 +97,9 @@ export async function daemonRequest(
       }
       // Start one; again if it has not answered within a second (it may have found a daemon
       // that was on its way out still holding the pid file, and left).
-      if (Date.now() - startedAt > 1000) {
-        await startDaemon(home, opts.env ?? {});
-        startedAt = Date.now();
-      }
+      await startOnce(home, opts.env ?? {});
     }
-    if (answer && answer.code !== 'EXITING') return answer;
+    if (answer && (answer.ok || answer.code !== 'EXITING')) return answer;
     // A daemon on its way out answered: once it is gone, start (or reach) the next one.
     if (answer && !opts.start) return null;
     await new Promise((r) => setTimeout(r, 50));

@@ -3,40 +3,23 @@
  * lazy mounts of every workspace on the host, one fetcher and one chunk cache for all of them
  * (forks fetch nothing twice), and hydrates each workspace in the background.
  *
- * Control: JSON lines on STRATA_HOME/run/daemon.sock, one request per connection:
- *   { op: 'mount', workspace, hydrate }  → { ok: true }         (returns once the mount answers)
- *   { op: 'unmount', workspace }          → { ok: true }
- *   { op: 'status' }                      → { ok: true, pid, mounts: [...], fetcher }
- * The daemon exits when its last mount goes. Run as: node daemon.js STRATA_HOME
+ * Control: the typed request/reply union of protocol.ts, one JSON line each way per connection on
+ * STRATA_HOME/run/daemon.sock. A mount serves the restore index the caller wrote into the
+ * workspace (mount.index): the daemon parses no TOC and builds no view. The daemon exits when its
+ * last mount goes. Run as: node daemon.js STRATA_HOME
  */
 import { open as openFile, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
-import { fetchToc } from '../../format/reader.js';
+import { indexMatchesLayers, RestoreIndex } from '../../format/restore-index.js';
+import { DeferredStore } from '../../store/deferred.js';
 import { openStore } from '../../store/index.js';
 import type { ObjectStore } from '../../store/store.js';
-import { Workspace } from '../../workspace/workspace.js';
-import { buildView, type ViewNode, walkView } from '../view.js';
-import { Fetcher, type FetcherStats } from './fetcher.js';
-import { viewChunks } from './index-file.js';
+import { lowerDir, mountIndexPath, Workspace } from '../../workspace/workspace.js';
+import { Fetcher } from './fetcher.js';
 import { type LazyMount, mountLazy, unmountPath } from './mount.js';
+import { controlSocket, type DaemonRequest, type DaemonStatus, parseRequest, runDir } from './protocol.js';
 import { pidAlive } from '../../util/process.js';
-
-export interface MountStatus {
-  workspace: string;
-  mountpoint: string;
-  chunks: number;
-  /** Chunks of this view in the host cache. */
-  cached: number;
-  hydrating: boolean;
-  errors: string[];
-}
-
-export interface DaemonStatus {
-  pid: number;
-  mounts: MountStatus[];
-  fetcher: FetcherStats;
-}
 
 interface Held {
   mount: LazyMount;
@@ -44,17 +27,6 @@ interface Held {
   hydrating: boolean;
   errors: string[];
   abort: AbortController;
-}
-
-export function runDir(home: string): string {
-  return join(home, 'run');
-}
-export function controlSocket(home: string): string {
-  return join(runDir(home), 'daemon.sock');
-}
-/** Where a lazy workspace's read-only view is mounted (its overlay's lower directory). */
-export function lowerDir(ws: Workspace): string {
-  return join(ws.root, 'lower');
 }
 
 const log = (msg: string): void => {
@@ -100,6 +72,8 @@ async function main(home: string): Promise<void> {
     let s = stores.get(url);
     if (!s) {
       s = openStore(url);
+      // An s3:// store loads the AWS SDK on first use: start now, while the mount comes up.
+      if (s instanceof DeferredStore) s.preload();
       stores.set(url, s);
     }
     return s;
@@ -124,24 +98,27 @@ async function main(home: string): Promise<void> {
     if (held.has(id)) return;
     const ws = await Workspace.load(home, id);
     const store = storeFor(ws.state.store);
-    const tocs = await Promise.all(ws.state.mounted.map((l) => fetchToc(store, l)));
-    const view = buildView(tocs);
+    // The ready path: the index the caller fetched and verified, straight to strata-fuse.
+    const indexPath = mountIndexPath(ws);
+    const ix = RestoreIndex.parse(await readFile(indexPath));
+    if (!indexMatchesLayers(ix, ws.state.mounted)) throw new Error(`${indexPath} does not describe the layers of workspace ${id}; restore it again`);
+    const chunks = ix.chunks();
     const mountpoint = lowerDir(ws);
     await unmountPath(mountpoint); // a dead mount left by a crashed server
     await mkdir(mountpoint, { recursive: true });
-    const m = await mountLazy({ store, layers: ws.state.mounted, view, mountpoint, runDir: join(ws.root, 'run'), fetcher, onLog: (l) => log(`strata-fuse ${id}: ${l}`) });
-    const chunks = viewChunks(view);
+    const m = await mountLazy({ store, layers: ws.state.mounted, indexPath, chunks, mountpoint, runDir: join(ws.root, 'run'), fetcher, onLog: (l) => log(`strata-fuse ${id}: ${l}`) });
     const h: Held = { mount: m, digests: chunks.map((c) => c.chunk.digest), hydrating: false, errors: [], abort: new AbortController() };
     held.set(id, h);
-    // Prioritized files: each layer's landmark region, fetched ahead of everything else.
+    // Prioritized files: each layer's landmark region, fetched ahead of hydration.
+    const regions = ix.layers().map((l) => l.prefetch);
     const landmark = chunks.filter(({ layer, chunk }) => {
-      const p = tocs[layer]?.prefetch;
+      const p = regions[layer];
       return p !== undefined && chunk.blobOffset >= p.blobOffset && chunk.blobOffset + chunk.blobLength <= p.blobOffset + p.blobLength;
     });
     if (landmark.length > 0) {
       fetcher.hydrate(ws.state.mounted, landmark, { priority: 'normal', signal: h.abort.signal }).catch((err: Error) => h.errors.push(`prefetch: ${err.message}`));
     }
-    recordFirstReads(ws, view, fetcher);
+    recordFirstReads(ws, ix, fetcher);
     m.child.once('exit', (code, sig) => {
       if (held.get(id) === h && !exiting) {
         h.errors.push(`strata-fuse exited (${sig ?? code}); run 'strata unmount' then 'strata restore' to bring the workspace back`);
@@ -190,21 +167,19 @@ async function main(home: string): Promise<void> {
     }, 3000);
   };
 
-  const handle = async (req: Record<string, unknown>): Promise<unknown> => {
+  const handle = async (req: DaemonRequest): Promise<unknown> => {
     if (exiting) return { ok: false, code: 'EXITING', error: 'the daemon is stopping' };
-    if (req.op === 'mount') clearTimeout(idleTimer);
     switch (req.op) {
       case 'mount':
-        await mount(String(req.workspace), req.hydrate !== false);
+        clearTimeout(idleTimer);
+        await mount(req.workspace, req.hydrate);
         return { ok: true };
       case 'unmount':
-        await unmount(String(req.workspace));
+        await unmount(req.workspace);
         if (held.size === 0) idleExit();
         return { ok: true };
       case 'status':
         return { ok: true, ...status() };
-      default:
-        return { ok: false, error: `unknown op ${String(req.op)}` };
     }
   };
 
@@ -215,17 +190,17 @@ async function main(home: string): Promise<void> {
       buf += d;
       const nl = buf.indexOf('\n');
       if (nl < 0) return;
-      let req: Record<string, unknown>;
+      let req: DaemonRequest;
       try {
-        req = JSON.parse(buf.slice(0, nl)) as Record<string, unknown>;
-      } catch {
-        sock.end(JSON.stringify({ ok: false, error: 'bad request' }) + '\n');
+        req = parseRequest(buf.slice(0, nl));
+      } catch (err) {
+        sock.end(JSON.stringify({ ok: false, error: `bad request: ${(err as Error).message}` }) + '\n');
         return;
       }
       handle(req).then(
         (res) => sock.end(JSON.stringify(res) + '\n'),
         (err: Error & { code?: string }) => {
-          log(`${String(req.op)} ${String(req.workspace ?? '')} failed: ${err.message}`);
+          log(`${req.op} ${'workspace' in req ? req.workspace : ''} failed: ${err.message}`);
           sock.end(JSON.stringify({ ok: false, error: err.message, code: err.code }) + '\n');
         },
       );
@@ -258,27 +233,33 @@ async function main(home: string): Promise<void> {
  * Record which files the workspace reads in its first seconds (STRATA_PRIORITY_WINDOW_MS, default
  * 10 s) into prioritized.json; the workspace's next backup writes them first in its layer.
  */
-function recordFirstReads(ws: Workspace, view: ViewNode, fetcher: Fetcher): void {
+function recordFirstReads(ws: Workspace, ix: RestoreIndex, fetcher: Fetcher): void {
   const windowMs = envCount('STRATA_PRIORITY_WINDOW_MS', 1) ?? 10_000;
-  const pathOf = new Map<string, string>();
-  for (const n of walkView(view)) {
-    if (n.entry.type !== 'file') continue;
-    for (const c of n.entry.chunks ?? []) if (!pathOf.has(c.digest.slice(7))) pathOf.set(c.digest.slice(7), n.path);
-  }
+  // Digests are kept as they arrive; paths are looked up only when the window closes, so no
+  // walk of the index runs while the workload starts.
   const order: string[] = [];
   const seen = new Set<string>();
   const off = fetcher.onAccess((hex) => {
-    const p = pathOf.get(hex);
-    if (p !== undefined && !seen.has(p) && order.length < 10_000) {
-      seen.add(p);
-      order.push(p);
+    if (!seen.has(hex) && order.length < 100_000) {
+      seen.add(hex);
+      order.push(hex);
     }
   });
   setTimeout(() => {
     off();
     if (order.length === 0) return;
+    const pathOf = ix.pathsByDigest();
+    const paths: string[] = [];
+    const have = new Set<string>();
+    for (const hex of order) {
+      const p = pathOf.get(hex);
+      if (p === undefined || have.has(p) || paths.length >= 10_000) continue;
+      have.add(p);
+      paths.push(p);
+    }
+    if (paths.length === 0) return;
     // Paths are byte strings (latin1 code points): JSON keeps them exactly.
-    writeFile(join(ws.root, 'prioritized.json'), JSON.stringify(order)).catch((err: Error) => log(`prioritized files of ${ws.state.id}: ${err.message}`));
+    writeFile(join(ws.root, 'prioritized.json'), JSON.stringify(paths)).catch((err: Error) => log(`prioritized files of ${ws.state.id}: ${err.message}`));
   }, windowMs).unref();
 }
 

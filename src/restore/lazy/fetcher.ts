@@ -19,7 +19,7 @@ import { blobKey, decodeChunk, type LayerDescriptor } from '../../format/reader.
 import { type Chunk, MAX_CHUNK_SIZE, parseDigest } from '../../format/toc.js';
 import type { ObjectStore } from '../../store/store.js';
 import { ChunkCache, type ChunkCacheStats } from './cache.js';
-import type { ViewChunk } from './index-file.js';
+import type { ViewChunk } from '../../format/restore-index.js';
 
 export const MSG_MAGIC = 0x31465853; // "SXF1"
 export const RESP_MAGIC = 0x31525853; // "SXR1"

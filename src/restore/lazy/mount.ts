@@ -6,7 +6,7 @@
  */
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdir, rm, stat } from 'node:fs/promises';
+import { mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import type { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
@@ -15,9 +15,9 @@ import { BackupRestoreError } from '../../errors.js';
 import type { LayerDescriptor } from '../../format/reader.js';
 import type { Toc } from '../../format/toc.js';
 import type { ObjectStore } from '../../store/store.js';
-import { buildView, type ViewNode } from '../view.js';
+import { encodeIndex, RestoreIndex, type ViewChunk, viewChunks } from '../../format/restore-index.js';
+import { buildView, type ViewNode } from '../../format/view.js';
 import { Fetcher, type FetcherOptions, type FetcherStats, type HydrateResult } from './fetcher.js';
-import { viewChunks, writeIndex } from './index-file.js';
 
 const run = promisify(execFile);
 const IS_ROOT = process.getuid?.() === 0;
@@ -30,7 +30,12 @@ export function defaultFuseBinary(): string {
 export interface MountLazyOptions {
   store: ObjectStore;
   layers: LayerDescriptor[];
-  /** The merged view, or the layers' TOCs to build it from. */
+  /**
+   * What to serve: a restore index already in a file (the ready path: nothing is built), with the
+   * chunks it reads when the caller has them; else the merged view or the layers' TOCs, encoded here.
+   */
+  indexPath?: string;
+  chunks?: ViewChunk[];
   view?: ViewNode;
   tocs?: Toc[];
   mountpoint: string;
@@ -106,15 +111,44 @@ function waitExit(child: ChildProcess, ms: number): Promise<boolean> {
   });
 }
 
+/** Write an index file atomically (temp file in the same directory, fsync, rename). */
+export async function writeIndexFile(bytes: Buffer, path: string): Promise<void> {
+  const tmp = `${path}.tmp-${randomBytes(6).toString('hex')}`;
+  try {
+    const fh = await open(tmp, 'wx', 0o600);
+    try {
+      await fh.writeFile(bytes);
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await rename(tmp, path);
+  } catch (err) {
+    await rm(tmp, { force: true });
+    throw err;
+  }
+}
+
 export async function mountLazy(o: MountLazyOptions): Promise<LazyMount> {
-  const view = o.view ?? (o.tocs ? buildView(o.tocs) : undefined);
-  if (!view) throw new BackupRestoreError('mountLazy needs a view or the TOCs of the layers');
   const mountpoint = resolve(o.mountpoint);
   const runDir = resolve(o.runDir);
   await mkdir(runDir, { recursive: true, mode: 0o700 });
   const tag = randomBytes(6).toString('hex');
-  const indexPath = join(runDir, `mount-${tag}.index`);
-  await writeIndex(view, o.layers, indexPath);
+  let indexPath: string;
+  let ownIndex = false;
+  let chunks: ViewChunk[];
+  if (o.indexPath) {
+    indexPath = resolve(o.indexPath);
+    chunks = o.chunks ?? RestoreIndex.parse(await readFile(indexPath)).chunks();
+  } else {
+    const view = o.view ?? (o.tocs ? buildView(o.tocs) : undefined);
+    if (!view) throw new BackupRestoreError('mountLazy needs an index, a view or the TOCs of the layers');
+    indexPath = join(runDir, `mount-${tag}.index`);
+    ownIndex = true;
+    const layers = o.layers.map((l, i) => ({ digest: l.digest, prefetch: o.tocs?.[i]?.prefetch }));
+    await writeIndexFile(encodeIndex(view, layers), indexPath);
+    chunks = viewChunks(view);
+  }
 
   const own = !o.fetcher;
   let fetcher: Fetcher;
@@ -123,13 +157,12 @@ export async function mountLazy(o: MountLazyOptions): Promise<LazyMount> {
     if (!o.cacheDir) throw new BackupRestoreError('mountLazy needs a fetcher or a cacheDir');
     fetcher = await Fetcher.start({ ...o.fetcherOptions, socketPath: join(runDir, `fetch-${tag}.sock`), cacheDir: o.cacheDir, cacheBytes: o.cacheBytes ?? 4 * 1024 ** 3 });
   }
-  const chunks = viewChunks(view);
   const unregister = fetcher.register(o.store, o.layers, chunks);
 
   const cleanupStart = async (): Promise<void> => {
     unregister();
     if (own) await fetcher.close();
-    await rm(indexPath, { force: true });
+    if (ownIndex) await rm(indexPath, { force: true });
   };
 
   const timeoutMs = o.timeoutMs ?? (o.fetcherOptions?.deadlineMs ?? 30_000) + 5_000;

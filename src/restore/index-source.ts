@@ -1,0 +1,40 @@
+/**
+ * The restore index for a backup's chain: the one its backup wrote (inline in the manifest or one
+ * GET, verified), else, for backups made before indexes existed, built from the layers' TOCs.
+ */
+import { InvalidLayerError } from '../errors.js';
+import type { LayerDescriptor } from '../format/reader.js';
+import { encodeIndex, type IndexDescriptor, indexMatchesLayers, RestoreIndex } from '../format/restore-index.js';
+import type { Toc } from '../format/toc.js';
+import { buildView } from '../format/view.js';
+import { fetchIndex, fetchToc } from '../store/blobs.js';
+import type { ObjectStore } from '../store/store.js';
+
+export interface LoadedIndex {
+  raw: Buffer;
+  index: RestoreIndex;
+  /** 'manifest': the backup's own index; 'tocs': built here from the TOCs. */
+  from: 'manifest' | 'tocs';
+}
+
+/** Encode the index of a chain from its TOCs (bottom first). */
+export function indexFromTocs(tocs: Toc[], layers: LayerDescriptor[]): Buffer {
+  return encodeIndex(
+    buildView(tocs),
+    layers.map((l, i) => ({ digest: l.digest, prefetch: tocs[i]?.prefetch })),
+  );
+}
+
+export async function loadIndex(store: ObjectStore, chain: { layers: LayerDescriptor[]; index?: IndexDescriptor | undefined }, tocs?: Toc[]): Promise<LoadedIndex> {
+  if (chain.index) {
+    const raw = await fetchIndex(store, chain.index);
+    const index = RestoreIndex.parse(raw);
+    // The index is named by its manifest's digest, but it must also describe that manifest's
+    // chain: a copied-in index of another backup would serve another tree.
+    if (!indexMatchesLayers(index, chain.layers)) throw new InvalidLayerError('the restore index names other layers than its manifest; the store holds a damaged or tampered backup');
+    return { raw, index, from: 'manifest' };
+  }
+  const all = tocs ?? (await Promise.all(chain.layers.map((l) => fetchToc(store, l))));
+  const raw = indexFromTocs(all, chain.layers);
+  return { raw, index: RestoreIndex.parse(raw), from: 'tocs' };
+}

@@ -1,0 +1,65 @@
+/**
+ * The restore daemon's control protocol: one JSON line each way per connection on
+ * STRATA_HOME/run/daemon.sock. Requests and replies are a typed union, defined here once for the
+ * daemon (server) and the client; nothing here loads the daemon's own modules.
+ */
+import { join } from 'node:path';
+import type { FetcherStats } from './fetcher.js';
+
+export interface MountStatus {
+  workspace: string;
+  mountpoint: string;
+  chunks: number;
+  /** Chunks of this view in the host cache. */
+  cached: number;
+  hydrating: boolean;
+  errors: string[];
+}
+
+export interface DaemonStatus {
+  pid: number;
+  mounts: MountStatus[];
+  fetcher: FetcherStats;
+}
+
+/**
+ * mount: serve the workspace's restore index (STRATA_HOME/workspaces/<id>/mount.index, written
+ * by the caller) at its lower directory; answered once the mount answers.
+ */
+export type DaemonRequest =
+  | { op: 'mount'; workspace: string; hydrate: boolean }
+  | { op: 'unmount'; workspace: string }
+  | { op: 'status' };
+
+export interface OkReply {
+  ok: true;
+}
+export type StatusReply = OkReply & DaemonStatus;
+export interface ErrorReply {
+  ok: false;
+  /** EXITING: the daemon is on its way out (start or reach the next one). */
+  code?: string;
+  error: string;
+}
+export type ReplyTo<R extends DaemonRequest> = (R extends { op: 'status' } ? StatusReply : OkReply) | ErrorReply;
+
+export function runDir(home: string): string {
+  return join(home, 'run');
+}
+export function controlSocket(home: string): string {
+  return join(runDir(home), 'daemon.sock');
+}
+export function daemonLog(home: string): string {
+  return join(runDir(home), 'daemon.log');
+}
+
+const OPS = new Set(['mount', 'unmount', 'status']);
+/** A request off the wire, checked: anything else is answered with an error. */
+export function parseRequest(line: string): DaemonRequest {
+  const v = JSON.parse(line) as Record<string, unknown>;
+  if (typeof v !== 'object' || v === null || !OPS.has(v.op as string)) throw new Error(`unknown op ${String((v as { op?: unknown })?.op)}`);
+  if (v.op === 'status') return { op: 'status' };
+  if (typeof v.workspace !== 'string' || !/^[0-9a-f]{12}$/.test(v.workspace)) throw new Error(`bad workspace id ${JSON.stringify(v.workspace)}`);
+  if (v.op === 'unmount') return { op: 'unmount', workspace: v.workspace };
+  return { op: 'mount', workspace: v.workspace, hydrate: v.hydrate !== false };
+}

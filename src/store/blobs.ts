@@ -1,0 +1,45 @@
+/**
+ * Reading a backup's blobs from a store, verified: a layer's TOC (one range request), a bare
+ * blob's footer, and the restore index a manifest names (inline or one GET).
+ */
+import { InvalidLayerError, ObjectNotFoundError } from '../errors.js';
+import { decodeFooter, FOOTER_READ_SIZE, type Footer } from '../format/footer.js';
+import { blobKey, decodeTocFrame, type LayerDescriptor } from '../format/reader.js';
+import { type IndexDescriptor, unpackIndex } from '../format/restore-index.js';
+import type { Toc } from '../format/toc.js';
+import type { ObjectStore } from './store.js';
+
+/** Fetch and verify a layer's TOC with one range request. */
+export async function fetchToc(store: ObjectStore, d: LayerDescriptor): Promise<Toc> {
+  const key = blobKey(d.digest);
+  if (d.tocOffset + d.tocLength > d.size) throw new InvalidLayerError(`manifest places the TOC of ${key} past its end`);
+  const frame = await store.getBytes(key, { start: d.tocOffset, end: d.tocOffset + d.tocLength });
+  if (frame.length !== d.tocLength) throw new InvalidLayerError(`short read of the TOC of ${key}`);
+  return decodeTocFrame(frame, d, key);
+}
+
+/** Locate the TOC of a bare blob through its footer (for blobs without a manifest entry). */
+export async function readFooter(store: ObjectStore, key: string, size: number): Promise<Footer> {
+  const start = Math.max(0, size - FOOTER_READ_SIZE);
+  const tail = await store.getBytes(key, { start, end: size });
+  return decodeFooter(tail, size);
+}
+
+/**
+ * The restore index a manifest names, decompressed and verified (digest, size, header). Inline
+ * indexes cost no request; others one GET of the whole blob.
+ */
+export async function fetchIndex(store: ObjectStore, desc: IndexDescriptor): Promise<Buffer> {
+  const key = blobKey(desc.digest);
+  let blob: Buffer;
+  if (desc.inline !== undefined) blob = Buffer.from(desc.inline, 'base64');
+  else {
+    try {
+      blob = await store.getBytes(key, { start: 0, end: desc.size });
+    } catch (err) {
+      if (err instanceof ObjectNotFoundError) throw new InvalidLayerError(`restore index ${key} of this backup is missing from the store`, { cause: err });
+      throw err;
+    }
+  }
+  return unpackIndex(blob, desc, desc.inline !== undefined ? `(inline in the manifest)` : key);
+}
