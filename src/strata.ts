@@ -124,9 +124,16 @@ export async function defaultMode(): Promise<RestoreMode> {
 export interface BackupInfo extends BackupHandle {
   expired: boolean;
   layers: LayerDescriptor[];
-  /** Bytes stored in the layer blobs. */
+  /** The restore index of the chain (absent in backups made before it existed). */
+  index?: IndexDescriptor;
+  /** Bytes stored in the layer blobs and the index blob. */
   size: number;
   parent?: string;
+}
+
+/** Every blob key a backup needs: its layers and, unless inline, its restore index. */
+export function blobsOf(b: { layers: LayerDescriptor[]; index?: IndexDescriptor | undefined }): string[] {
+  return [...b.layers.map((l) => blobKey(l.digest)), ...(b.index && b.index.inline === undefined ? [blobKey(b.index.digest)] : [])];
 }
 
 /** A layer just written: its descriptor and the TOC it holds. */
@@ -165,8 +172,9 @@ function infoOf(r: ManifestRecord, now = Date.now()): BackupInfo {
     ...handleOf(m, r.digest),
     expired: isExpired(m, now),
     layers: m.layers,
-    size: m.layers.reduce((n, l) => n + l.size, 0),
+    size: m.layers.reduce((n, l) => n + l.size, 0) + (m.index && m.index.inline === undefined ? m.index.size : 0),
   };
+  if (m.index) info.index = m.index;
   if (m.parent) info.parent = m.parent;
   return info;
 }
@@ -396,11 +404,20 @@ export class Strata {
       return getManifest(this.store, h.id, h.manifestDigest || undefined);
     }
     if (typeof ref !== 'string' || ref.length === 0) throw new InvalidBackupConfigError('a backup reference must be a handle, an id or a name');
+    let isId = true;
     try {
       checkId(ref);
-      if (await this.store.head(manifestKey(ref))) return getManifest(this.store, ref);
     } catch (err) {
       if (!(err instanceof InvalidBackupConfigError)) throw err;
+      isId = false;
+    }
+    if (isId) {
+      // One GET: an id that names no manifest may still be a name.
+      try {
+        return await getManifest(this.store, ref);
+      } catch (err) {
+        if (!(err instanceof BackupNotFoundError)) throw err;
+      }
     }
     return resolveName(this.store, checkName(ref));
   }

@@ -11,7 +11,8 @@ export interface ManifestRecord {
   manifest: Manifest;
   digest: string;
   /** When the store says the manifest was written. */
-  storedAt: Date;
+  /** When the store wrote it (listings only). */
+  storedAt?: Date;
 }
 
 export async function putManifest(store: ObjectStore, m: Manifest): Promise<string> {
@@ -36,8 +37,8 @@ export async function getManifest(store: ObjectStore, id: string, expectedDigest
   }
   const manifest = decodeManifest(buf);
   if (manifest.id !== id) throw new DigestMismatchError(`manifest at ${key} names backup ${manifest.id}`);
-  const head = await store.head(key);
-  return { manifest, digest, storedAt: head?.mtime ?? new Date(manifest.createdAt) };
+  // No HEAD for storedAt: a restore's ready path is one GET of the manifest.
+  return { manifest, digest };
 }
 
 const ID_FROM_KEY = /^manifests\/([A-Za-z0-9][A-Za-z0-9._-]{0,127})\.json$/;

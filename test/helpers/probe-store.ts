@@ -9,6 +9,8 @@ export class ProbeStore implements ObjectStore {
   readonly url: string;
   /** Every get(), in call order (end -1: no range). */
   gets: Array<{ key: string; start: number; end: number }> = [];
+  /** Every getBytes() (manifests, TOCs, indexes: whole small reads), in call order. */
+  byteReads: Array<{ key: string; start: number; end: number }> = [];
   /** GETs asked for whose body has not closed yet, and the most there ever were at once. */
   active = 0;
   maxActive = 0;
@@ -35,6 +37,7 @@ export class ProbeStore implements ObjectStore {
     return s;
   }
   getBytes(key: string, range?: ByteRange): Promise<Buffer> {
+    this.byteReads.push({ key, start: range?.start ?? 0, end: range?.end ?? -1 });
     return this.inner.getBytes(key, range);
   }
   putFile(key: string, path: string): Promise<void> {

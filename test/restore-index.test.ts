@@ -1,0 +1,360 @@
+/**
+ * The restore index (issue 9): one blob per backup holding the merged view of its whole chain.
+ * Its layout is the same on both sides (TS encoder, strata-fuse); a backup's index equals the one
+ * its TOCs give; a lazy restore reads the manifest and the index and nothing else (no TOC, in the
+ * library nor in the daemon); a damaged, truncated or hostile index mounts nothing.
+ */
+import { execFile } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { cp, mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { Strata, type BackupHandle } from '../src/index.js';
+import { blobKey } from '../src/format/reader.js';
+import { DIRENT_SIZE, encodeIndex, LAYOUT, NODE_SIZE, packIndex, RestoreIndex } from '../src/format/restore-index.js';
+import { MSG_HEADER_SIZE, REF_SIZE } from '../src/restore/lazy/fetcher.js';
+import { defaultFuseBinary } from '../src/restore/lazy/mount.js';
+import { indexFromTocs } from '../src/restore/index-source.js';
+import { fetchIndex, fetchToc } from '../src/store/blobs.js';
+import { getManifest, putManifest } from '../src/store/catalog.js';
+import { FileStore } from '../src/store/file.js';
+import type { Manifest } from '../src/store/manifest.js';
+import { assertBuilt } from './helpers/built.js';
+import { need } from './helpers/caps.js';
+import { makeFidelityTree, prng } from './helpers/fidelity.js';
+import { ProbeStore } from './helpers/probe-store.js';
+import { diffTrees, summarize } from './helpers/tree.js';
+import { makeBaseTree, unmountUnder } from './helpers/workspace.js';
+
+const run = promisify(execFile);
+const ROOT = need('root');
+const LAZY = ROOT && need('fuse');
+let work: string;
+let n = 0;
+
+beforeAll(async () => {
+  assertBuilt();
+  work = await mkdtemp(join(tmpdir(), 'strata-rix-'));
+});
+afterEach(() => {
+  if (work) unmountUnder(work);
+});
+afterAll(async () => {
+  if (work) {
+    unmountUnder(work);
+    await rm(work, { recursive: true, force: true, maxRetries: 8, retryDelay: 250 });
+  }
+});
+
+interface Case {
+  root: string;
+  storeDir: string;
+  store: FileStore;
+  strata: (opts?: { mode?: 'lazy' | 'extract' | 'copy'; probe?: ProbeStore; hydrate?: boolean }) => Strata;
+  at: (s: string) => string;
+}
+
+async function newCase(): Promise<Case> {
+  const root = join(work, `case-${++n}`);
+  const storeDir = join(root, 'store');
+  await mkdir(storeDir, { recursive: true });
+  const store = new FileStore(storeDir);
+  return {
+    root,
+    storeDir,
+    store,
+    strata: (o = {}) => new Strata({ home: join(root, 'home'), store: o.probe ?? store, ...(o.mode ? { mode: o.mode } : {}), hydrate: o.hydrate ?? false }),
+    at: (s) => join(root, s),
+  };
+}
+
+/** A tree whose compressed index is too big to ride inline in the manifest. */
+async function manyFiles(dir: string, count = 1500): Promise<void> {
+  for (let d = 0; d < 30; d++) await mkdir(join(dir, `pkg-${d}`, 'lib'), { recursive: true });
+  for (let i = 0; i < count; i++) await writeFile(join(dir, `pkg-${i % 30}`, 'lib', `module-${i.toString(36)}-${(i * 7919).toString(16)}.js`), `module.exports = ${i};\n` + prng(i, 4 + (i % 200)).toString('hex'));
+}
+
+async function manifestOf(c: Case, h: BackupHandle): Promise<Manifest> {
+  return (await getManifest(c.store, h.id)).manifest;
+}
+
+/** The index a backup's manifest names, and the one its TOCs give: they must be the same bytes. */
+async function expectIndexMatchesTocs(c: Case, h: BackupHandle): Promise<Buffer> {
+  const m = await manifestOf(c, h);
+  expect(m.index, 'the manifest names a restore index').toBeDefined();
+  const raw = await fetchIndex(c.store, m.index!);
+  const tocs = await Promise.all(m.layers.map((l) => fetchToc(c.store, l)));
+  expect(raw.equals(indexFromTocs(tocs, m.layers))).toBe(true);
+  return raw;
+}
+
+function mountsUnder(dir: string): string[] {
+  return readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .map((l) => l.split(' ')[4])
+    .filter((m): m is string => !!m && (m === dir || m.startsWith(dir + '/')));
+}
+
+/** Overwrite every layer's TOC frame in the store: anything that reads a TOC from now on fails. */
+async function spoilTocs(c: Case, m: Manifest): Promise<void> {
+  for (const l of m.layers) {
+    const p = join(c.storeDir, ...blobKey(l.digest).split('/'));
+    const buf = await readFile(p);
+    buf.fill(0x5a, l.tocOffset, l.tocOffset + l.tocLength);
+    await writeFile(p, buf);
+  }
+}
+
+describe('restore index layout', () => {
+  it('the TypeScript encoder and strata-fuse agree on every record and field', async () => {
+    const { stdout } = await run(defaultFuseBinary(), ['--print-layout']);
+    const c = JSON.parse(stdout) as Record<string, { size: number; offsets: Record<string, number> }> & { version: number };
+    expect(c.version).toBe(2);
+    for (const [rec, want] of Object.entries(LAYOUT)) {
+      expect(c[rec], rec).toEqual(want);
+    }
+    // The fetcher socket's records, as src/restore/lazy/fetcher.ts reads them.
+    expect(c.msg!.size).toBe(MSG_HEADER_SIZE);
+    expect(c.chunk_ref!.size).toBe(REF_SIZE);
+    expect(c.chunk_ref!.offsets).toEqual({ layer: 0, digest: 32, blob_off: 64, blob_len: 72, size: 76 });
+    expect(c.msg!.offsets).toEqual({ magic: 0, type: 4, id: 8, count: 16, flags: 20 });
+    expect(c.resp).toEqual({ size: 16, offsets: { magic: 0, status: 4, id: 8 } });
+  });
+});
+
+describe('restore index of a backup', () => {
+  it('a full backup writes the index its TOC gives; a small one rides inline, a large one is a blob', async () => {
+    const c = await newCase();
+    await makeFidelityTree(c.at('small'));
+    const small = await c.strata().createBackup({ dir: c.at('small') });
+    await expectIndexMatchesTocs(c, small);
+    expect((await manifestOf(c, small)).index!.inline).toBeDefined();
+
+    await manyFiles(c.at('large'));
+    const large = await c.strata().createBackup({ dir: c.at('large') });
+    const raw = await expectIndexMatchesTocs(c, large);
+    const m = await manifestOf(c, large);
+    expect(m.index!.inline).toBeUndefined();
+    expect(m.index!.rawSize).toBe(raw.length);
+    expect((await stat(join(c.storeDir, ...blobKey(m.index!.digest).split('/')))).size).toBe(m.index!.size);
+    // Decoding and encoding again gives the same bytes (what an incremental backup stacks on).
+    const ix = RestoreIndex.parse(raw);
+    expect(encodeIndex(ix.toView(), ix.layers()).equals(raw)).toBe(true);
+  });
+
+  it('a --parent backup stacks its layer over the parent view: the index of the two-layer chain', async () => {
+    const c = await newCase();
+    await makeBaseTree(c.at('src'));
+    const s = c.strata();
+    const base = await s.createBackup({ dir: c.at('src') });
+    await writeFile(c.at('src/a.txt'), 'changed\n');
+    await rm(c.at('src/dir2'), { recursive: true });
+    await writeFile(c.at('src/new.txt'), 'new\n');
+    const child = await s.createBackup({ dir: c.at('src'), parent: base });
+    expect((await manifestOf(c, child)).layers).toHaveLength(2);
+    await expectIndexMatchesTocs(c, child);
+  });
+
+  it.runIf(ROOT)('incremental workspace backups and merged chains carry the index of their whole chain', async () => {
+    const c = await newCase();
+    await makeBaseTree(c.at('src'));
+    const s = new Strata({ home: join(c.root, 'home'), store: c.store, mode: 'extract', maxChain: 4 });
+    let h = await s.createBackup({ dir: c.at('src') });
+    await s.restoreBackup(h, { dir: c.at('ws') });
+    for (let i = 0; i < 6; i++) {
+      await writeFile(c.at(`ws/gen-${i}.txt`), `generation ${i}\n`);
+      if (i === 2) await rm(c.at('ws/dir1/sub'), { recursive: true });
+      if (i === 3) await writeFile(c.at('ws/dir1/sub-again'), 'x');
+      h = await s.createBackup({ dir: c.at('ws') });
+      await expectIndexMatchesTocs(c, h); // past 4 layers the chain is merged: still the same index
+    }
+    expect((await manifestOf(c, h)).layers.length).toBeLessThanOrEqual(4);
+    // A backup of an unchanged workspace reuses its parent's chain and index.
+    const same = await s.createBackup({ dir: c.at('ws') });
+    expect((await manifestOf(c, same)).index).toEqual((await manifestOf(c, h)).index);
+  });
+});
+
+describe.runIf(LAZY)('lazy ready path', () => {
+  it('restores from the manifest and index alone: no TOC is read, by the library or the daemon', async () => {
+    const c = await newCase();
+    await manyFiles(c.at('src'), 600);
+    await makeBaseTree(c.at('src/base'));
+    const h = await c.strata().createBackup({ dir: c.at('src') });
+    const m = await manifestOf(c, h);
+    // From here on a TOC read fails with DIGEST_MISMATCH: the restore must not need one.
+    await spoilTocs(c, m);
+    const probe = new ProbeStore(c.store);
+    const s = c.strata({ mode: 'lazy', probe });
+    const r = await s.restoreBackup(h, { dir: c.at('ws') });
+    expect(r.mode).toBe('lazy');
+    // One manifest read, one GET of the index blob, nothing else (no TOC range, no HEAD needed).
+    expect(probe.byteReads.map((g) => g.key)).toEqual([`manifests/${h.id}.json`]);
+    expect(probe.gets.map((g) => g.key)).toEqual([blobKey(m.index!.digest)]);
+    // Every file reads back exactly (chunks only, from the daemon's own store).
+    const src = await summarize(c.at('src'));
+    expect(diffTrees(src, await summarize(c.at('ws')))).toEqual([]);
+    await s.unmount(c.at('ws'), { discard: true });
+  });
+
+  it('forks and incremental chains restore from the index of the newest backup', async () => {
+    const c = await newCase();
+    await makeBaseTree(c.at('src'));
+    const s = c.strata({ mode: 'lazy' });
+    let h = await s.createBackup({ dir: c.at('src') });
+    await s.restoreBackup(h, { dir: c.at('ws') });
+    await writeFile(c.at('ws/a.txt'), 'edited in generation 1\n');
+    await writeFile(c.at('ws/dir2/new'), 'new file\n');
+    h = await s.createBackup({ dir: c.at('ws') });
+    await rm(c.at('ws/dir1'), { recursive: true });
+    await cp(c.at('ws/big.bin'), c.at('ws/big-copy.bin'));
+    h = await s.createBackup({ dir: c.at('ws') });
+    const m = await manifestOf(c, h);
+    expect(m.layers).toHaveLength(3);
+    await expectIndexMatchesTocs(c, h);
+    const want = await summarize(c.at('ws'));
+    await spoilTocs(c, m);
+    for (const fork of ['fork-a', 'fork-b']) {
+      const probe = new ProbeStore(c.store);
+      await c.strata({ mode: 'lazy', probe }).restoreBackup(h, { dir: c.at(fork) });
+      expect(probe.byteReads.map((g) => g.key)).toEqual([`manifests/${h.id}.json`]);
+      expect(probe.gets.map((g) => g.key)).toEqual(m.index!.inline ? [] : [blobKey(m.index!.digest)]);
+      expect(diffTrees(want, await summarize(c.at(fork)))).toEqual([]);
+    }
+    for (const d of ['ws', 'fork-a', 'fork-b']) await s.unmount(c.at(d), { discard: true });
+  });
+
+  it('a backup made before indexes existed still restores, from its TOCs', async () => {
+    const c = await newCase();
+    await makeBaseTree(c.at('src'));
+    const s = c.strata({ mode: 'lazy' });
+    const h = await s.createBackup({ dir: c.at('src') });
+    const m = await manifestOf(c, h);
+    // The same backup as an older strata wrote it: no index in the manifest.
+    const old: Manifest = { ...m, id: h.id.slice(0, -4) + 'aaaa' };
+    delete old.index;
+    await putManifest(c.store, old);
+    const probe = new ProbeStore(c.store);
+    await c.strata({ mode: 'lazy', probe }).restoreBackup(old.id, { dir: c.at('ws') });
+    expect(probe.byteReads.map((g) => g.key)).toContain(blobKey(m.layers[0]!.digest)); // its TOC
+    expect(diffTrees(await summarize(c.at('src')), await summarize(c.at('ws')))).toEqual([]);
+    await s.unmount(c.at('ws'), { discard: true });
+  });
+
+  it('a tampered, truncated or missing index blob is refused with a clear error and nothing is mounted', async () => {
+    const c = await newCase();
+    await manyFiles(c.at('src'), 1500);
+    const s = c.strata({ mode: 'lazy' });
+    const h = await s.createBackup({ dir: c.at('src') });
+    const m = await manifestOf(c, h);
+    const blobPath = join(c.storeDir, ...blobKey(m.index!.digest).split('/'));
+    const good = await readFile(blobPath);
+    const flipped = Buffer.from(good);
+    flipped[flipped.length >> 1]! ^= 0x01;
+    for (const [what, bytes, msg] of [
+      ['tampered', flipped, /has digest sha256:[0-9a-f]{64}, expected/],
+      ['truncated', good.subarray(0, good.length - 1), /truncated or replaced/],
+      ['missing', null, /missing from the store/],
+    ] as Array<[string, Buffer | null, RegExp]>) {
+      if (bytes) await writeFile(blobPath, bytes);
+      else await rm(blobPath);
+      const target = c.at(`ws-${what}`);
+      const err = await s.restoreBackup(h, { dir: target }).catch((e: Error & { code?: string }) => e);
+      expect(err, what).toBeInstanceOf(Error);
+      expect((err as Error).message, what).toMatch(msg);
+      expect(mountsUnder(c.root), what).toEqual([]);
+      expect(await s.status(), what).toEqual([]);
+    }
+    await writeFile(blobPath, good);
+    await s.restoreBackup(h, { dir: c.at('ws-good') });
+    expect(diffTrees(await summarize(c.at('src')), await summarize(c.at('ws-good')))).toEqual([]);
+    await s.unmount(c.at('ws-good'), { discard: true });
+  });
+
+  it('an index whose digest matches but whose contents are hostile is refused by strata-fuse', async () => {
+    const c = await newCase();
+    await makeBaseTree(c.at('src'));
+    const s = c.strata({ mode: 'lazy' });
+    const h = await s.createBackup({ dir: c.at('src') });
+    const m = await manifestOf(c, h);
+    const raw = await fetchIndex(c.store, m.index!);
+    for (const [what, hostile, msg] of hostileIndexes(raw)) {
+      // A manifest of the same layers naming the hostile index, packed and digested correctly.
+      const { blob, desc } = await packIndex(hostile);
+      if (!desc.inline) await c.store.putBytes(blobKey(desc.digest), blob);
+      const id = `hostile-${what.replace(/\W+/g, '-')}`;
+      await putManifest(c.store, { ...m, id, index: desc });
+      const err = await s.restoreBackup(id, { dir: c.at(id) }).catch((e: Error) => e);
+      expect(err, what).toBeInstanceOf(Error);
+      expect((err as Error).message, what).toMatch(msg);
+      expect(mountsUnder(c.root), what).toEqual([]);
+      expect(await s.status(), what).toEqual([]);
+    }
+  });
+
+  it('strata-fuse refuses hostile indexes before mounting: loops, bad names, out-of-range references, bad frames', async () => {
+    const c = await newCase();
+    await makeBaseTree(c.at('src'));
+    const h = await c.strata().createBackup({ dir: c.at('src') });
+    const m = await manifestOf(c, h);
+    const raw = await fetchIndex(c.store, m.index!);
+    const mp = c.at('mnt');
+    await mkdir(mp);
+    await mkdir(c.at('cache'));
+    for (const [what, hostile, msg] of hostileIndexes(raw)) {
+      await writeFile(c.at('x.index'), hostile);
+      const r = await run(defaultFuseBinary(), ['--index', c.at('x.index'), '--cache', c.at('cache'), '--socket', c.at('none.sock'), '--foreground', mp]).catch((e: { code: number; stderr: string }) => e);
+      expect((r as { code: number }).code, what).toBe(1);
+      expect((r as { stderr: string }).stderr, what).toMatch(msg);
+      expect(mountsUnder(mp), what).toEqual([]);
+    }
+  });
+});
+
+/** Variants of a valid index, each broken in one way a hostile store could choose. */
+function hostileIndexes(raw: Buffer): Array<[string, Buffer, RegExp]> {
+  const ix = RestoreIndex.parse(raw);
+  const u64 = (o: number): number => Number(raw.readBigUInt64LE(o));
+  const nodesOff = u64(LAYOUT.header.offsets.nodes_off);
+  const direntsOff = u64(LAYOUT.header.offsets.dirents_off);
+  const chunksOff = u64(LAYOUT.header.offsets.chunks_off);
+  const stringsOff = u64(LAYOUT.header.offsets.strings_off);
+  const node = (i: number) => nodesOff + i * NODE_SIZE;
+  const isDir = (i: number): boolean => (raw.readUInt32LE(node(i)) & 0o170000) === 0o040000;
+  // A subdirectory of the root that has a subdirectory itself (dir1/sub in the base tree).
+  let sub = -1;
+  let subsub = -1;
+  for (let i = 1; i < ix.nodeCount && subsub < 0; i++) {
+    if (!isDir(i) || raw.readUInt32LE(node(i) + LAYOUT.node.offsets.parent) !== 1) continue;
+    const first = raw.readUInt32LE(node(i) + LAYOUT.node.offsets.first);
+    const count = raw.readUInt32LE(node(i) + LAYOUT.node.offsets.count);
+    for (let k = first; k < first + count; k++) {
+      const ino = raw.readUInt32LE(direntsOff + k * DIRENT_SIZE + 12);
+      if (isDir(ino - 1)) {
+        sub = i;
+        subsub = k;
+        break;
+      }
+    }
+  }
+  if (subsub < 0) throw new Error('test tree has no nested directory');
+  const patch = (f: (b: Buffer) => void): Buffer => {
+    const b = Buffer.from(raw);
+    f(b);
+    return b;
+  };
+  const rootFirst = raw.readUInt32LE(node(0) + LAYOUT.node.offsets.first);
+  const nameOff = u64(direntsOff + rootFirst * DIRENT_SIZE);
+  return [
+    // dir1/sub's dirent names dir1 itself: a directory inside itself.
+    ['a directory loop', patch((b) => b.writeUInt32LE(sub + 1, direntsOff + subsub * DIRENT_SIZE + 12)), /names directory|named by more than one|not an earlier node|parent/],
+    ['a dirent naming an inode past the end', patch((b) => b.writeUInt32LE(ix.nodeCount + 5, direntsOff + rootFirst * DIRENT_SIZE + 12)), /bad inode|out of range|dirent/],
+    ['a name with a slash', patch((b) => b.write('/', stringsOff + nameOff, 'latin1')), /bad name/],
+    ['a chunk naming a digest past the table', patch((b) => b.writeUInt32LE(ix.digestCount + 1, chunksOff + LAYOUT.chunk.offsets.digest)), /digest \d+ out of range/],
+    ['a chunk whose bytes lie outside its frame', patch((b) => b.writeUInt32LE(b.readUInt32LE(chunksOff + LAYOUT.chunk.offsets.frame_size), chunksOff + LAYOUT.chunk.offsets.frame_off)), /outside its .*frame/],
+    ['a header that claims more nodes than the file holds', patch((b) => b.writeUInt32LE(ix.nodeCount * 1000, LAYOUT.header.offsets.node_count)), /truncated or inconsistent/],
+    ['an index of the previous version', patch((b) => b.writeUInt32LE(1, 8)), /version 1, expected 2/],
+  ].map(([w, b, m]) => [w as string, b as Buffer, m as RegExp]) satisfies Array<[string, Buffer, RegExp]>;
+}
