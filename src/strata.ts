@@ -37,6 +37,7 @@ import { openStore } from './store/index.js';
 import { type BackupHandle, checkDir, checkId, checkName, handleOf, isExpired, type Manifest, manifestKey, parseHandle } from './store/manifest.js';
 import type { ObjectStore } from './store/store.js';
 import { pidAlive } from './util/process.js';
+import { span } from './util/trace.js';
 import { WorkspaceService, type WorkspaceStatus } from './workspace/service.js';
 import { chainIndexPath, type Workspace } from './workspace/workspace.js';
 
@@ -424,6 +425,7 @@ export class Strata {
 
   async restoreBackup(ref: BackupRef, options: RestoreOptions = {}): Promise<RestoreResult> {
     const t0 = performance.now();
+    const tr = span('restore');
     const mode = options.mode ?? this.opts.mode ?? (await defaultMode());
     if (mode !== 'lazy' && mode !== 'extract' && mode !== 'copy') {
       throw new InvalidBackupConfigError(`unknown restore mode ${String(mode)}; supported: lazy, extract, copy`);
@@ -431,6 +433,7 @@ export class Strata {
     // A cold host: the restore daemon starts now, while the manifest and index download.
     if (mode === 'lazy') ensureDaemon(this.home, this.workspaces.daemonEnv).catch(() => undefined);
     const { manifest: m } = await this.resolve(ref);
+    tr.step('manifest');
     if (isExpired(m)) throw new BackupExpiredError(`backup ${m.id} expired at ${m.expiresAt}`);
     // A handle's own dir is the caller's; the manifest's is the store's (unverified without a digest).
     const dir = resolve(checkDir(options.dir ?? (typeof ref === 'object' ? ref.dir : m.dir), 'restore dir'));
@@ -457,6 +460,7 @@ export class Strata {
       // workspace the base of its next backup; both are fetched at once.
       const tocs = mode === 'extract' ? await Promise.all(m.layers.map((l) => fetchToc(this.store, l))) : undefined;
       const { raw, index } = await loadIndex(this.store, m, tocs);
+      tr.step(`index (${raw.length} bytes)`);
       const r = await this.workspaces.prepare({
         backupId: m.id,
         layers: m.layers,
@@ -467,6 +471,7 @@ export class Strata {
         index: { raw, root: index.rootEntry(), desc: m.index },
         ...(tocs ? { tocs } : {}),
       });
+      tr.step('workspace mounted');
       return result(r);
     } catch (err) {
       if (err instanceof StrataError) throw err;

@@ -17,26 +17,11 @@ import type { LayerWriter } from '../format/writer.js';
 import { sys } from '../sys/native.js';
 import { ParentDirs, splitNs, TreeCapture } from './tree.js';
 
-/** type, ino, size, mtime ns, ctime ns, 'o' when captured as opaque. */
-export type Signature = string;
-export type Captured = Map<BytePath, Signature>;
+import { type Captured, signature, typeChar } from './signature.js';
+export { type Captured, type Signature, signature } from './signature.js';
 
 const OVERLAY_XATTR = 'trusted.overlay.';
 export const skipOverlayXattr = (name: string): boolean => name.startsWith(OVERLAY_XATTR);
-
-function typeChar(st: BigIntStats): string {
-  if (st.isDirectory()) return 'd';
-  if (st.isFile()) return 'f';
-  if (st.isSymbolicLink()) return 'l';
-  if (st.isCharacterDevice()) return st.rdev === 0n ? 'w' : 'c';
-  if (st.isBlockDevice()) return 'b';
-  if (st.isFIFO()) return 'p';
-  return 's';
-}
-
-export function signature(st: BigIntStats, opaque = false): Signature {
-  return `${typeChar(st)}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}${opaque ? ':o' : ''}`;
-}
 
 function xattr(fsPath: BytePath, name: string): Buffer | undefined {
   for (const [n, v] of sys.llistxattrs(toFsPath(fsPath))) if (n === name) return v;

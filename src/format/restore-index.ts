@@ -412,16 +412,33 @@ export class RestoreIndex {
     return { layer: b.readUInt32LE(r + C.layer), chunk };
   }
 
-  /** Every distinct frame the view reads, in node order (what hydration fetches, what the fetcher registers). */
-  chunks(): ViewChunk[] {
+  /**
+   * Every distinct frame the view reads, in node order (what hydration fetches, what the fetcher
+   * registers). `from`/`to` and a shared `seen` let a caller decode it in slices between other work.
+   */
+  chunks(from = 0, to = this.chunkCount, seen: Uint8Array = new Uint8Array(this.digestCount)): ViewChunk[] {
     const out: ViewChunk[] = [];
-    const seen = new Set<string>();
-    for (let k = 0; k < this.chunkCount; k++) {
-      const { layer, chunk } = this.chunkAt(k);
-      const key = `${layer}:${chunk.blobOffset}`;
-      if (seen.has(key)) continue;
-      seen.add(key);
-      out.push({ layer, chunk: frameChunk(chunk) });
+    const b = this.buf;
+    const end = Math.min(to, this.chunkCount);
+    for (let k = from; k < end; k++) {
+      const r = this.off.chunks + k * CHUNK_SIZE;
+      const d = b.readUInt32LE(r + C.digest);
+      if (d >= this.digestCount) throw new InvalidLayerError(`restore index: digest ${d} out of range`);
+      // One frame, one digest: a frame named by several chunk records is fetched once.
+      if (seen[d]) continue;
+      seen[d] = 1;
+      const size = b.readUInt32LE(r + C.size);
+      const frameSize = b.readUInt32LE(r + C.frame_size);
+      out.push({
+        layer: b.readUInt32LE(r + C.layer),
+        chunk: {
+          offset: Number(b.readBigUInt64LE(r + C.file_off)),
+          size: frameSize === 0 ? size : frameSize,
+          blobOffset: Number(b.readBigUInt64LE(r + C.blob_off)),
+          blobLength: b.readUInt32LE(r + C.blob_len),
+          digest: 'sha256:' + b.toString('hex', this.off.digests + d * DIGEST_SIZE, this.off.digests + (d + 1) * DIGEST_SIZE),
+        },
+      });
     }
     return out;
   }

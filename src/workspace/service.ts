@@ -18,6 +18,7 @@ import { writeIndexFile } from '../restore/lazy/mount.js';
 import { mountAt, mountOverlay, unmount } from '../restore/overlay.js';
 import { checkTarget, swapInto } from '../restore/target.js';
 import type { ObjectStore } from '../store/store.js';
+import { span } from '../util/trace.js';
 import { ExtractLowers, LazyLowers, type Lowers } from './lowers.js';
 import { chainIndexPath, findWorkspace, listWorkspaces, mountIndexPath, Workspace, type WorkspaceMode } from './workspace.js';
 
@@ -94,6 +95,7 @@ export class WorkspaceService {
    */
   async prepare(spec: PrepareSpec): Promise<{ recovered: boolean; mode: WorkspaceMode }> {
     const { dir } = spec;
+    const tr = span('prepare');
     let old = await this.find(dir);
     if (old && !(await lstat(join(old.root, 'captured.json')).then(() => true, () => false))) {
       // A restore killed before it finished (no baseline yet): its workspace never held anything
@@ -120,6 +122,7 @@ export class WorkspaceService {
       if (mi) throw new TargetNotEmptyError(`${dir} is a mount point (${mi.fstype}) that strata does not manage; restore elsewhere`);
     }
     const state = await checkTarget(dir, spec.force);
+    tr.step('target checked');
     const ws = await Workspace.create(this.home, {
       dir,
       store: spec.store.url,
@@ -134,13 +137,17 @@ export class WorkspaceService {
       // next backup (replaced by rename when a backup moves the chain on).
       await writeIndexFile(spec.index.raw, mountIndexPath(ws));
       await link(mountIndexPath(ws), chainIndexPath(ws));
+      tr.step('workspace created, index written');
       const lowers = await this.lowers[spec.mode].mount(ws, spec.store, spec.tocs);
+      tr.step('lowers mounted');
       await ws.initUpperRoot(spec.index.root);
       await swapInto(dir, state === 'replace' ? 'replace' : 'absent', async () => {
         await mkdir(dir, { recursive: true });
         await mountOverlay({ lowers, upper: ws.upper, work: ws.work, target: dir, cwd: this.home });
       });
+      tr.step('overlay mounted');
       await ws.resetBaseline();
+      tr.step('baseline');
     } catch (err) {
       await this.takeDown(ws).catch(() => undefined);
       await ws.remove();

@@ -13,8 +13,7 @@ import type { LayerDescriptor } from '../format/reader.js';
 import type { IndexDescriptor } from '../format/restore-index.js';
 import type { TocEntry } from '../format/toc.js';
 import { checkLayerPath } from '../format/paths.js';
-import { sys } from '../sys/native.js';
-import { type Captured, signature } from '../capture/upper.js';
+import { type Captured, signature } from '../capture/signature.js';
 import { mountAt } from '../restore/overlay.js';
 import { pidAlive } from '../util/process.js';
 
@@ -115,6 +114,8 @@ export class Workspace {
 
   /** Give the upper's root the view root's metadata: the overlay root shows the upper's. */
   async initUpperRoot(root: TocEntry): Promise<void> {
+    // Loaded here: the restore daemon loads this module and never needs the addon for it.
+    const { sys } = await import('../sys/native.js');
     const p = Buffer.from(this.upper);
     if (process.getuid?.() === 0) await lchown(p, root.uid, root.gid);
     await chmod(p, root.mode);

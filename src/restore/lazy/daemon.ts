@@ -11,19 +11,24 @@
 import { open as openFile, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
-import { indexMatchesLayers, RestoreIndex } from '../../format/restore-index.js';
+import { indexMatchesLayers, RestoreIndex, type ViewChunk } from '../../format/restore-index.js';
 import { DeferredStore } from '../../store/deferred.js';
 import { openStore } from '../../store/index.js';
 import type { ObjectStore } from '../../store/store.js';
 import { lowerDir, mountIndexPath, Workspace } from '../../workspace/workspace.js';
 import { Fetcher } from './fetcher.js';
 import { type LazyMount, mountLazy, unmountPath } from './mount.js';
+import { mountAt } from '../overlay.js';
 import { controlSocket, type DaemonRequest, type DaemonStatus, parseRequest, runDir } from './protocol.js';
 import { pidAlive } from '../../util/process.js';
+import { span } from '../../util/trace.js';
 
 interface Held {
   mount: LazyMount;
-  digests: string[];
+  /** The view's frame digests, once decoded (just after the mount answers). */
+  digests: string[] | undefined;
+  /** Chunk records of the index: what status reports until digests are known. */
+  pending: number;
   hydrating: boolean;
   errors: string[];
   abort: AbortController;
@@ -34,6 +39,7 @@ const log = (msg: string): void => {
 };
 
 async function main(home: string): Promise<void> {
+  span('daemon').step(`main() after ${(performance.now()).toFixed(0)} ms of process life`);
   const run = runDir(home);
   await mkdir(run, { recursive: true, mode: 0o700 });
   // One daemon per home: the pid file is taken with O_EXCL; a stale one (dead pid) is replaced.
@@ -96,44 +102,82 @@ async function main(home: string): Promise<void> {
 
   const mount = async (id: string, hydrate: boolean): Promise<void> => {
     if (held.has(id)) return;
+    const tr = span(`daemon mount ${id}`);
     const ws = await Workspace.load(home, id);
     const store = storeFor(ws.state.store);
     // The ready path: the index the caller fetched and verified, straight to strata-fuse.
     const indexPath = mountIndexPath(ws);
     const ix = RestoreIndex.parse(await readFile(indexPath));
     if (!indexMatchesLayers(ix, ws.state.mounted)) throw new Error(`${indexPath} does not describe the layers of workspace ${id}; restore it again`);
-    const chunks = ix.chunks();
+    tr.step('index read');
     const mountpoint = lowerDir(ws);
-    await unmountPath(mountpoint); // a dead mount left by a crashed server
+    if (await mountAt(mountpoint)) await unmountPath(mountpoint); // a dead mount left by a crashed server
     await mkdir(mountpoint, { recursive: true });
-    const m = await mountLazy({ store, layers: ws.state.mounted, indexPath, chunks, mountpoint, runDir: join(ws.root, 'run'), fetcher, onLog: (l) => log(`strata-fuse ${id}: ${l}`) });
-    const h: Held = { mount: m, digests: chunks.map((c) => c.chunk.digest), hydrating: false, errors: [], abort: new AbortController() };
+    // Mounted before the chunk list is decoded: strata-fuse needs only the index file, and the
+    // fetcher only the layers until readahead and hydration want the chunks (below).
+    const m = await mountLazy({ store, layers: ws.state.mounted, indexPath, chunks: [], mountpoint, runDir: join(ws.root, 'run'), fetcher, onLog: (l) => log(`strata-fuse ${id}: ${l}`) });
+    tr.step('strata-fuse ready');
+    const h: Held = { mount: m, digests: undefined, pending: ix.chunkCount, hydrating: hydrate, errors: [], abort: new AbortController() };
     held.set(id, h);
-    // Prioritized files: each layer's landmark region, fetched ahead of hydration.
-    const regions = ix.layers().map((l) => l.prefetch);
-    const landmark = chunks.filter(({ layer, chunk }) => {
-      const p = regions[layer];
-      return p !== undefined && chunk.blobOffset >= p.blobOffset && chunk.blobOffset + chunk.blobLength <= p.blobOffset + p.blobLength;
-    });
-    if (landmark.length > 0) {
-      fetcher.hydrate(ws.state.mounted, landmark, { priority: 'normal', signal: h.abort.signal }).catch((err: Error) => h.errors.push(`prefetch: ${err.message}`));
-    }
-    recordFirstReads(ws, ix, fetcher);
     m.child.once('exit', (code, sig) => {
       if (held.get(id) === h && !exiting) {
         h.errors.push(`strata-fuse exited (${sig ?? code}); run 'strata unmount' then 'strata restore' to bring the workspace back`);
         log(`strata-fuse for ${id} exited (${sig ?? code})`);
       }
     });
-    if (hydrate) {
-      h.hydrating = true;
-      m.hydrate({ priority: 'low', signal: h.abort.signal })
-        .then((r) => {
-          if (r.failed > 0) h.errors.push(`hydration: ${r.failed} chunk(s) failed; they are fetched on demand`);
-        })
-        .catch((err: Error) => h.errors.push(`hydration: ${err.message}`))
-        .finally(() => (h.hydrating = false));
-    }
+    // After the answer: the chunk list (readahead order, prefetch, hydration, status).
+    // Decoded in slices with the event loop free between them, so a first read's miss is answered
+    // without waiting behind this work (a 100k-file index is ~100 ms of it).
+    void (async () => {
+      // Not before the first read is answered (or 250 ms pass): a first read waits for its own
+      // fetch only, not for this work on the same event loop. Until then misses carry no readahead.
+      const firstRead = new Promise<void>((r) => {
+        const off = fetcher.onAccess(() => {
+          off();
+          r();
+        });
+        setTimeout(() => {
+          off();
+          r();
+        }, 250).unref();
+      });
+      await firstRead;
+      await new Promise((r) => setTimeout(r, 5));
+      await fetcher.whenNoDemand();
+      const chunks: ViewChunk[] = [];
+      const seen = new Uint8Array(ix.digestCount);
+      for (let k = 0; k < ix.chunkCount; k += 2048) {
+        await new Promise((r) => setImmediate(r));
+        if (held.get(id) !== h || h.abort.signal.aborted) return;
+        const part = ix.chunks(k, k + 2048, seen);
+        fetcher.addChunks(ws.state.mounted, part);
+        for (const c of part) chunks.push(c);
+      }
+      h.digests = chunks.map((c) => c.chunk.digest);
+      tr.step(`${chunks.length} chunks registered`);
+      // Prioritized files: each layer's landmark region, fetched ahead of hydration.
+      const regions = ix.layers().map((l) => l.prefetch);
+      const landmark = chunks.filter(({ layer, chunk }) => {
+        const p = regions[layer];
+        return p !== undefined && chunk.blobOffset >= p.blobOffset && chunk.blobOffset + chunk.blobLength <= p.blobOffset + p.blobLength;
+      });
+      if (landmark.length > 0) {
+        fetcher.hydrate(ws.state.mounted, landmark, { priority: 'normal', signal: h.abort.signal }).catch((err: Error) => h.errors.push(`prefetch: ${err.message}`));
+      }
+      if (hydrate) {
+        fetcher
+          .hydrate(ws.state.mounted, chunks, { priority: 'low', signal: h.abort.signal })
+          .then((r) => {
+            if (r.failed > 0) h.errors.push(`hydration: ${r.failed} chunk(s) failed; they are fetched on demand`);
+          })
+          .catch((err: Error) => h.errors.push(`hydration: ${err.message}`))
+          .finally(() => (h.hydrating = false));
+      } else h.hydrating = false;
+    })().catch((err: Error) => {
+      h.errors.push(`chunk list: ${err.message}`);
+      h.hydrating = false;
+    });
+    recordFirstReads(ws, ix, fetcher);
   };
 
   const unmount = async (id: string): Promise<void> => {
@@ -150,8 +194,8 @@ async function main(home: string): Promise<void> {
     mounts: [...held].map(([id, h]) => ({
       workspace: id,
       mountpoint: h.mount.mountpoint,
-      chunks: h.digests.length,
-      cached: h.digests.filter((d) => fetcher.cache.has(d)).length,
+      chunks: h.digests?.length ?? h.pending,
+      cached: h.digests?.filter((d) => fetcher.cache.has(d)).length ?? 0,
       hydrating: h.hydrating,
       errors: h.errors,
     })),
@@ -221,7 +265,6 @@ async function main(home: string): Promise<void> {
   // Mounts taken down behind our back (umount by hand) no longer hold the daemon.
   setInterval(() => {
     void (async () => {
-      const { mountAt } = await import('../overlay.js');
       const before = held.size;
       for (const [id, h] of held) if (!(await mountAt(h.mount.mountpoint))) await unmount(id).catch(() => undefined);
       if (before > 0 && held.size === 0 && !exiting) idleExit();

@@ -12,6 +12,7 @@ import type { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { BackupRestoreError } from '../../errors.js';
+import { span } from '../../util/trace.js';
 import type { LayerDescriptor } from '../../format/reader.js';
 import type { Toc } from '../../format/toc.js';
 import type { ObjectStore } from '../../store/store.js';
@@ -130,6 +131,7 @@ export async function writeIndexFile(bytes: Buffer, path: string): Promise<void>
 }
 
 export async function mountLazy(o: MountLazyOptions): Promise<LazyMount> {
+  const tr = span('mountLazy');
   const mountpoint = resolve(o.mountpoint);
   const runDir = resolve(o.runDir);
   await mkdir(runDir, { recursive: true, mode: 0o700 });
@@ -189,6 +191,7 @@ export async function mountLazy(o: MountLazyOptions): Promise<LazyMount> {
     }
   });
 
+  tr.step('strata-fuse spawned');
   // Ready when strata-fuse writes "ready" on fd 3 (after the mount succeeded), or failed when it exits first.
   const ready = await new Promise<string | null>((resolveReady) => {
     const readyPipe = child.stdio[3] as Readable;
@@ -213,6 +216,7 @@ export async function mountLazy(o: MountLazyOptions): Promise<LazyMount> {
     await cleanupStart();
     throw new BackupRestoreError(`strata-fuse could not mount ${mountpoint}: ${ready}${tail.length ? `\n${tail.join('\n')}` : ''}`);
   }
+  tr.step('ready on fd 3');
   try {
     await stat(mountpoint);
   } catch (err) {
