@@ -266,6 +266,8 @@ export class Strata {
           return 1;
         });
       }
+      const tr = span('backup');
+      tr.step('layer written and uploaded');
       let layers = [...(parent?.layers ?? []), ...(layer ? [layer.desc] : [])];
       // The restore index of the new chain: what a lazy restore mounts without reading a TOC.
       let index: { raw: Buffer; desc: IndexDescriptor } | undefined;
@@ -282,6 +284,7 @@ export class Strata {
         index = { raw: await readFile(chainIndexPath(incremental!)).catch(() => Buffer.alloc(0)), desc: parent.index };
         if (index.raw.length === 0) index = undefined;
       }
+      tr.step(`restore index built and stored (${index ? `${index.raw.length} bytes, ${index.desc.size} compressed` : 'none'})`);
       const createdAt = new Date();
       const manifest: Manifest = {
         kind: 'strata.backup.manifest',

@@ -106,6 +106,9 @@ export class WorkspaceService {
     }
     if (old) {
       if (!(await old.isMounted()) && old.state.backupId === spec.backupId) {
+        // The index just fetched and verified replaces the local copy (unsynced, so a crash may
+        // have torn it): the same backup, the same layers, the same bytes.
+        await writeIndexFile(spec.index.raw, mountIndexPath(old), { sync: false });
         await this.mounts(old, spec.store);
         return { recovered: true, mode: old.state.mode };
       }
@@ -135,7 +138,10 @@ export class WorkspaceService {
     try {
       // One file, two names: mount.index is what the view serves, chain.index the base of the
       // next backup (replaced by rename when a backup moves the chain on).
-      await writeIndexFile(spec.index.raw, mountIndexPath(ws));
+      // Not synced: a torn copy after a crash is refused by strata-fuse and rewritten by the
+      // restore that recovers the workspace; a torn chain.index makes the next backup read the
+      // parent's index from the store instead.
+      await writeIndexFile(spec.index.raw, mountIndexPath(ws), { sync: false });
       await link(mountIndexPath(ws), chainIndexPath(ws));
       tr.step('workspace created, index written');
       const lowers = await this.lowers[spec.mode].mount(ws, spec.store, spec.tocs);

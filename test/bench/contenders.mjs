@@ -19,7 +19,10 @@ const MiB = 1024 * 1024;
 export async function loadStrata(repo) {
   const lib = await import(join(repo, 'dist', 'index.js'));
   const { S3Store } = await import(join(repo, 'dist', 'store', 's3.js'));
-  return { Strata: lib.Strata, S3Store };
+  const index = await import(join(repo, 'dist', 'format', 'restore-index.js'));
+  const { buildView } = await import(join(repo, 'dist', 'format', 'view.js'));
+  const { fetchToc } = await import(join(repo, 'dist', 'store', 'blobs.js'));
+  return { Strata: lib.Strata, S3Store, blobsOf: lib.blobsOf, encodeIndex: index.encodeIndex, packIndex: index.packIndex, buildView, fetchToc };
 }
 
 async function upload(ctx, key, body) {
@@ -190,10 +193,15 @@ export function strataBackup(ctx, lib) {
         const trace = [...state.t.events];
         const info = await state.strata.getBackup(handle.id);
         const top = info.layers[info.layers.length - 1];
-        return { handle, tag, size: kind === 'full' ? info.size : top.size, layers: info.layers.length, url: state.t.store.url, trace };
+        const art = { handle, tag, size: kind === 'full' ? info.size : top.size, layers: info.layers.length, url: state.t.store.url, trace };
+        // Called by the harness after the timing, with the store still open.
+        const store = state.t.store;
+        if (kind === 'full' && info.index) art.measureIndex = async () => ({ ...(await indexBuildTime(lib, store, info)), rawSize: info.index.rawSize, size: info.index.size, inline: info.index.inline !== undefined, entries: info.layers.reduce((n, l) => n + l.entries, 0) });
+        return art;
       } finally {
-        // Each measured operation starts with fresh sockets.
-        state.t.store.close();
+        // Each measured operation starts with fresh sockets (the old store stays usable for measureIndex).
+        const old = state.t.store;
+        setTimeout(() => old.close(), 60_000).unref();
         state.t = storeFor(state.tag);
         state.strata = new lib.Strata({ home: state.home, store: state.t.store, mode: 'extract' });
       }
@@ -210,6 +218,24 @@ export function strataBackup(ctx, lib) {
       state = undefined;
     },
   };
+}
+
+/**
+ * What building a backup's restore index costs (untimed in the backup figures, measured here on
+ * its own): the merged view from the TOC, the encoding, the compression. Median of 3.
+ */
+async function indexBuildTime(lib, store, info) {
+  const tocs = await Promise.all(info.layers.map((l) => lib.fetchToc(store, l)));
+  const times = [];
+  for (let i = 0; i < 3; i++) {
+    const t0 = performance.now();
+    const raw = lib.encodeIndex(lib.buildView(tocs), info.layers.map((l, k) => ({ digest: l.digest, prefetch: tocs[k]?.prefetch })));
+    const t1 = performance.now();
+    await lib.packIndex(raw);
+    times.push({ encodeMs: t1 - t0, packMs: performance.now() - t1 });
+  }
+  times.sort((a, b) => a.encodeMs + a.packMs - (b.encodeMs + b.packMs));
+  return times[1];
 }
 
 // ---- restore contenders -----------------------------------------------------------------------
@@ -333,10 +359,11 @@ export function tarRestore(ctx) {
  * opens the store from its URL and the environment (run.mjs points STRATA_S3_ENDPOINT at the
  * shaping proxy).
  */
-export function strataRestore(ctx, lib, { mode, warm = false, hydrate = true, recorded = false }) {
+export function strataRestore(ctx, lib, { mode, warm = false, hydrate = true, recorded = false, daemonUp = false }) {
   const storeFor = (url) => new lib.S3Store(url, { endpoint: ctx.endpoint, region: 'us-east-1', forcePathStyle: true, credentials: CREDENTIALS });
-  const id = `strata-${mode}${warm ? '-fork' : ''}${hydrate ? '' : '-nohydrate'}${recorded ? '-recorded' : ''}`;
+  const id = `strata-${mode}${warm ? '-fork' : ''}${daemonUp ? '-daemon' : ''}${hydrate ? '' : '-nohydrate'}${recorded ? '-recorded' : ''}`;
   let shared; // { home, strata, store, base }
+  let pre; // daemonUp: this run's host, whose restore daemon already serves another workspace
   let derived; // recorded: the second-generation backup's artifact
   const names = {
     'strata-extract': ['strata extract (cold host)', 'strata extract', 'overlayfs over ext4 layer dirs'],
@@ -344,6 +371,7 @@ export function strataRestore(ctx, lib, { mode, warm = false, hydrate = true, re
     'strata-lazy': ['strata lazy (cold host cache)', 'strata lazy cold', 'overlayfs over FUSE (strata-fuse)'],
     'strata-lazy-nohydrate': ['strata lazy (cold host cache), background hydration off', 'strata lazy cold, no hydration', 'overlayfs over FUSE (strata-fuse)'],
     'strata-lazy-fork': ['strata lazy, fork on the same host (warm host cache)', 'strata lazy warm', 'overlayfs over FUSE (strata-fuse)'],
+    'strata-lazy-daemon': ['strata lazy, host whose restore daemon already runs (cold host cache)', 'strata lazy cold, daemon up', 'overlayfs over FUSE (strata-fuse)'],
     'strata-lazy-recorded': ['strata lazy (cold host cache), next-generation backup (a lazy workspace ran the app, wrote a file, was backed up: its first reads recorded for prefetch)', 'strata lazy cold, recorded reads', 'overlayfs over FUSE (strata-fuse)'],
   }[id];
 
@@ -454,9 +482,26 @@ export function strataRestore(ctx, lib, { mode, warm = false, hydrate = true, re
         else await sh(`find ${q(shared.base)} -type f -print0 | xargs -0 -r -P 8 -n 64 cat > /dev/null`);
       }
     },
+    /** Untimed, before each run: a fresh host whose daemon serves a tiny unrelated workspace. */
+    async before(artifact, target) {
+      if (!daemonUp) return;
+      const home = `${target}.home`;
+      await rm(home, { recursive: true, force: true });
+      const o = open(home, artifact.url);
+      const src = `${target}.tiny-src`;
+      await rm(src, { recursive: true, force: true });
+      await mkdir(src, { recursive: true });
+      await writeFile(join(src, 'note.txt'), 'another workspace on this host\n');
+      const h = await o.strata.createBackup({ dir: src });
+      await o.strata.restoreBackup(h, { dir: `${target}.tiny`, mode: 'lazy' });
+      o.store.close();
+      pre = { home, tiny: `${target}.tiny`, src };
+    },
     async restore(artifact, target) {
       let o;
-      if (warm) {
+      if (daemonUp) {
+        o = open(pre.home, artifact.url);
+      } else if (warm) {
         // Fresh sockets for every run; the host (home, unpacked layers or chunk cache) is shared.
         shared.store.close();
         shared.t = traced(storeFor(artifact.url));
@@ -480,6 +525,12 @@ export function strataRestore(ctx, lib, { mode, warm = false, hydrate = true, re
         neverLocal: mode === 'lazy' && !hydrate,
         async cleanup() {
           await o.strata.unmount(target, { discard: true }).catch(() => unmountQuiet(target));
+          if (pre) {
+            await o.strata.unmount(pre.tiny, { discard: true }).catch(() => unmountQuiet(pre.tiny));
+            await rm(pre.src, { recursive: true, force: true });
+            await rm(pre.tiny, { recursive: true, force: true });
+            pre = undefined;
+          }
           if (!warm) {
             o.store.close();
             await rmHome(o.home);

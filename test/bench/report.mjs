@@ -99,7 +99,7 @@ const RESTORE_COLS = [
   ['full', 'fully local'],
   ['fullBytes', 'fetched in all', fmtBytes],
 ];
-const STRATA_RESTORES = ['strata-extract', 'strata-extract-fork', 'strata-lazy', 'strata-lazy-nohydrate', 'strata-lazy-fork', 'strata-lazy-recorded'];
+const STRATA_RESTORES = ['strata-extract', 'strata-extract-fork', 'strata-lazy', 'strata-lazy-daemon', 'strata-lazy-nohydrate', 'strata-lazy-fork', 'strata-lazy-recorded'];
 
 function restoreSection(sz, profile, losses, sizeName) {
   const rs = sz.profiles[profile]?.restore;
@@ -184,6 +184,51 @@ function growthSection(results) {
   return out.join('\n\n');
 }
 
+/**
+ * The lazy ready path against its targets (issue 9): `ls` of the root ≤ 0.3 s over r2 and ≤ 0.15 s
+ * local, on a cold host and on one whose daemon runs; large ÷ small ≤ 1.3×; first file read at most
+ * 60 ms after ready over r2.
+ */
+function readySection(results) {
+  const sizes = Object.keys(results.sizes);
+  const out = [];
+  const med = (xs) => median(xs.filter((x) => x !== undefined));
+  for (const profile of results.meta.profiles) {
+    const limit = profile === 'r2' ? 300 : 150;
+    const rows = [];
+    for (const id of ['strata-lazy', 'strata-lazy-daemon']) {
+      let label;
+      const ready = {};
+      const cells = sizes.map((sn) => {
+        const c = results.sizes[sn].profiles[profile]?.restore?.[id];
+        if (!c || c.unavailable) return '–';
+        label = c.short;
+        const r = med(c.runs.map((x) => x.ready));
+        const f = med(c.runs.map((x) => x.first - x.ready));
+        ready[sn] = r;
+        return `${r > limit ? `**${fmtMs(r)}**` : fmtMs(r)} / +${fmtMs(f)}`;
+      });
+      if (!label) continue;
+      const growth = ready.large && ready.small ? ready.large / ready.small : undefined;
+      rows.push([label, ...cells, growth === undefined ? '–' : growth > 1.3 ? `**${growth.toFixed(2)}×**` : `${growth.toFixed(2)}×`]);
+    }
+    if (rows.length) out.push(`**${profile}** (target: \`ls\` ≤ ${limit} ms${profile === 'r2' ? ', first read ≤ ready + 60 ms' : ''}; **bold**: target missed)\n\n` + table(['contender', ...sizes.map((sn) => `${sn}: \`ls\` works / first read after it`), 'large ÷ small'], rows));
+  }
+  return out.join('\n\n');
+}
+
+/** The restore index of each size's full backup: bytes per entry, compressed, time to build. */
+function indexSection(results) {
+  const rows = [];
+  for (const [sn, sz] of Object.entries(results.sizes)) {
+    const ix = Object.values(sz.profiles).flatMap((p) => p.backup?.strata?.full ?? []).map((r) => r.index).find(Boolean);
+    if (!ix) continue;
+    rows.push([sn, ix.entries.toLocaleString('en-US'), fmtBytes(ix.rawSize), `${(ix.rawSize / ix.entries).toFixed(0)} B`, `${fmtBytes(ix.size)}${ix.inline ? ' (inline)' : ''}`, `${(ix.size / ix.entries).toFixed(0)} B`, fmtMs(ix.encodeMs), fmtMs(ix.packMs)]);
+  }
+  if (!rows.length) return '';
+  return table(['workspace', 'entries', 'index', 'per entry', 'compressed blob', 'per entry', 'build (view + encode)', 'compress + digest'], rows);
+}
+
 /** strata's backup and extract restore split into phases, from the store call traces. */
 function phaseSection(results) {
   const rows = [];
@@ -225,7 +270,7 @@ function phaseSection(results) {
 
 // ---- chart -----------------------------------------------------------------------------------------------
 
-const COLORS = { squashfs: '#d62728', tarzstd: '#ff7f0e', 'strata-extract': '#1f77b4', 'strata-extract-fork': '#17becf', 'strata-lazy': '#2ca02c', 'strata-lazy-nohydrate': '#bcbd22', 'strata-lazy-fork': '#9467bd', 'strata-lazy-recorded': '#8c564b' };
+const COLORS = { squashfs: '#d62728', tarzstd: '#ff7f0e', 'strata-extract': '#1f77b4', 'strata-extract-fork': '#17becf', 'strata-lazy': '#2ca02c', 'strata-lazy-nohydrate': '#bcbd22', 'strata-lazy-fork': '#9467bd', 'strata-lazy-recorded': '#8c564b', 'strata-lazy-daemon': '#e377c2' };
 
 export function chart(results) {
   const sizes = Object.keys(results.sizes);
@@ -420,6 +465,22 @@ export async function render(results, { svgName = 'benchmarks-restore.svg' } = {
     L.push('## Where strata spends its time');
     L.push('');
     L.push(phases);
+    L.push('');
+  }
+  const ready = readySection(results);
+  if (ready) {
+    L.push('## Lazy restore: ready in one round trip, at any size');
+    L.push('');
+    L.push('Medians. Cold host: fresh `STRATA_HOME`, no restore daemon running (the restore starts it). Daemon up: a fresh `STRATA_HOME` whose daemon already serves another (tiny) workspace, so the chunk cache holds nothing of this backup.');
+    L.push('');
+    L.push(ready);
+    L.push('');
+  }
+  const ix = indexSection(results);
+  if (ix) {
+    L.push('### The restore index of each full backup');
+    L.push('');
+    L.push(ix);
     L.push('');
   }
   L.push('## Restore time against workspace size');

@@ -34,7 +34,7 @@ const opt = (name, dflt) => {
   return i >= 0 ? argv[i + 1] : dflt;
 };
 const quick = flag('--quick');
-const sizes = opt('--sizes', quick ? 'small' : 'small,medium').split(',').map(parseSize);
+const sizes = opt('--sizes', quick ? 'small' : 'small,medium,large').split(',').map(parseSize);
 const profiles = opt('--profiles', 'local,r2').split(',');
 const runs = Number(opt('--runs', '3'));
 // --quick keeps 3 restore runs but runs the backup and steady-state figures once, to stay under 3 minutes.
@@ -47,7 +47,11 @@ const writeDoc = !flag('--no-doc') && !quick;
 const outMd = resolve(opt('--out', writeDoc ? join(repo, 'docs', 'benchmarks.md') : join(workRoot, 'report.md')));
 const command = `node test/bench/run.mjs ${argv.join(' ')}`.trim();
 if (phases.has('restore') || phases.has('steady')) phases.add('backup'); // restores need artifacts
-if (!(runs >= 1 && backupRuns >= 1 && steadyRuns >= 1)) throw new Error('--runs, --backup-runs and --steady-runs must be at least 1');
+// The large workspace (~2 GB, 100k files) takes most of a run: it gets --large-runs (default 1)
+// of each figure, the other sizes their full count.
+const largeRuns = Number(opt('--large-runs', '1'));
+if (!(runs >= 1 && backupRuns >= 1 && steadyRuns >= 1 && largeRuns >= 1)) throw new Error('--runs, --backup-runs, --steady-runs and --large-runs must be at least 1');
+const runsFor = (sizeName, n) => (sizeName === 'large' ? Math.min(n, largeRuns) : n);
 
 const log = (...a) => console.error(`[bench ${new Date().toISOString().slice(11, 19)}]`, ...a);
 
@@ -178,7 +182,8 @@ async function runBackups(ctx, lib, tree, sizeName, profile) {
   const original = await readFile(editPath);
   const originalStat = await stat(editPath);
   let keep;
-  for (let r = 0; r < backupRuns; r++) {
+  const nRuns = runsFor(sizeName, backupRuns);
+  for (let r = 0; r < nRuns; r++) {
     const order = rotate(methods, r);
     const arts = {};
     const tagOf = (m, kind) => `${sizeName}-${profile}-r${r}-${m.id}${m.id === 'strata' ? '' : `-${kind}`}`;
@@ -190,7 +195,9 @@ async function runBackups(ctx, lib, tree, sizeName, profile) {
       const art = await m.backup(kind === 'full' ? trees.src : m.target(trees), tagOf(m, kind), kind);
       const ms = now() - t0;
       const d = delta(s0, await stats());
-      out[m.id][kind].push({ ms, bytesUp: d.bytesIn, requests: d.requests, artifactBytes: art.size, ...(art.trace ? { trace: art.trace } : {}) });
+      const index = art.measureIndex ? await art.measureIndex() : undefined;
+      delete art.measureIndex;
+      out[m.id][kind].push({ ms, bytesUp: d.bytesIn, requests: d.requests, artifactBytes: art.size, ...(art.trace ? { trace: art.trace } : {}), ...(index ? { index } : {}) });
       log(`  backup ${kind.padEnd(5)} ${m.id.padEnd(8)} run ${r + 1}: ${(ms / 1000).toFixed(2)} s, ${(d.bytesIn / 1e6).toFixed(1)} MB up, ${d.requests} requests`);
       return art;
     };
@@ -217,7 +224,7 @@ async function runBackups(ctx, lib, tree, sizeName, profile) {
     for (const m of methods) {
       for (const kind of ['edit', 'regen']) if (m.id !== 'strata') await deletePrefix(ctx.direct, BUCKET, tagOf(m, kind) + '/');
     }
-    if (r < backupRuns - 1) {
+    if (r < nRuns - 1) {
       for (const m of methods) await deletePrefix(ctx.direct, BUCKET, tagOf(m, 'full') + '/');
     } else {
       // strata's prefix also holds the incremental backups: keep only the full backup's objects.
@@ -233,7 +240,7 @@ async function layerKeys(lib, art) {
   const store = new lib.S3Store(art.url, { endpoint: ctxGlobal.direct, region: 'us-east-1', forcePathStyle: true, credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } });
   try {
     const info = await new lib.Strata({ home: join(ctxGlobal.tmp, 'home-info'), store }).getBackup(art.handle.id);
-    return info.layers.map((l) => `blobs/sha256/${l.digest.replace(/^sha256:/, '')}`);
+    return lib.blobsOf(info); // the layers and the restore index
   } finally {
     store.close();
   }
@@ -261,6 +268,7 @@ function restoreContenders(ctx, lib) {
     strataRestore(ctx, lib, { mode: 'extract' }),
     strataRestore(ctx, lib, { mode: 'extract', warm: true }),
     strataRestore(ctx, lib, { mode: 'lazy' }),
+    strataRestore(ctx, lib, { mode: 'lazy', daemonUp: true }),
     strataRestore(ctx, lib, { mode: 'lazy', hydrate: false }),
     strataRestore(ctx, lib, { mode: 'lazy', warm: true }),
     strataRestore(ctx, lib, { mode: 'lazy', recorded: true }),
@@ -290,7 +298,7 @@ async function probeAll(ctx, contenders, arts) {
   return unavailable;
 }
 
-async function runRestores(ctx, lib, tree, arts, unavailable) {
+async function runRestores(ctx, lib, tree, arts, unavailable, sizeName) {
   const contenders = restoreContenders(ctx, lib);
   const out = {};
   for (const c of contenders) out[c.id] = { label: c.label, short: c.short, runs: [], ...(unavailable[c.id] ? { unavailable: unavailable[c.id] } : {}) };
@@ -302,10 +310,11 @@ async function runRestores(ctx, lib, tree, arts, unavailable) {
   }
   const expect = `loaded ${tree.plan.workload.appDeps} packages`;
   try {
-    for (let r = 0; r < runs; r++) {
+    for (let r = 0; r < runsFor(sizeName, runs); r++) {
       for (const c of rotate(live, r)) {
         const target = join(ctx.tmp, `restore-${c.id}`);
         await rm(target, { recursive: true, force: true });
+        await c.before?.(arts[c.method], target); // untimed: e.g. a host whose daemon already runs
         const tcs = now();
         await coldStart([objectDir(arts[c.method].prefix)]);
         if (process.env.BENCH_DEBUG) log(`    cold start ${(now() - tcs).toFixed(0)} ms`);
@@ -359,7 +368,7 @@ async function runRestores(ctx, lib, tree, arts, unavailable) {
 
 // ---- phase 3: steady state -------------------------------------------------------------------------
 
-async function runSteady(ctx, lib, tree, arts, unavailable) {
+async function runSteady(ctx, lib, tree, arts, unavailable, sizeName) {
   const contenders = [tarRestore(ctx), squashfuseLl(ctx), squashfsRestore(ctx), strataRestore(ctx, lib, { mode: 'extract' }), strataRestore(ctx, lib, { mode: 'lazy' })].filter(
     (c) => !only || only.has(c.id) || c.id === 'squashfuse_ll' || c.id === 'tarzstd',
   );
@@ -392,7 +401,7 @@ async function runSteady(ctx, lib, tree, arts, unavailable) {
       await sh(script);
       return now() - t;
     };
-    for (let r = 0; r < steadyRuns; r++) {
+    for (let r = 0; r < runsFor(sizeName, steadyRuns); r++) {
       for (const c of rotate(live, r)) {
         const t = q(out[c.id].target);
         await coldStart();
@@ -451,7 +460,7 @@ async function main() {
   const loadSamples = [];
   const sampler = setInterval(() => void loadavg().then((l) => loadSamples.push([Math.round((now() - tStart) / 1000), l[0]])), 15_000);
   sampler.unref();
-  const results = { meta: { started: started.toISOString(), command, quick, runs, backupRuns, steadyRuns, profiles, sizes: sizes.map((s) => s.name), machine: await machine(), loadBefore }, sizes: {} };
+  const results = { meta: { started: started.toISOString(), command, quick, runs, backupRuns, steadyRuns, largeRuns, profiles, sizes: sizes.map((s) => s.name), machine: await machine(), loadBefore }, sizes: {} };
   log(`work directory ${workRoot}; load ${loadBefore.join(' ')}`);
   try {
     for (const spec of sizes) {
@@ -474,12 +483,12 @@ async function main() {
           unavailable ??= await probeAll(ctx, restoreContenders(ctx, lib), b.artifacts);
         }
         log(`  restores (${((now() - tStart) / 1000).toFixed(0)} s in)`);
-        if (phases.has('restore')) pr.restore = await runRestores(ctx, lib, tree, b.artifacts, unavailable);
+        if (phases.has('restore')) pr.restore = await runRestores(ctx, lib, tree, b.artifacts, unavailable, spec.name);
         if (pi === 0 && phases.has('steady')) {
           // Everything is local once restored: the link does not matter here.
           log(`  steady state (${((now() - tStart) / 1000).toFixed(0)} s in)`);
           await setProfile('local');
-          sz.steady = await runSteady(ctx, lib, tree, b.artifacts, unavailable);
+          sz.steady = await runSteady(ctx, lib, tree, b.artifacts, unavailable, spec.name);
           await setProfile(profile);
         }
         for (const a of Object.values(b.artifacts)) await deletePrefix(ctx.direct, BUCKET, a.prefix + '/');
