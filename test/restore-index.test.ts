@@ -226,6 +226,27 @@ describe.runIf(LAZY)('lazy ready path', () => {
     for (const d of ['ws', 'fork-a', 'fork-b']) await s.unmount(c.at(d), { discard: true });
   });
 
+  it('a lazy workspace backed up, taken down and restored comes back with its upper, even from a torn local index', async () => {
+    const c = await newCase();
+    await makeBaseTree(c.at('src'));
+    const s = c.strata({ mode: 'lazy' });
+    const a = await s.createBackup({ dir: c.at('src') });
+    await s.restoreBackup(a, { dir: c.at('ws') });
+    await writeFile(c.at('ws/saved.txt'), 'in backup B\n');
+    const b = await s.createBackup({ dir: c.at('ws') });
+    await writeFile(c.at('ws/unsaved.txt'), 'only in the upper\n');
+    const want = await summarize(c.at('ws'));
+    await s.unmount(c.at('ws'));
+    // The local copy of the mounted chain's index (A's) is torn, as a crash could leave it.
+    const st = (await s.status())[0]!;
+    const local = join(c.root, 'home', 'workspaces', st.workspace, 'mount.index');
+    await writeFile(local, (await readFile(local)).subarray(0, 100));
+    const r = await s.restoreBackup(b, { dir: c.at('ws'), force: true });
+    expect(r.recovered).toBe(true);
+    expect(diffTrees(want, await summarize(c.at('ws')))).toEqual([]);
+    await s.unmount(c.at('ws'), { discard: true });
+  });
+
   it('a backup made before indexes existed still restores, from its TOCs', async () => {
     const c = await newCase();
     await makeBaseTree(c.at('src'));

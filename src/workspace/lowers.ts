@@ -3,21 +3,26 @@
  * layer once per host into a layer directory; lazy asks the restore daemon to serve the workspace's
  * restore index with strata-fuse. The workspace service calls only this interface.
  */
-import { access } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
+import { indexMatchesLayers, RestoreIndex } from '../format/restore-index.js';
+import { loadIndex } from '../restore/index-source.js';
 import { relative } from 'node:path';
 import { BackupRestoreError } from '../errors.js';
 import type { Toc } from '../format/toc.js';
 import { ensureLayerDirs } from '../restore/layers.js';
 import { daemonRequest } from '../restore/lazy/client.js';
-import { unmountPath } from '../restore/lazy/mount.js';
+import { unmountPath, writeIndexFile } from '../restore/lazy/mount.js';
 import { daemonLog } from '../restore/lazy/protocol.js';
 import type { ObjectStore } from '../store/store.js';
 import { lowerDir, mountIndexPath, type Workspace, type WorkspaceMode } from './workspace.js';
 
 export interface Lowers {
   readonly mode: WorkspaceMode;
-  /** Make the workspace's lowers available; returns overlay lowerdir entries (top first, relative to home). */
-  mount(ws: Workspace, store: ObjectStore, tocs?: Toc[]): Promise<string[]>;
+  /**
+   * Make the workspace's lowers available; returns overlay lowerdir entries (top first, relative
+   * to home). `fresh`: its index was written just now from a verified blob (no need to check it).
+   */
+  mount(ws: Workspace, store: ObjectStore, opts?: { tocs?: Toc[] | undefined; fresh?: boolean }): Promise<string[]>;
   /** Take down what mount made for this workspace (a dead FUSE mount too). */
   unmount(ws: Workspace): Promise<void>;
 }
@@ -30,8 +35,8 @@ export class ExtractLowers implements Lowers {
     private readonly warn: (msg: string) => void,
   ) {}
 
-  async mount(ws: Workspace, store: ObjectStore, tocs?: Toc[]): Promise<string[]> {
-    return (await ensureLayerDirs(store, this.home, ws.state.mounted, { ...(tocs ? { tocs } : {}), onWarning: this.warn })).lowers;
+  async mount(ws: Workspace, store: ObjectStore, opts: { tocs?: Toc[] | undefined } = {}): Promise<string[]> {
+    return (await ensureLayerDirs(store, this.home, ws.state.mounted, { ...(opts.tocs ? { tocs: opts.tocs } : {}), onWarning: this.warn })).lowers;
   }
 
   async unmount(): Promise<void> {
@@ -51,13 +56,26 @@ export class LazyLowers implements Lowers {
     return this.opts.cacheSize ? { STRATA_CACHE_SIZE: String(this.opts.cacheSize) } : {};
   }
 
-  async mount(ws: Workspace): Promise<string[]> {
-    await access(mountIndexPath(ws)).catch((err: Error) => {
-      throw new BackupRestoreError(`lazy workspace ${ws.state.dir} has no restore index (${err.message}); restore it again`, { cause: err });
-    });
+  async mount(ws: Workspace, store: ObjectStore, opts: { fresh?: boolean } = {}): Promise<string[]> {
+    if (!opts.fresh) await this.checkIndex(ws, store);
     const r = await daemonRequest(this.home, { op: 'mount', workspace: ws.state.id, hydrate: this.opts.hydrate }, { start: true, env: this.daemonEnv });
     if (!r?.ok) throw new BackupRestoreError(`lazy mount of ${ws.state.dir} failed: ${r ? r.error : 'no daemon'} (daemon log: ${daemonLog(this.home)})`);
     return [relative(this.home, lowerDir(ws))];
+  }
+
+  /**
+   * The workspace's mount.index must describe its mounted chain. A copy that is missing, torn (it
+   * is written unsynced) or from an older strata is rebuilt from the chain's TOCs.
+   */
+  private async checkIndex(ws: Workspace, store: ObjectStore): Promise<void> {
+    const path = mountIndexPath(ws);
+    try {
+      if (indexMatchesLayers(RestoreIndex.parse(await readFile(path)), ws.state.mounted)) return;
+    } catch {
+      // rebuilt below
+    }
+    const { raw } = await loadIndex(store, { layers: ws.state.mounted });
+    await writeIndexFile(raw, path, { sync: false });
   }
 
   async unmount(ws: Workspace): Promise<void> {

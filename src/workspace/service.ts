@@ -59,6 +59,8 @@ export interface PrepareSpec {
   tocs?: Toc[];
 }
 
+const sameLayers = (a: LayerDescriptor[], b: LayerDescriptor[]): boolean => a.length === b.length && a.every((l, i) => l.digest === b[i]!.digest);
+
 export class WorkspaceService {
   private readonly lowers: Record<WorkspaceMode, Lowers>;
 
@@ -107,8 +109,9 @@ export class WorkspaceService {
     if (old) {
       if (!(await old.isMounted()) && old.state.backupId === spec.backupId) {
         // The index just fetched and verified replaces the local copy (unsynced, so a crash may
-        // have torn it): the same backup, the same layers, the same bytes.
-        await writeIndexFile(spec.index.raw, mountIndexPath(old), { sync: false });
+        // have torn it) when it describes the mounted chain; after a backup of the workspace the
+        // mounted chain is the one it was restored from, and the lazy seam checks its copy.
+        if (sameLayers(old.state.mounted, spec.layers)) await writeIndexFile(spec.index.raw, mountIndexPath(old), { sync: false });
         await this.mounts(old, spec.store);
         return { recovered: true, mode: old.state.mode };
       }
@@ -144,7 +147,7 @@ export class WorkspaceService {
       await writeIndexFile(spec.index.raw, mountIndexPath(ws), { sync: false });
       await link(mountIndexPath(ws), chainIndexPath(ws));
       tr.step('workspace created, index written');
-      const lowers = await this.lowers[spec.mode].mount(ws, spec.store, spec.tocs);
+      const lowers = await this.lowers[spec.mode].mount(ws, spec.store, { tocs: spec.tocs, fresh: true });
       tr.step('lowers mounted');
       await ws.initUpperRoot(spec.index.root);
       await swapInto(dir, state === 'replace' ? 'replace' : 'absent', async () => {
