@@ -78,8 +78,6 @@ async function main(home: string): Promise<void> {
     let s = stores.get(url);
     if (!s) {
       s = openStore(url);
-      // An s3:// store loads the AWS SDK on first use: start now, while the mount comes up.
-      if (s instanceof DeferredStore) s.preload();
       stores.set(url, s);
     }
     return s;
@@ -117,6 +115,9 @@ async function main(home: string): Promise<void> {
     // fetcher only the layers until readahead and hydration want the chunks (below).
     const m = await mountLazy({ store, layers: ws.state.mounted, indexPath, chunks: [], mountpoint, runDir: join(ws.root, 'run'), fetcher, onLog: (l) => log(`strata-fuse ${id}: ${l}`) });
     tr.step('strata-fuse ready');
+    // An s3:// store loads the AWS SDK on first use (~0.2 s of this event loop): start it once the
+    // mount has been answered, before the first read needs it, not while the mount comes up.
+    if (store instanceof DeferredStore) setTimeout(() => (store as DeferredStore).preload(), 0);
     const h: Held = { mount: m, digests: undefined, pending: ix.chunkCount, hydrating: hydrate, errors: [], abort: new AbortController() };
     held.set(id, h);
     m.child.once('exit', (code, sig) => {
