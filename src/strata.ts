@@ -126,15 +126,15 @@ export interface BackupInfo extends BackupHandle {
   expired: boolean;
   layers: LayerDescriptor[];
   /** The restore index of the chain (absent in backups made before it existed). */
-  index?: IndexDescriptor;
+  index?: { digest: string; size: number; rawSize: number; inline: boolean };
   /** Bytes stored in the layer blobs and the index blob. */
   size: number;
   parent?: string;
 }
 
 /** Every blob key a backup needs: its layers and, unless inline, its restore index. */
-export function blobsOf(b: { layers: LayerDescriptor[]; index?: IndexDescriptor | undefined }): string[] {
-  return [...b.layers.map((l) => blobKey(l.digest)), ...(b.index && b.index.inline === undefined ? [blobKey(b.index.digest)] : [])];
+export function blobsOf(b: { layers: LayerDescriptor[]; index?: { digest: string; inline?: string | boolean | undefined } | undefined }): string[] {
+  return [...b.layers.map((l) => blobKey(l.digest)), ...(b.index && !b.index.inline ? [blobKey(b.index.digest)] : [])];
 }
 
 /** A layer just written: its descriptor and the TOC it holds. */
@@ -175,7 +175,7 @@ function infoOf(r: ManifestRecord, now = Date.now()): BackupInfo {
     layers: m.layers,
     size: m.layers.reduce((n, l) => n + l.size, 0) + (m.index && m.index.inline === undefined ? m.index.size : 0),
   };
-  if (m.index) info.index = m.index;
+  if (m.index) info.index = { digest: m.index.digest, size: m.index.size, rawSize: m.index.rawSize, inline: m.index.inline !== undefined };
   if (m.parent) info.parent = m.parent;
   return info;
 }

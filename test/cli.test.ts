@@ -162,6 +162,10 @@ describe('strata CLI', () => {
     expect(info).toMatchObject({ ...handle, expired: false });
     expect(info.layers).toHaveLength(1);
     expect(info.size).toBeGreaterThan(0);
+    // The restore index: named with its digest and sizes, never dumped (inline ones are base64).
+    expect(info.index).toMatchObject({ digest: expect.stringMatching(/^sha256:[0-9a-f]{64}$/), inline: expect.any(Boolean) });
+    expect(info.index!.rawSize).toBeGreaterThan(info.index!.size);
+    expect(text).toContain(`index:     ${info.index!.digest} `);
   });
 
   it('delete removes a backup; a missing id exits 1 with BACKUP_NOT_FOUND', async () => {
