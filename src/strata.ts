@@ -221,6 +221,7 @@ export class Strata {
     const ws = await this.workspaces.find(dir);
     const incremental = ws && ws.state.store === this.store.url && (await ws.isMounted()) ? ws : undefined;
     const release = await incremental?.lock();
+    const tr = span('backup');
     try {
       // Under the lock: a backup that ran while we waited moved the workspace's chain on.
       await incremental?.reload();
@@ -266,7 +267,6 @@ export class Strata {
           return 1;
         });
       }
-      const tr = span('backup');
       tr.step('layer written and uploaded');
       let layers = [...(parent?.layers ?? []), ...(layer ? [layer.desc] : [])];
       // The restore index of the new chain: what a lazy restore mounts without reading a TOC.
@@ -279,11 +279,9 @@ export class Strata {
         index = await this.putIndex(stackLayer(await base(), layer.desc, layer.toc));
       } else if (layer) {
         index = await this.putIndex(stackLayer({ view: buildView([]), layers: [] }, layer.desc, layer.toc));
-      } else if (parent?.index) {
-        // Nothing changed: the chain, and so its index, is the parent's.
-        index = { raw: await readFile(chainIndexPath(incremental!)).catch(() => Buffer.alloc(0)), desc: parent.index };
-        if (index.raw.length === 0) index = undefined;
       }
+      // Nothing changed (no layer, no merge): the chain, and so its index, is the parent's (below);
+      // the workspace keeps its chain.index.
       tr.step(`restore index built and stored (${index ? `${index.raw.length} bytes, ${index.desc.size} compressed` : 'none'})`);
       const createdAt = new Date();
       const manifest: Manifest = {

@@ -5,6 +5,7 @@
  * library nor in the daemon); a damaged, truncated or hostile index mounts nothing.
  */
 import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { cp, mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -142,6 +143,12 @@ describe('restore index of a backup', () => {
     // Decoding and encoding again gives the same bytes (what an incremental backup stacks on).
     const ix = RestoreIndex.parse(raw);
     expect(encodeIndex(ix.toView(), ix.layers()).equals(raw)).toBe(true);
+    // The record of first reads maps digests to paths without building the view: same answer.
+    const hexes = ix.chunks().map((c) => c.chunk.digest.slice(7));
+    const paths = ix.pathsOf(hexes);
+    expect(paths.size).toBe(new Set(hexes).size);
+    // Every file of this tree is one chunk: the path's content must hash to its digest.
+    for (const [hex, p] of paths) expect(createHash('sha256').update(await readFile(join(c.at('large'), p))).digest('hex')).toBe(hex);
   });
 
   it('a --parent backup stacks its layer over the parent view: the index of the two-layer chain', async () => {

@@ -292,7 +292,7 @@ function recordFirstReads(ws: Workspace, ix: RestoreIndex, fetcher: Fetcher): vo
   setTimeout(() => {
     off();
     if (order.length === 0) return;
-    const pathOf = ix.pathsByDigest();
+    const pathOf = ix.pathsOf(order);
     const paths: string[] = [];
     const have = new Set<string>();
     for (const hex of order) {
