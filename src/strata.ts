@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { access, lstat, mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { storeUrl, strataHome } from './config.js';
-import { parentChainView, stackLayer, type ChainView } from './capture/chain-index.js';
+import { keptIndex, parentChainView, stackLayer, type ChainView } from './capture/chain-index.js';
 import { captureDiff } from './capture/diff.js';
 import { squashLayers } from './capture/squash.js';
 import { TreeCapture } from './capture/tree.js';
@@ -161,9 +161,11 @@ function uuidv7(): string {
 /** Remove temp layers whose backup process died (kill -9, OOM): a blob-sized file each. */
 async function sweepDeadTemps(tmpDir: string): Promise<void> {
   for (const name of await readdir(tmpDir).catch(() => [] as string[])) {
-    const m = /^layer-(\d+)-[0-9a-f]+\.tmp$/.exec(name);
-    if (!m || Number(m[1]) === process.pid || pidAlive(Number(m[1]))) continue;
-    await rm(join(tmpDir, name), { force: true }).catch(() => undefined);
+    // Layer temp files of backups, whole-blob copies of restores (restore/layers.ts).
+    const m = /^(?:layer-(\d+)-[0-9a-f]+\.tmp|whole-(\d+)-\w+)$/.exec(name);
+    const pid = Number(m?.[1] ?? m?.[2]);
+    if (!m || pid === process.pid || pidAlive(pid)) continue;
+    await rm(join(tmpDir, name), { recursive: true, force: true }).catch(() => undefined);
   }
 }
 
@@ -271,10 +273,13 @@ export class Strata {
       let layers = [...(parent?.layers ?? []), ...(layer ? [layer.desc] : [])];
       // The restore index of the new chain: what a lazy restore mounts without reading a TOC.
       let index: { raw: Buffer; desc: IndexDescriptor } | undefined;
+      let kept: IndexDescriptor | undefined;
       if (layers.length > this.maxChain) {
         const merged = await this.mergeChain(layers, layer);
         layers = merged.layers;
         index = await this.putIndex(merged.index);
+      } else if (layer && parent && (kept = keptIndex(parent, layer.desc))) {
+        // A small layer over an indexed chain joins its tail: no new index to build or upload.
       } else if (layer && base) {
         index = await this.putIndex(stackLayer(await base(), layer.desc, layer.toc));
       } else if (layer) {
@@ -282,7 +287,7 @@ export class Strata {
       }
       // Nothing changed (no layer, no merge): the chain, and so its index, is the parent's (below);
       // the workspace keeps its chain.index.
-      tr.step(`restore index built and stored (${index ? `${index.raw.length} bytes, ${index.desc.size} compressed` : 'none'})`);
+      tr.step(`restore index built and stored (${index ? `${index.raw.length} bytes, ${index.desc.size} compressed` : kept ? "the parent's, with a tail" : 'none'})`);
       const createdAt = new Date();
       const manifest: Manifest = {
         kind: 'strata.backup.manifest',
@@ -296,10 +301,11 @@ export class Strata {
       if (name !== undefined) manifest.name = name;
       if (parent) manifest.parent = parent.id;
       if (index) manifest.index = index.desc;
+      else if (kept) manifest.index = kept;
       else if (parent?.index && !layer) manifest.index = parent.index;
       // Written last: the backup exists once this lands, and not before.
       const digest = await putManifest(this.store, manifest);
-      if (incremental && captured) await this.workspaces.commit(incremental, { backupId: manifest.id, layers, captured, index });
+      if (incremental && captured) await this.workspaces.commit(incremental, { backupId: manifest.id, layers, captured, index, ...(kept ? { kept } : {}) });
       return handleOf(manifest, digest);
     } catch (err) {
       // A failed backup is BACKUP_CREATE_FAILED whatever failed (a store write, a read); the
@@ -460,7 +466,7 @@ export class Strata {
       // Lazy: the index alone (no TOC). Extract: the TOCs unpack the layers, the index gives the
       // workspace the base of its next backup; both are fetched at once.
       const tocs = mode === 'extract' ? await Promise.all(m.layers.map((l) => fetchToc(this.store, l))) : undefined;
-      const { raw, index } = await loadIndex(this.store, m, tocs);
+      const { raw, index, layers: indexed } = await loadIndex(this.store, m, tocs);
       tr.step(`index (${raw.length} bytes)`);
       const r = await this.workspaces.prepare({
         backupId: m.id,
@@ -469,7 +475,7 @@ export class Strata {
         dir,
         mode,
         force: !!options.force,
-        index: { raw, root: index.rootEntry(), desc: m.index },
+        index: { raw, root: index.rootEntry(), desc: m.index, layers: indexed },
         ...(tocs ? { tocs } : {}),
       });
       tr.step('workspace mounted');

@@ -7,7 +7,7 @@
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { cp, mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, cp, mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -86,9 +86,18 @@ async function expectIndexMatchesTocs(c: Case, h: BackupHandle): Promise<Buffer>
   const m = await manifestOf(c, h);
   expect(m.index, 'the manifest names a restore index').toBeDefined();
   const raw = await fetchIndex(c.store, m.index!);
-  const tocs = await Promise.all(m.layers.map((l) => fetchToc(c.store, l)));
-  expect(raw.equals(indexFromTocs(tocs, m.layers))).toBe(true);
+  // It covers the chain's prefix it says it does (all of it unless a tail rides above it).
+  const covered = m.layers.slice(0, m.index!.layers ?? m.layers.length);
+  const tocs = await Promise.all(covered.map((l) => fetchToc(c.store, l)));
+  expect(raw.equals(indexFromTocs(tocs, covered))).toBe(true);
   return raw;
+}
+
+/** Blob keys in the store (layers and index blobs). */
+async function blobsIn(c: Case): Promise<Set<string>> {
+  const out = new Set<string>();
+  for await (const o of c.store.list('blobs/')) out.add(o.key);
+  return out;
 }
 
 function mountsUnder(dir: string): string[] {
@@ -98,14 +107,22 @@ function mountsUnder(dir: string): string[] {
     .filter((m): m is string => !!m && (m === dir || m.startsWith(dir + '/')));
 }
 
-/** Overwrite every layer's TOC frame in the store: anything that reads a TOC from now on fails. */
-async function spoilTocs(c: Case, m: Manifest): Promise<void> {
+/**
+ * Overwrite every layer's TOC frame in the store: anything that reads a TOC from now on fails.
+ * Returns what puts the blobs back.
+ */
+async function spoilTocs(c: Case, m: Manifest): Promise<() => Promise<void>> {
+  const undo: Array<[string, Buffer]> = [];
   for (const l of m.layers) {
     const p = join(c.storeDir, ...blobKey(l.digest).split('/'));
     const buf = await readFile(p);
+    undo.push([p, Buffer.from(buf)]);
     buf.fill(0x5a, l.tocOffset, l.tocOffset + l.tocLength);
     await writeFile(p, buf);
   }
+  return async () => {
+    for (const [p, buf] of undo) await writeFile(p, buf);
+  };
 }
 
 describe('restore index layout', () => {
@@ -231,6 +248,81 @@ describe.runIf(LAZY)('lazy ready path', () => {
       expect(diffTrees(want, await summarize(c.at(fork)))).toEqual([]);
     }
     for (const d of ['ws', 'fork-a', 'fork-b']) await s.unmount(c.at(d), { discard: true });
+  });
+
+  it('a small incremental layer keeps its parent\'s index and rides above it as a tail; past the bound the chain is indexed again', async () => {
+    const c = await newCase();
+    await manyFiles(c.at('src'), 1500);
+    await makeBaseTree(c.at('src/base'));
+    const s = c.strata({ mode: 'lazy' });
+    const full = await s.createBackup({ dir: c.at('src') });
+    const fullIndex = (await manifestOf(c, full)).index!;
+    expect(fullIndex.inline, 'an index too big to ride inline').toBeUndefined();
+    await s.restoreBackup(full, { dir: c.at('ws') });
+    // Generation 1: one edited file, a new file in the root (the root's mtime moves), a removed
+    // directory (a whiteout), a chmod of the root.
+    await writeFile(c.at('ws/pkg-3/lib/edited.js'), 'module.exports = "edited";\n');
+    await writeFile(c.at('ws/ROOT-NEW.txt'), 'new at the root\n');
+    await rm(c.at('ws/base/dir1'), { recursive: true });
+    await chmod(c.at('ws'), 0o750);
+    let before = await blobsIn(c);
+    let h = await s.createBackup({ dir: c.at('ws') });
+    let m = await manifestOf(c, h);
+    expect(m.layers).toHaveLength(2);
+    // No new index: only the layer blob was added to the store, and the manifest names the
+    // parent's index, covering the first layer.
+    expect(m.index).toEqual({ ...fullIndex, layers: 1 });
+    const added = [...(await blobsIn(c))].filter((k) => !before.has(k));
+    expect(added).toEqual([blobKey(m.layers[1]!.digest)]);
+    await expectIndexMatchesTocs(c, h);
+    // Generation 2, on the same tail.
+    await writeFile(c.at('ws/pkg-4/lib/second.js'), 'second\n');
+    h = await s.createBackup({ dir: c.at('ws') });
+    m = await manifestOf(c, h);
+    expect(m.index).toEqual({ ...fullIndex, layers: 1 });
+    const want = await summarize(c.at('ws'));
+    // An extract restore of the chain (on another host) takes the tail's root entry too.
+    const other = new Strata({ home: join(c.root, 'home-other'), store: c.store, mode: 'extract' });
+    await other.restoreBackup(h, { dir: c.at('ext') });
+    expect(diffTrees(want, await summarize(c.at('ext')))).toEqual([]);
+    await other.unmount(c.at('ext'), { discard: true });
+
+    // A fork restores from the prefix's index plus the tail blobs, each in one GET (no TOC
+    // range, no chunk ranges): the indexed layer's TOC is spoiled to prove it.
+    const unspoil = await spoilTocs(c, { ...m, layers: m.layers.slice(0, 1) });
+    const probe = new ProbeStore(c.store);
+    await c.strata({ mode: 'lazy', probe }).restoreBackup(h, { dir: c.at('fork') });
+    expect(probe.byteReads.map((g) => g.key)).toEqual([`manifests/${h.id}.json`]);
+    expect(probe.gets.map((g) => `${g.key} ${g.end}`).sort()).toEqual([blobKey(fullIndex.digest), ...m.layers.slice(1).map((l) => blobKey(l.digest))].map((k) => `${k} -1`).sort());
+    expect(diffTrees(want, await summarize(c.at('fork')))).toEqual([]);
+    expect((await stat(c.at('fork'))).mode & 0o7777).toBe(0o750);
+    await unspoil();
+
+    // The fork (mounted over a tail) is backed up in turn, until the tail outgrows its bound:
+    // then the whole chain is indexed again, and restores exactly from that index.
+    let grew: Manifest | undefined;
+    for (let i = 0; i < 6 && !grew; i++) {
+      await writeFile(c.at(`fork/gen-${i}.txt`), `generation ${i}\n`);
+      before = await blobsIn(c);
+      h = await s.createBackup({ dir: c.at('fork') });
+      m = await manifestOf(c, h);
+      await expectIndexMatchesTocs(c, h);
+      if (m.index!.digest !== fullIndex.digest) grew = m;
+    }
+    expect(grew, 'the tail outgrew its bound').toBeDefined();
+    expect(grew!.index!.layers).toBeUndefined();
+    expect(grew!.layers.length).toBeGreaterThan(2);
+    // A manifest whose index claims to cover no layer, or more than the chain, is refused.
+    for (const [k, bad] of [0, m.layers.length + 1].entries()) {
+      const id = h.id.slice(0, -4) + `bad${k}`;
+      await putManifest(c.store, { ...m, id, index: { ...m.index!, layers: bad } });
+      await expect(c.strata({ mode: 'lazy' }).restoreBackup(id, { dir: c.at(`bad-${k}`) })).rejects.toThrow(/index covers/);
+      expect(mountsUnder(c.at(`bad-${k}`))).toEqual([]);
+    }
+    const last = await summarize(c.at('fork'));
+    await c.strata({ mode: 'lazy' }).restoreBackup(h, { dir: c.at('again') });
+    expect(diffTrees(last, await summarize(c.at('again')))).toEqual([]);
+    for (const d of ['ws', 'fork', 'again']) await s.unmount(c.at(d), { discard: true });
   });
 
   it('a lazy workspace backed up, taken down and restored comes back with its upper, even from a torn local index', async () => {

@@ -600,6 +600,16 @@ export interface IndexDescriptor {
   rawSize: number;
   /** The compressed blob itself (base64), for small indexes: no extra round trip. */
   inline?: string;
+  /**
+   * How many layers of the chain (bottom first) the index covers; absent: all. The layers above
+   * (the tail: small incremental layers) are not in it; a lazy restore unpacks them whole.
+   */
+  layers?: number;
+}
+
+/** The number of chain layers an index covers (its prefix); the rest of the chain is its tail. */
+export function indexedLayers(desc: IndexDescriptor | undefined, chainLength: number): number {
+  return desc?.layers ?? chainLength;
 }
 
 /** Compress an encoded index into its blob (one zstd frame). */

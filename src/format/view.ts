@@ -106,3 +106,12 @@ export function* walkView(root: ViewNode): Generator<ViewNode> {
     }
   }
 }
+
+/** The root directory's entry of a stack of layers (bottom first): the topmost layer's that has one. */
+export function topRoot(tocs: Toc[]): TocEntry | undefined {
+  for (let i = tocs.length - 1; i >= 0; i--) {
+    const e = tocs[i]!.entries.find((x) => x.path === '.');
+    if (e) return e;
+  }
+  return undefined;
+}

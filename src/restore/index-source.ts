@@ -4,7 +4,7 @@
  */
 import { InvalidLayerError } from '../errors.js';
 import type { LayerDescriptor } from '../format/reader.js';
-import { encodeIndex, type IndexDescriptor, indexMatchesLayers, RestoreIndex } from '../format/restore-index.js';
+import { encodeIndex, type IndexDescriptor, indexedLayers, indexMatchesLayers, RestoreIndex } from '../format/restore-index.js';
 import type { Toc } from '../format/toc.js';
 import { buildView } from '../format/view.js';
 import { fetchIndex, fetchToc } from '../store/blobs.js';
@@ -15,6 +15,8 @@ export interface LoadedIndex {
   index: RestoreIndex;
   /** 'manifest': the backup's own index; 'tocs': built here from the TOCs. */
   from: 'manifest' | 'tocs';
+  /** Chain layers it covers (bottom first); the layers above are the chain's tail. */
+  layers: number;
 }
 
 /** Encode the index of a chain from its TOCs (bottom first). */
@@ -31,10 +33,11 @@ export async function loadIndex(store: ObjectStore, chain: { layers: LayerDescri
     const index = RestoreIndex.parse(raw);
     // The index is named by its manifest's digest, but it must also describe that manifest's
     // chain: a copied-in index of another backup would serve another tree.
-    if (!indexMatchesLayers(index, chain.layers)) throw new InvalidLayerError('the restore index names other layers than its manifest; the store holds a damaged or tampered backup');
-    return { raw, index, from: 'manifest' };
+    const k = indexedLayers(chain.index, chain.layers.length);
+    if (!indexMatchesLayers(index, chain.layers.slice(0, k))) throw new InvalidLayerError('the restore index names other layers than its manifest; the store holds a damaged or tampered backup');
+    return { raw, index, from: 'manifest', layers: k };
   }
   const all = tocs ?? (await Promise.all(chain.layers.map((l) => fetchToc(store, l))));
   const raw = indexFromTocs(all, chain.layers);
-  return { raw, index: RestoreIndex.parse(raw), from: 'tocs' };
+  return { raw, index: RestoreIndex.parse(raw), from: 'tocs', layers: chain.layers.length };
 }

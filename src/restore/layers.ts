@@ -4,9 +4,15 @@
  * every workspace whose chain holds it. A short link STRATA_HOME/l/<12 hex> names it in overlay
  * options (see overlay.ts).
  */
-import { lstat, mkdir, readlink, rm, symlink } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import { lstat, mkdir, mkdtemp, readFile, readlink, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { LayerDescriptor } from '../format/reader.js';
+import { Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { DigestMismatchError } from '../errors.js';
+import { blobKey, decodeTocFrame, type LayerDescriptor } from '../format/reader.js';
+import { FileStore } from '../store/file.js';
 import { fetchToc } from '../store/blobs.js';
 import { parseDigest, type Toc } from '../format/toc.js';
 import type { ObjectStore } from '../store/store.js';
@@ -16,6 +22,8 @@ import { buildView } from '../format/view.js';
 export interface LayerDirs {
   /** Short relative names for overlay options, TOP FIRST, relative to `home`. */
   lowers: string[];
+  /** `whole` only: each layer's TOC (bottom first), from the unpack or the frame kept beside it. */
+  tocs?: Toc[];
 }
 
 export function layerDir(home: string, digest: string): string {
@@ -52,33 +60,109 @@ async function shortLink(home: string, digest: string): Promise<string> {
  * Unpack (once) every layer of a chain and return the overlay lower list. Concurrent callers for
  * one layer each unpack into their own staging directory; the first rename wins, the others find
  * the directory in place.
+ *
+ * `whole`: fetch each missing layer's blob in one GET (verified whole before anything is
+ * unpacked) instead of its TOC and then its chunks: two round trips fewer, for the small tail
+ * layers a lazy restore unpacks over its index. Layers are unpacked in parallel.
  */
 export async function ensureLayerDirs(
   store: ObjectStore,
   home: string,
   layers: LayerDescriptor[],
-  opts: { tocs?: Toc[]; onWarning?: (m: string) => void } = {},
+  opts: { tocs?: Toc[]; whole?: boolean; onWarning?: (m: string) => void } = {},
 ): Promise<LayerDirs> {
+  if (opts.whole) {
+    const done = await Promise.all(
+      layers.map(async (d) => {
+        const toc = await ensureWhole(store, home, d, opts.onWarning);
+        return { toc, name: await shortLink(home, d.digest) };
+      }),
+    );
+    return { lowers: done.map((x) => x.name).reverse(), tocs: done.map((x) => x.toc) };
+  }
   const lowers: string[] = [];
   for (let i = 0; i < layers.length; i++) {
     const d = layers[i]!;
     const dir = layerDir(home, d.digest);
     if (!(await exists(dir))) {
-      const toc = opts.tocs?.[i] ?? (await fetchToc(store, d));
       await mkdir(join(dir, '..'), { recursive: true });
-      try {
-        await extractView(store, [d], buildView([toc], { keepWhiteouts: true }), dir, {
-          overlayMarkers: true,
-          ...(opts.onWarning ? { onWarning: opts.onWarning } : {}),
-        });
-      } catch (err) {
-        // Another process unpacked it first: theirs is as good as ours.
-        if (!(await exists(dir))) throw err;
-      }
+      await unpackOnce(dir, async () => unpackFrom(store, d, opts.tocs?.[i] ?? (await fetchToc(store, d)), dir, opts.onWarning));
     }
     lowers.unshift(await shortLink(home, d.digest));
   }
   return { lowers };
+}
+
+/** Run an unpack; another process that unpacked the same layer first is as good as ours. */
+async function unpackOnce(dir: string, unpack: () => Promise<unknown>): Promise<void> {
+  try {
+    await unpack();
+  } catch (err) {
+    if (!(await exists(dir))) throw err;
+  }
+}
+
+function unpackFrom(store: ObjectStore, d: LayerDescriptor, toc: Toc, dir: string, onWarning?: (m: string) => void): Promise<unknown> {
+  return extractView(store, [d], buildView([toc], { keepWhiteouts: true }), dir, { overlayMarkers: true, ...(onWarning ? { onWarning } : {}) });
+}
+
+/** Where a whole-unpacked layer keeps its TOC frame (verified again by its digest when read). */
+const tocFramePath = (home: string, digest: string): string => join(home, 'layers', parseDigest(digest), 'toc.frame');
+
+/**
+ * A layer directory unpacked from one GET of the whole blob (verified whole before anything is
+ * unpacked), and its TOC. A layer already on this host costs its kept TOC frame, or (unpacked by
+ * an extract restore, which keeps none) one TOC range read.
+ */
+async function ensureWhole(store: ObjectStore, home: string, d: LayerDescriptor, onWarning?: (m: string) => void): Promise<Toc> {
+  const key = blobKey(d.digest);
+  const dir = layerDir(home, d.digest);
+  if (await exists(dir)) {
+    const frame = await readFile(tocFramePath(home, d.digest)).catch(() => undefined);
+    if (frame) {
+      try {
+        return await decodeTocFrame(frame, d, tocFramePath(home, d.digest));
+      } catch {
+        // A damaged copy: read it from the store.
+      }
+    }
+    return fetchToc(store, d);
+  }
+  await mkdir(join(dir, '..'), { recursive: true });
+  // Named with the pid so a later backup sweeps the copy of a killed restore (strata.ts).
+  await mkdir(join(home, 'tmp'), { recursive: true, mode: 0o700 });
+  const copy = await mkdtemp(join(home, 'tmp', `whole-${process.pid}-`));
+  try {
+    const file = join(copy, ...key.split('/'));
+    await mkdir(join(file, '..'), { recursive: true });
+    const hash = createHash('sha256');
+    let size = 0;
+    await pipeline(
+      await store.get(key),
+      new Transform({
+        transform(piece: Buffer, _enc, cb) {
+          hash.update(piece);
+          size += piece.length;
+          cb(null, piece);
+        },
+      }),
+      createWriteStream(file, { mode: 0o600 }),
+    );
+    const got = 'sha256:' + hash.digest('hex');
+    if (size !== d.size || got !== d.digest) {
+      throw new DigestMismatchError(`layer ${key} read back as ${size} bytes with digest ${got}, expected ${d.size} bytes, ${d.digest}; the store holds a damaged or tampered layer`);
+    }
+    const local = new FileStore(copy);
+    const frame = await local.getBytes(key, { start: d.tocOffset, end: d.tocOffset + d.tocLength });
+    const toc = await decodeTocFrame(frame, d, key);
+    const keep = join(copy, 'toc.frame');
+    await writeFile(keep, frame, { mode: 0o600 });
+    await unpackOnce(dir, () => unpackFrom(local, d, toc, dir, onWarning));
+    await rename(keep, tocFramePath(home, d.digest));
+    return toc;
+  } finally {
+    await rm(copy, { recursive: true, force: true });
+  }
 }
 
 /** Remove a layer directory (gc of the host's layer cache). */

@@ -129,7 +129,10 @@ export function decodeManifest(buf: Buffer): Manifest {
   if (m.layers.length === 0) bad('no layers');
   if (r.name !== undefined) m.name = checkName(r.name);
   if (r.parent !== undefined) m.parent = checkId(r.parent);
-  if (r.index !== undefined) m.index = indexDescriptor(r.index);
+  if (r.index !== undefined) {
+    m.index = indexDescriptor(r.index);
+    if (m.index.layers !== undefined && (m.index.layers < 1 || m.index.layers > m.layers.length)) bad(`index covers ${m.index.layers} layers of a chain of ${m.layers.length}`);
+  }
   return m;
 }
 
@@ -142,6 +145,7 @@ function indexDescriptor(v: unknown): IndexDescriptor {
     if (typeof o.inline !== 'string' || !/^[A-Za-z0-9+/]*={0,2}$/.test(o.inline) || Buffer.from(o.inline, 'base64').length !== d.size) bad('index inline is not the base64 of size bytes');
     d.inline = o.inline;
   }
+  if (o.layers !== undefined) d.layers = nat(o.layers, 'index layers');
   return d;
 }
 

@@ -8,7 +8,8 @@ import { indexMatchesLayers, RestoreIndex } from '../format/restore-index.js';
 import { loadIndex } from '../restore/index-source.js';
 import { relative } from 'node:path';
 import { BackupRestoreError } from '../errors.js';
-import type { Toc } from '../format/toc.js';
+import type { Toc, TocEntry } from '../format/toc.js';
+import { topRoot } from '../format/view.js';
 import { ensureLayerDirs } from '../restore/layers.js';
 import { daemonRequest } from '../restore/lazy/client.js';
 import { unmountPath, writeIndexFile } from '../restore/lazy/mount.js';
@@ -16,13 +17,21 @@ import { daemonLog } from '../restore/lazy/protocol.js';
 import type { ObjectStore } from '../store/store.js';
 import { lowerDir, mountIndexPath, type Workspace, type WorkspaceMode } from './workspace.js';
 
+/** What mounting a workspace's lowers gives the overlay. */
+export interface MountedLowers {
+  /** Overlay lowerdir entries, top first, relative to home. */
+  lowers: string[];
+  /** The chain's root entry when a layer of its tail (above the index) has one. */
+  tailRoot?: TocEntry | undefined;
+}
+
 export interface Lowers {
   readonly mode: WorkspaceMode;
   /**
-   * Make the workspace's lowers available; returns overlay lowerdir entries (top first, relative
-   * to home). `fresh`: its index was written just now from a verified blob (no need to check it).
+   * Make the workspace's lowers available. `fresh`: its index was written just now from a
+   * verified blob (no need to check it).
    */
-  mount(ws: Workspace, store: ObjectStore, opts?: { tocs?: Toc[] | undefined; fresh?: boolean }): Promise<string[]>;
+  mount(ws: Workspace, store: ObjectStore, opts?: { tocs?: Toc[] | undefined; fresh?: boolean }): Promise<MountedLowers>;
   /** Take down what mount made for this workspace (a dead FUSE mount too). */
   unmount(ws: Workspace): Promise<void>;
 }
@@ -35,8 +44,9 @@ export class ExtractLowers implements Lowers {
     private readonly warn: (msg: string) => void,
   ) {}
 
-  async mount(ws: Workspace, store: ObjectStore, opts: { tocs?: Toc[] | undefined } = {}): Promise<string[]> {
-    return (await ensureLayerDirs(store, this.home, ws.state.mounted, { ...(opts.tocs ? { tocs: opts.tocs } : {}), onWarning: this.warn })).lowers;
+  async mount(ws: Workspace, store: ObjectStore, opts: { tocs?: Toc[] | undefined } = {}): Promise<MountedLowers> {
+    const { lowers } = await ensureLayerDirs(store, this.home, ws.state.mounted, { ...(opts.tocs ? { tocs: opts.tocs } : {}), onWarning: this.warn });
+    return { lowers, tailRoot: opts.tocs ? topRoot(opts.tocs.slice(ws.viewed.length)) : undefined };
   }
 
   async unmount(): Promise<void> {
@@ -44,23 +54,34 @@ export class ExtractLowers implements Lowers {
   }
 }
 
-/** One FUSE view of the whole chain, served by the host's restore daemon from mount.index. */
+/**
+ * One FUSE view of the chain its index covers, served by the host's restore daemon from
+ * mount.index; the chain's tail (small layers above the index) unpacked whole into layer
+ * directories over it, fetched while the view mounts.
+ */
 export class LazyLowers implements Lowers {
   readonly mode = 'lazy' as const;
   constructor(
     private readonly home: string,
     private readonly opts: { hydrate: boolean; cacheSize?: number | undefined },
+    private readonly warn: (msg: string) => void = () => undefined,
   ) {}
 
   get daemonEnv(): Record<string, string> {
     return this.opts.cacheSize ? { STRATA_CACHE_SIZE: String(this.opts.cacheSize) } : {};
   }
 
-  async mount(ws: Workspace, store: ObjectStore, opts: { fresh?: boolean } = {}): Promise<string[]> {
+  async mount(ws: Workspace, store: ObjectStore, opts: { fresh?: boolean } = {}): Promise<MountedLowers> {
+    const tail = ws.tail.length ? ensureLayerDirs(store, this.home, ws.tail, { whole: true, onWarning: this.warn }) : undefined;
+    // Awaited below; a failure must not surface as an unhandled rejection meanwhile.
+    tail?.catch(() => undefined);
     if (!opts.fresh) await this.checkIndex(ws, store);
     const r = await daemonRequest(this.home, { op: 'mount', workspace: ws.state.id, hydrate: this.opts.hydrate }, { start: true, env: this.daemonEnv });
     if (!r?.ok) throw new BackupRestoreError(`lazy mount of ${ws.state.dir} failed: ${r ? r.error : 'no daemon'} (daemon log: ${daemonLog(this.home)})`);
-    return [relative(this.home, lowerDir(ws))];
+    const view = relative(this.home, lowerDir(ws));
+    if (!tail) return { lowers: [view] };
+    const t = await tail;
+    return { lowers: [...t.lowers, view], tailRoot: topRoot(t.tocs ?? []) };
   }
 
   /**
@@ -70,11 +91,11 @@ export class LazyLowers implements Lowers {
   private async checkIndex(ws: Workspace, store: ObjectStore): Promise<void> {
     const path = mountIndexPath(ws);
     try {
-      if (indexMatchesLayers(RestoreIndex.parse(await readFile(path)), ws.state.mounted)) return;
+      if (indexMatchesLayers(RestoreIndex.parse(await readFile(path)), ws.viewed)) return;
     } catch {
       // rebuilt below
     }
-    const { raw } = await loadIndex(store, { layers: ws.state.mounted });
+    const { raw } = await loadIndex(store, { layers: ws.viewed });
     await writeIndexFile(raw, path, { sync: false });
   }
 

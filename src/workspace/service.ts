@@ -53,8 +53,11 @@ export interface PrepareSpec {
   dir: string;
   mode: WorkspaceMode;
   force: boolean;
-  /** The chain's restore index (bytes) and its descriptor, when the manifest has one. */
-  index: { raw: Buffer; root: TocEntry; desc?: IndexDescriptor | undefined };
+  /**
+   * The chain's restore index (bytes) and its descriptor, when the manifest has one, and how many
+   * layers of the chain it covers (the rest is the chain's tail).
+   */
+  index: { raw: Buffer; root: TocEntry; desc?: IndexDescriptor | undefined; layers: number };
   /** Extract: the layers' TOCs (layer directories are unpacked from them). */
   tocs?: Toc[];
 }
@@ -69,7 +72,7 @@ export class WorkspaceService {
     opts: { hydrate?: boolean; cacheSize?: number | undefined; onWarning?: (msg: string) => void } = {},
   ) {
     const warn = opts.onWarning ?? (() => undefined);
-    this.lowers = { extract: new ExtractLowers(home, warn), lazy: new LazyLowers(home, { hydrate: opts.hydrate !== false, cacheSize: opts.cacheSize }) };
+    this.lowers = { extract: new ExtractLowers(home, warn), lazy: new LazyLowers(home, { hydrate: opts.hydrate !== false, cacheSize: opts.cacheSize }, warn) };
   }
 
   /** The lazy seam's daemon environment (a cold restore starts the daemon early with it). */
@@ -137,6 +140,7 @@ export class WorkspaceService {
       layers: spec.layers,
       mounted: spec.layers,
       ...(spec.index.desc ? { index: spec.index.desc } : {}),
+      ...(spec.index.layers < spec.layers.length ? { viewLayers: spec.index.layers } : {}),
     });
     try {
       // One file, two names: mount.index is what the view serves, chain.index the base of the
@@ -147,9 +151,9 @@ export class WorkspaceService {
       await writeIndexFile(spec.index.raw, mountIndexPath(ws), { sync: false });
       await link(mountIndexPath(ws), chainIndexPath(ws));
       tr.step('workspace created, index written');
-      const lowers = await this.lowers[spec.mode].mount(ws, spec.store, { tocs: spec.tocs, fresh: true });
+      const { lowers, tailRoot } = await this.lowers[spec.mode].mount(ws, spec.store, { tocs: spec.tocs, fresh: true });
       tr.step('lowers mounted');
-      await ws.initUpperRoot(spec.index.root);
+      await ws.initUpperRoot(tailRoot ?? spec.index.root);
       await swapInto(dir, state === 'replace' ? 'replace' : 'absent', async () => {
         await mkdir(dir, { recursive: true });
         await mountOverlay({ lowers, upper: ws.upper, work: ws.work, target: dir, cwd: this.home });
@@ -168,7 +172,7 @@ export class WorkspaceService {
   /** Bring a workspace's mounts back (its lowers, then the overlay) after they went down. */
   async mounts(ws: Workspace, store: ObjectStore): Promise<void> {
     await this.takeDown(ws);
-    const lowers = await this.lowers[ws.state.mode].mount(ws, store);
+    const { lowers } = await this.lowers[ws.state.mode].mount(ws, store);
     await mkdir(ws.state.dir, { recursive: true });
     await mountOverlay({ lowers, upper: ws.upper, work: ws.work, target: ws.state.dir, cwd: this.home });
   }
@@ -177,12 +181,15 @@ export class WorkspaceService {
    * Record a backup of the workspace: its chain moves on, the captured baseline and the chain's
    * index with it. Called once the backup's manifest is written.
    */
-  async commit(ws: Workspace, c: { backupId: string; layers: LayerDescriptor[]; captured: Captured; index?: { raw: Buffer; desc: IndexDescriptor } | undefined }): Promise<void> {
+  async commit(ws: Workspace, c: { backupId: string; layers: LayerDescriptor[]; captured: Captured; index?: { raw: Buffer; desc: IndexDescriptor } | undefined; kept?: IndexDescriptor }): Promise<void> {
     ws.state.backupId = c.backupId;
     ws.state.layers = c.layers;
     if (c.index) {
       await writeIndexFile(c.index.raw, chainIndexPath(ws));
       ws.state.index = c.index.desc;
+    } else if (c.kept) {
+      // The chain grew a tail over the same index: chain.index stays as it is.
+      ws.state.index = c.kept;
     }
     await ws.saveCaptured(c.captured);
     await ws.save();

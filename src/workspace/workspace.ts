@@ -34,6 +34,11 @@ export interface WorkspaceState {
   mounted: LayerDescriptor[];
   /** The restore index of `layers` as its manifest names it (chain.index holds its bytes). */
   index?: IndexDescriptor;
+  /**
+   * How many of `mounted` (bottom first) mount.index covers; absent: all. In a lazy workspace the
+   * rest (the chain's tail) are layer directories over the index's view.
+   */
+  viewLayers?: number;
   createdAt: string;
   updatedAt: string;
 }
@@ -46,6 +51,14 @@ export class Workspace {
 
   get root(): string {
     return join(this.home, 'workspaces', this.state.id);
+  }
+  /** The mounted layers its index covers (a lazy workspace's FUSE view serves these). */
+  get viewed(): LayerDescriptor[] {
+    return this.state.mounted.slice(0, this.state.viewLayers ?? this.state.mounted.length);
+  }
+  /** The mounted layers above the index: unpacked whole into layer directories. */
+  get tail(): LayerDescriptor[] {
+    return this.state.mounted.slice(this.viewed.length);
   }
   get upper(): string {
     return join(this.root, 'upper');

@@ -106,14 +106,14 @@ async function main(home: string): Promise<void> {
     // The ready path: the index the caller fetched and verified, straight to strata-fuse.
     const indexPath = mountIndexPath(ws);
     const ix = RestoreIndex.parse(await readFile(indexPath));
-    if (!indexMatchesLayers(ix, ws.state.mounted)) throw new Error(`${indexPath} does not describe the layers of workspace ${id}; restore it again`);
+    if (!indexMatchesLayers(ix, ws.viewed)) throw new Error(`${indexPath} does not describe the layers of workspace ${id}; restore it again`);
     tr.step('index read');
     const mountpoint = lowerDir(ws);
     if (await mountAt(mountpoint)) await unmountPath(mountpoint); // a dead mount left by a crashed server
     await mkdir(mountpoint, { recursive: true });
     // Mounted before the chunk list is decoded: strata-fuse needs only the index file, and the
     // fetcher only the layers until readahead and hydration want the chunks (below).
-    const m = await mountLazy({ store, layers: ws.state.mounted, indexPath, chunks: [], mountpoint, runDir: join(ws.root, 'run'), fetcher, onLog: (l) => log(`strata-fuse ${id}: ${l}`) });
+    const m = await mountLazy({ store, layers: ws.viewed, indexPath, chunks: [], mountpoint, runDir: join(ws.root, 'run'), fetcher, onLog: (l) => log(`strata-fuse ${id}: ${l}`) });
     tr.step('strata-fuse ready');
     // An s3:// store loads the AWS SDK on first use (~0.2 s of this event loop): start it once the
     // mount has been answered, before the first read needs it, not while the mount comes up.
@@ -151,7 +151,7 @@ async function main(home: string): Promise<void> {
         await new Promise((r) => setImmediate(r));
         if (held.get(id) !== h || h.abort.signal.aborted) return;
         const part = ix.chunks(k, k + 2048, seen);
-        fetcher.addChunks(ws.state.mounted, part);
+        fetcher.addChunks(ws.viewed, part);
         for (const c of part) chunks.push(c);
       }
       h.digests = chunks.map((c) => c.chunk.digest);
@@ -163,11 +163,11 @@ async function main(home: string): Promise<void> {
         return p !== undefined && chunk.blobOffset >= p.blobOffset && chunk.blobOffset + chunk.blobLength <= p.blobOffset + p.blobLength;
       });
       if (landmark.length > 0) {
-        fetcher.hydrate(ws.state.mounted, landmark, { priority: 'normal', signal: h.abort.signal }).catch((err: Error) => h.errors.push(`prefetch: ${err.message}`));
+        fetcher.hydrate(ws.viewed, landmark, { priority: 'normal', signal: h.abort.signal }).catch((err: Error) => h.errors.push(`prefetch: ${err.message}`));
       }
       if (hydrate) {
         fetcher
-          .hydrate(ws.state.mounted, chunks, { priority: 'low', signal: h.abort.signal })
+          .hydrate(ws.viewed, chunks, { priority: 'low', signal: h.abort.signal })
           .then((r) => {
             if (r.failed > 0) h.errors.push(`hydration: ${r.failed} chunk(s) failed; they are fetched on demand`);
           })
