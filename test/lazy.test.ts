@@ -7,7 +7,7 @@
  */
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { cp, lstat, mkdir, mkdtemp, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -63,6 +63,14 @@ async function copyStore(b: Backup, name: string): Promise<string> {
 }
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+
+/** Mounts at or under dir, from /proc/self/mountinfo. */
+function mountsOf(dir: string): string[] {
+  return readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .map((l) => l.split(' ')[4])
+    .filter((m): m is string => !!m && (m === dir || m.startsWith(dir + '/')));
+}
 
 async function catFile(p: string): Promise<Buffer> {
   const { stdout } = await run('cat', [p], { encoding: 'buffer', maxBuffer: 256 * MiB });
@@ -224,6 +232,71 @@ describe.skipIf(!RUN)('lazy restore through strata-fuse', () => {
     await expect(writeFile(join(m.mountpoint, 'new-file'), 'x')).rejects.toMatchObject({ code: 'EROFS' });
   });
 
+  describe('layers of a local store, read by strata-fuse itself', () => {
+    it('serves the backup identical to the source without the fetcher: nothing fetched, nothing cached', async () => {
+      // Two layers, both direct: the base and an upper stacked over it.
+      const storeDir = await copyStore(base, 'direct');
+      await cp(join(upper.storeDir, 'blobs'), join(storeDir, 'blobs'), { recursive: true });
+      const layers = [...base.layers, ...upper.layers];
+      const view = buildView([...base.tocs, ...upper.tocs]);
+      const m = await mount({ store: new FileStore(storeDir), layers, view });
+      expect([...m.direct].sort()).toEqual([0, 1]);
+      const want = new Map(before);
+      // The upper's entries (its root too: the topmost layer's root is the view's) over the base's.
+      for (const [p, e] of await summarize(upperSrc)) want.set(p, e);
+      const got = await summarize(m.mountpoint);
+      for (const [p, e] of want) expect(got.get(p), p).toEqual(e);
+      // Many readers of one multi-chunk file at once: one frame load each, every copy exact.
+      await dropPages(join(m.mountpoint, 'data/random.bin'));
+      const sums = await Promise.all(Array.from({ length: 8 }, () => catFile(join(m.mountpoint, 'data/random.bin')).then(sha)));
+      expect(new Set(sums)).toEqual(new Set([sha(await readFile(join(src, 'data/random.bin')))]));
+      const s = m.stats();
+      expect(s.requests).toBe(0);
+      expect(s.bytesFetched).toBe(0);
+      expect((await cacheFiles(join(caseDir, 'cache'))).size).toBe(0);
+    });
+
+    it('fails a read of a corrupted frame with EIO, every time, and names the frame; the rest still reads', async () => {
+      const storeDir = await copyStore(base, 'direct-corrupt');
+      const view = buildView(base.tocs);
+      const c = chunksOf(view, 'data/pattern.bin')[0]!;
+      const blob = join(storeDir, 'blobs', 'sha256', parseDigest(base.layers[0]!.digest));
+      const fh = await open(blob, 'r+');
+      try {
+        const b = Buffer.alloc(1);
+        const at = c.blobOffset + Math.floor(c.blobLength / 2);
+        await fh.read(b, 0, 1, at);
+        b[0] = b[0]! ^ 0x5a;
+        await fh.write(b, 0, 1, at);
+      } finally {
+        await fh.close();
+      }
+      const logs: string[] = [];
+      const m = await mount({ store: new FileStore(storeDir), layers: base.layers, view, onLog: (l) => logs.push(l) });
+      expect(m.direct.has(0)).toBe(true);
+      for (let i = 0; i < 2; i++) {
+        const r = await tryCat(join(m.mountpoint, 'data/pattern.bin'));
+        expect(r.ok).toBe(false);
+        expect(r.err).toMatch(/Input\/output error/);
+      }
+      expect(logs.join('\n')).toContain(parseDigest(c.digest));
+      expect(logs.join('\n')).toMatch(/sha256 does not match|does not decompress/);
+      expect((await catFile(join(m.mountpoint, 'hello.txt'))).toString()).toBe('hello, world\n');
+      expect(m.stats().requests).toBe(0);
+    });
+
+    it('refuses to mount when a layer blob is missing, naming it', async () => {
+      const storeDir = await copyStore(base, 'direct-missing');
+      await rm(join(storeDir, 'blobs', 'sha256', parseDigest(base.layers[0]!.digest)));
+      const err = await mount({ store: new FileStore(storeDir), layers: base.layers, view: buildView(base.tocs) }).then(
+        () => null,
+        (e: Error) => e,
+      );
+      expect(err?.message).toMatch(new RegExp(`layer 0 blob .*${parseDigest(base.layers[0]!.digest)}: No such file`));
+      expect(mountsOf(join(caseDir, 'mnt'))).toEqual([]);
+    });
+  });
+
   it('answers other files while one read waits on a slow fetch', async () => {
     const store = new ProbeStore(new FileStore(base.storeDir));
     // One stack over two stores' layers: copy the upper blob into the base store's namespace.
@@ -310,7 +383,7 @@ describe.skipIf(!RUN)('lazy restore through strata-fuse', () => {
       await fh.close();
     }
     const logs: string[] = [];
-    const m = await mount({ store: new FileStore(storeDir), layers: base.layers, view, fetcherOptions: { readahead: 0, log: (l) => logs.push(l) } });
+    const m = await mount({ store: new FileStore(storeDir), direct: false, layers: base.layers, view, fetcherOptions: { readahead: 0, log: (l) => logs.push(l) } });
     const r = await tryCat(join(m.mountpoint, 'data/pattern.bin'));
     expect(r.ok).toBe(false);
     expect(r.err).toMatch(/Input\/output error/);
@@ -360,7 +433,7 @@ describe.skipIf(!RUN)('lazy restore through strata-fuse', () => {
   it('keeps the cache within its budget across reads of more data than it holds', async () => {
     const budget = 10 * MiB;
     const view = buildView(base.tocs);
-    const m = await mount({ store: new FileStore(base.storeDir), layers: base.layers, view, cacheBytes: budget });
+    const m = await mount({ store: new FileStore(base.storeDir), direct: false, layers: base.layers, view, cacheBytes: budget });
     const files = ['data/random.bin', 'data/pattern.bin', 'sparse', 'hello.txt'];
     const sums = new Map<string, string>();
     for (const f of files) sums.set(f, sha(await readFile(join(src, f))));
@@ -407,7 +480,7 @@ describe.skipIf(!RUN)('lazy restore through strata-fuse', () => {
     it('keeps serving cached data when the fetcher dies, and picks up a restarted one', async () => {
       const store = new FileStore(base.storeDir);
       const view = buildView(base.tocs);
-      const m = await mount({ store, layers: base.layers, view, fetcherOptions: { readahead: 0 } });
+      const m = await mount({ store, direct: false, layers: base.layers, view, fetcherOptions: { readahead: 0 } });
       const mp = m.mountpoint;
       await catFile(join(mp, 'hello.txt'));
       await dropPages(join(mp, 'hello.txt'));

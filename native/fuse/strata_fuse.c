@@ -37,16 +37,20 @@
 #include <unistd.h>
 
 #include "sx_fetch.h"
+#include "sx_frames.h"
 #include "sx_index.h"
 
 #define SX_TTL 86400.0          /* seconds the kernel may cache entries and attributes */
 #define SX_FETCH_ROUNDS 3       /* a frame evicted between fetch and open is asked for again */
 #define SX_TOUCH_INTERVAL 60    /* seconds between LRU touches of one frame */
+#define SX_FD_DIRECT (-2)       /* open_chunks: this chunk's layer is read directly (sx_frames) */
+#define SX_MAX_BLOBS 1024
 
 struct sx_ctx {
 	struct sx_index idx;
 	int cache_fd;               /* the cache directory */
 	struct sx_fetch *fetch;
+	struct sx_frames *frames;   /* layers read straight from local blobs; others go to the fetcher */
 	_Atomic uint32_t *touched;  /* per digest (cache entry): monotonic second of its last touch, 0 = never */
 	atomic_bool noatime;        /* O_NOATIME still allowed (it needs ownership or CAP_FOWNER) */
 	atomic_bool no_open;        /* the kernel can skip OPEN/RELEASE (FUSE_CAP_NO_OPEN_SUPPORT) */
@@ -372,7 +376,7 @@ static int open_chunks(struct sx_ctx *c, fuse_ino_t ino, uint32_t first, uint32_
 	for (int round = 0;; round++) {
 		uint32_t nmiss = 0;
 		for (uint32_t i = 0; i < n; i++) {
-			if (fds[i] >= 0)
+			if (fds[i] >= 0 || fds[i] == SX_FD_DIRECT)
 				continue;
 			const struct sx_chunk *ch = &c->idx.chunks[first + i];
 			fds[i] = open_chunk(c, ch);
@@ -419,6 +423,32 @@ static int open_chunks(struct sx_ctx *c, fuse_ino_t ino, uint32_t first, uint32_
 	}
 }
 
+/*
+ * Copy len bytes of chunk ci, from offset `at` in the chunk, out of its frame
+ * read straight from the local layer blob (verified there). The first read of
+ * a frame is reported to the fetcher (the access record), as hits are.
+ */
+static int direct_copy(struct sx_ctx *c, fuse_ino_t ino, uint32_t ci, char *dst, uint64_t at, size_t len)
+{
+	const struct sx_chunk *ch = &c->idx.chunks[ci];
+	const struct sx_frame *fr;
+	char why[256];
+	if (sx_frames_get(c->frames, ci, &fr, why, sizeof(why)) < 0) {
+		log_failure(c, ino, ch, why);
+		return -1;
+	}
+	int rc = 0;
+	/* One frame, several chunk records: each must fit the frame actually loaded. */
+	if ((uint64_t)ch->frame_off + at + len > fr->size) {
+		log_failure(c, ino, ch, "the chunk lies past the end of its frame (the index disagrees with itself)");
+		rc = -1;
+	} else
+		memcpy(dst, fr->data + ch->frame_off + at, len);
+	sx_frames_put(c->frames, fr);
+	maybe_touch(c, ci);
+	return rc;
+}
+
 static void sx_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
 	(void)fi;
@@ -456,7 +486,7 @@ static void sx_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		goto out;
 	}
 	for (uint32_t i = 0; i < nch; i++)
-		fds[i] = -1;
+		fds[i] = sx_frames_direct(c->frames, c->idx.chunks[first + i].layer) ? SX_FD_DIRECT : -1;
 	int rc = open_chunks(c, ino, first, nch, fds, refs, miss);
 	if (rc < 0) {
 		err = -rc;
@@ -472,6 +502,13 @@ static void sx_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 			memset(buf + (pos - start), 0, (size_t)(cs - pos));
 		size_t want = (size_t)(ce - cs);
 		size_t got = 0;
+		if (fds[i] == SX_FD_DIRECT) {
+			if (direct_copy(c, ino, first + i, buf + (cs - start), cs - ch->file_off, want) < 0) {
+				err = EIO;
+				goto out;
+			}
+			got = want;
+		}
 		while (got < want) {
 			/* The cache file is the whole frame; this file's bytes start at frame_off. */
 			ssize_t r = pread(fds[i], buf + (cs - start) + got, want - got,
@@ -652,6 +689,7 @@ static const struct fuse_lowlevel_ops sx_ops = {
 static void usage(FILE *to)
 {
 	fprintf(to, "usage: strata-fuse --index FILE --cache DIR --socket PATH [--timeout-ms N] [--threads N]\n"
+		    "                   [--blob LAYER=PATH]... [--frame-cache-mb N]\n"
 		    "                   [--ready-fd FD] [--foreground] [--die-with-parent] [--debug] MOUNTPOINT\n"
 		    "       strata-fuse --print-layout\n");
 }
@@ -753,8 +791,14 @@ int main(int argc, char **argv)
 		{ "threads", required_argument, NULL, 'T' },   { "ready-fd", required_argument, NULL, 'r' },
 		{ "foreground", no_argument, NULL, 'f' },      { "debug", no_argument, NULL, 'd' },
 		{ "die-with-parent", no_argument, NULL, 'P' }, { "help", no_argument, NULL, 'h' },
-		{ "print-layout", no_argument, NULL, 'L' },    { NULL, 0, NULL, 0 },
+		{ "print-layout", no_argument, NULL, 'L' },    { "blob", required_argument, NULL, 'b' },
+		{ "frame-cache-mb", required_argument, NULL, 'M' }, { NULL, 0, NULL, 0 },
 	};
+	/* --blob N=PATH: layer N of the index is read straight from that local file. */
+	unsigned long blob_layer[SX_MAX_BLOBS];
+	const char *blob_path[SX_MAX_BLOBS];
+	unsigned nblobs = 0;
+	unsigned long frame_cache_mb = 64;
 	const char *index_path = NULL, *cache_dir = NULL, *socket_arg = NULL;
 	unsigned long timeout_ms = 60000, threads = 64, ready_fd = ULONG_MAX;
 	bool foreground = false, debug = false, die_with_parent = false;
@@ -779,6 +823,29 @@ int main(int argc, char **argv)
 		case 'r':
 			if (!parse_uint(optarg, INT_MAX, &ready_fd)) {
 				fprintf(stderr, "strata-fuse: bad --ready-fd %s\n", optarg);
+				return 2;
+			}
+			break;
+		case 'b': {
+			char *eq = strchr(optarg, '=');
+			char num[16];
+			size_t nl = eq ? (size_t)(eq - optarg) : 0;
+			if (!eq || nl == 0 || nl >= sizeof(num) || eq[1] == '\0' || nblobs == SX_MAX_BLOBS) {
+				fprintf(stderr, "strata-fuse: bad --blob %s (want LAYER=PATH)\n", optarg);
+				return 2;
+			}
+			memcpy(num, optarg, nl);
+			num[nl] = '\0';
+			if (!parse_uint(num, UINT32_MAX, &blob_layer[nblobs])) {
+				fprintf(stderr, "strata-fuse: bad --blob %s (want LAYER=PATH)\n", optarg);
+				return 2;
+			}
+			blob_path[nblobs++] = eq + 1;
+			break;
+		}
+		case 'M':
+			if (!parse_uint(optarg, 1UL << 20, &frame_cache_mb)) {
+				fprintf(stderr, "strata-fuse: bad --frame-cache-mb %s\n", optarg);
 				return 2;
 			}
 			break;
@@ -843,6 +910,20 @@ int main(int argc, char **argv)
 		fprintf(stderr, "strata-fuse: %s\n", err);
 		goto out;
 	}
+	if (nblobs > 0) {
+		ctx.frames = sx_frames_new(&ctx.idx, (size_t)frame_cache_mb << 20, err, sizeof(err));
+		if (!ctx.frames) {
+			fprintf(stderr, "strata-fuse: %s\n", err);
+			goto out;
+		}
+		/* A blob that cannot be opened is refused now: its layer would only fail later. */
+		for (unsigned i = 0; i < nblobs; i++) {
+			if (sx_frames_add_blob(ctx.frames, (uint32_t)blob_layer[i], blob_path[i], err, sizeof(err)) < 0) {
+				fprintf(stderr, "strata-fuse: %s\n", err);
+				goto out;
+			}
+		}
+	}
 
 	char opts[256];
 	snprintf(opts, sizeof(opts), "ro,default_permissions,fsname=strata,subtype=strata%s",
@@ -889,6 +970,7 @@ out:
 	if (se)
 		fuse_session_destroy(se);
 	sx_fetch_free(ctx.fetch);
+	sx_frames_free(ctx.frames);
 	if (ctx.cache_fd >= 0)
 		close(ctx.cache_fd);
 	free(ctx.touched);

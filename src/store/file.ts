@@ -53,6 +53,11 @@ export class FileStore implements ObjectStore {
     this.url = pathToFileURL(this.root).href;
   }
 
+  /** Where an object lives on disk (strata-fuse reads layer blobs there itself). */
+  localPath(key: string): string {
+    return this.pathOf(key);
+  }
+
   private pathOf(key: string): string {
     validateKey(key);
     if (key === TMP_DIR || key.startsWith(TMP_DIR + '/')) {

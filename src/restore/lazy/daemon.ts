@@ -25,8 +25,12 @@ import { span } from '../../util/trace.js';
 
 interface Held {
   mount: LazyMount;
-  /** The view's frame digests, once decoded (just after the mount answers). */
+  /** The view's frame digests of fetched layers, once decoded (just after the mount answers). */
   digests: string[] | undefined;
+  /** Chunks of layers strata-fuse reads straight from local blobs: always local. */
+  local: number;
+  /** Layers of the view (all of them in mount.direct: nothing to fetch at all). */
+  layers: number;
   /** Chunk records of the index: what status reports until digests are known. */
   pending: number;
   hydrating: boolean;
@@ -118,7 +122,7 @@ async function main(home: string): Promise<void> {
     // An s3:// store loads the AWS SDK on first use (~0.2 s of this event loop): start it once the
     // mount has been answered, before the first read needs it, not while the mount comes up.
     if (store instanceof DeferredStore) setTimeout(() => (store as DeferredStore).preload(), 0);
-    const h: Held = { mount: m, digests: undefined, pending: ix.chunkCount, hydrating: hydrate, errors: [], abort: new AbortController() };
+    const h: Held = { mount: m, layers: ws.viewed.length, digests: undefined, local: 0, pending: ix.chunkCount, hydrating: hydrate, errors: [], abort: new AbortController() };
     held.set(id, h);
     m.child.once('exit', (code, sig) => {
       if (held.get(id) === h && !exiting) {
@@ -150,7 +154,12 @@ async function main(home: string): Promise<void> {
       for (let k = 0; k < ix.chunkCount; k += 2048) {
         await new Promise((r) => setImmediate(r));
         if (held.get(id) !== h || h.abort.signal.aborted) return;
-        const part = ix.chunks(k, k + 2048, seen);
+        // Layers strata-fuse reads itself need no readahead, prefetch nor hydration.
+        const part: ViewChunk[] = [];
+        for (const c of ix.chunks(k, k + 2048, seen)) {
+          if (m.direct.has(c.layer)) h.local++;
+          else part.push(c);
+        }
         fetcher.addChunks(ws.viewed, part);
         for (const c of part) chunks.push(c);
       }
@@ -195,8 +204,9 @@ async function main(home: string): Promise<void> {
     mounts: [...held].map(([id, h]) => ({
       workspace: id,
       mountpoint: h.mount.mountpoint,
-      chunks: h.digests?.length ?? h.pending,
-      cached: h.digests?.filter((d) => fetcher.cache.has(d)).length ?? 0,
+      chunks: h.digests ? h.digests.length + h.local : h.pending,
+      // Until the chunk list is decoded, a view read wholly from local blobs is still all local.
+      cached: h.digests ? h.local + h.digests.filter((d) => fetcher.cache.has(d)).length : h.mount.direct.size === h.layers ? h.pending : 0,
       hydrating: h.hydrating,
       errors: h.errors,
     })),

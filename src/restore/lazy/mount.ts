@@ -13,7 +13,8 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { BackupRestoreError } from '../../errors.js';
 import { span } from '../../util/trace.js';
-import type { LayerDescriptor } from '../../format/reader.js';
+import { blobKey, type LayerDescriptor } from '../../format/reader.js';
+import { FileStore } from '../../store/file.js';
 import type { Toc } from '../../format/toc.js';
 import type { ObjectStore } from '../../store/store.js';
 import { encodeIndex, RestoreIndex, type ViewChunk, viewChunks } from '../../format/restore-index.js';
@@ -64,10 +65,24 @@ export interface MountLazyOptions {
   detach?: boolean;
   /** Each line strata-fuse writes to stderr (default: to our stderr). */
   onLog?: (line: string) => void;
+  /**
+   * Let strata-fuse read the layers of a local (file://) store itself, straight from their blob
+   * files: no fetcher and no cache on the path of those reads (default true; env STRATA_DIRECT=0
+   * turns it off). Other stores, and gzip layers, always go through the fetcher.
+   */
+  direct?: boolean;
+}
+
+/** The layers strata-fuse can read straight from a local blob file: `--blob N=PATH` each. */
+export function directBlobs(store: ObjectStore, layers: LayerDescriptor[], enabled = process.env.STRATA_DIRECT !== '0'): Array<{ layer: number; path: string }> {
+  if (!enabled || !(store instanceof FileStore)) return [];
+  return layers.flatMap((l, layer) => (l.codec === 'zstd' ? [{ layer, path: store.localPath(blobKey(l.digest)) }] : []));
 }
 
 export interface LazyMount {
   readonly mountpoint: string;
+  /** Layers (index positions) strata-fuse reads itself: nothing of them is fetched or cached. */
+  readonly direct: ReadonlySet<number>;
   readonly indexPath: string;
   readonly child: ChildProcess;
   readonly fetcher: Fetcher;
@@ -172,7 +187,9 @@ export async function mountLazy(o: MountLazyOptions): Promise<LazyMount> {
   };
 
   const timeoutMs = o.timeoutMs ?? (o.fetcherOptions?.deadlineMs ?? 30_000) + 5_000;
-  const args = ['--index', indexPath, '--cache', fetcher.cache.dir, '--socket', fetcher.socketPath, '--timeout-ms', String(timeoutMs), '--threads', String(o.threads ?? 64), '--ready-fd', '3', '--foreground', ...(o.detach ? [] : ['--die-with-parent']), mountpoint];
+  const blobs = directBlobs(o.store, o.layers, o.direct ?? process.env.STRATA_DIRECT !== '0');
+  const direct = new Set(blobs.map((b) => b.layer));
+  const args = [...blobs.flatMap((b) => ['--blob', `${b.layer}=${b.path}`]), '--index', indexPath, '--cache', fetcher.cache.dir, '--socket', fetcher.socketPath, '--timeout-ms', String(timeoutMs), '--threads', String(o.threads ?? 64), '--ready-fd', '3', '--foreground', ...(o.detach ? [] : ['--die-with-parent']), mountpoint];
   let child: ChildProcess;
   try {
     child = spawn(o.binary ?? defaultFuseBinary(), args, { stdio: ['ignore', 'ignore', 'pipe', 'pipe'], detached: !!o.detach });
@@ -233,11 +250,12 @@ export async function mountLazy(o: MountLazyOptions): Promise<LazyMount> {
   let unmounted: Promise<void> | undefined;
   return {
     mountpoint,
+    direct,
     indexPath,
     child,
     fetcher,
     stats: () => fetcher.stats(),
-    hydrate: (h) => fetcher.hydrate(o.layers, chunks, h),
+    hydrate: (h) => fetcher.hydrate(o.layers, chunks.filter((c) => !direct.has(c.layer)), h),
     unmount: () =>
       (unmounted ??= (async () => {
         if (child.exitCode === null && child.signalCode === null) {

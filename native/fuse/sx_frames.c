@@ -1,0 +1,351 @@
+/*
+ * Direct frames from local layer blobs: see sx_frames.h.
+ *
+ * One mutex guards the table and the LRU; loads run outside it, so a slow
+ * pread or a 4 MiB decompression holds up only the readers of that frame.
+ * Entries are indexed by the frame's digest index (the index's digest table),
+ * so lookups are an array access, and chunks of several files sharing a frame
+ * share its entry.
+ */
+#include "sx_frames.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+#include <zstd.h>
+
+enum { SX_LOADING = 1, SX_READY = 2 };
+
+struct sx_entry {
+	struct sx_frame frame;
+	uint32_t digest;
+	int state;
+	unsigned refs;
+	struct sx_entry *prev, *next; /* LRU, most recent first; only READY entries */
+	bool in_lru;
+};
+
+struct sx_dctx_pool {
+	ZSTD_DCtx **free;
+	size_t n, cap;
+};
+
+struct sx_frames {
+	const struct sx_index *idx;
+	int *fds;            /* per layer: the blob, or -1 (not direct) */
+	uint64_t *sizes;     /* per layer: the blob's size when opened */
+	struct sx_entry **table; /* per digest index */
+	struct sx_entry *head, *tail;
+	size_t bytes, budget;
+	struct sx_dctx_pool dctx;
+	pthread_mutex_t lock;
+	pthread_cond_t loaded;
+	uint64_t loads, hits, read_bytes;
+};
+
+struct sx_frames *sx_frames_new(const struct sx_index *idx, size_t budget, char *err, size_t errlen)
+{
+	struct sx_frames *f = calloc(1, sizeof(*f));
+	uint32_t layers = idx->hdr->layer_count, digests = idx->hdr->digest_count;
+	if (!f)
+		goto nomem;
+	f->idx = idx;
+	f->budget = budget;
+	f->fds = malloc((layers ? layers : 1) * sizeof(*f->fds));
+	f->sizes = calloc(layers ? layers : 1, sizeof(*f->sizes));
+	f->table = calloc(digests ? digests : 1, sizeof(*f->table));
+	if (!f->fds || !f->sizes || !f->table)
+		goto nomem;
+	for (uint32_t i = 0; i < layers; i++)
+		f->fds[i] = -1;
+	if (pthread_mutex_init(&f->lock, NULL) != 0)
+		goto nomem;
+	if (pthread_cond_init(&f->loaded, NULL) != 0) {
+		pthread_mutex_destroy(&f->lock);
+		goto nomem;
+	}
+	return f;
+nomem:
+	snprintf(err, errlen, "out of memory for the frame table");
+	if (f) {
+		free(f->fds);
+		free(f->sizes);
+		free(f->table);
+		free(f);
+	}
+	return NULL;
+}
+
+int sx_frames_add_blob(struct sx_frames *f, uint32_t layer, const char *path, char *err, size_t errlen)
+{
+	if (layer >= f->idx->hdr->layer_count) {
+		snprintf(err, errlen, "--blob %u=%s: the index has %u layers", layer, path, f->idx->hdr->layer_count);
+		return -1;
+	}
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	struct stat st;
+	if (fd < 0 || fstat(fd, &st) != 0) {
+		snprintf(err, errlen, "layer %u blob %s: %s", layer, path, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	if (f->fds[layer] >= 0)
+		close(f->fds[layer]);
+	f->fds[layer] = fd;
+	f->sizes[layer] = (uint64_t)st.st_size;
+	return 0;
+}
+
+int sx_frames_direct(const struct sx_frames *f, uint32_t layer)
+{
+	return f && layer < f->idx->hdr->layer_count && f->fds[layer] >= 0;
+}
+
+static void lru_unlink(struct sx_frames *f, struct sx_entry *e)
+{
+	if (!e->in_lru)
+		return;
+	if (e->prev)
+		e->prev->next = e->next;
+	else
+		f->head = e->next;
+	if (e->next)
+		e->next->prev = e->prev;
+	else
+		f->tail = e->prev;
+	e->prev = e->next = NULL;
+	e->in_lru = false;
+}
+
+static void lru_push(struct sx_frames *f, struct sx_entry *e)
+{
+	e->prev = NULL;
+	e->next = f->head;
+	if (f->head)
+		f->head->prev = e;
+	f->head = e;
+	if (!f->tail)
+		f->tail = e;
+	e->in_lru = true;
+}
+
+static void entry_free(struct sx_entry *e)
+{
+	free((void *)e->frame.data);
+	free(e);
+}
+
+/* Drop unreferenced frames from the cold end until the budget holds. Lock held. */
+static void evict(struct sx_frames *f)
+{
+	struct sx_entry *e = f->tail;
+	while (f->bytes > f->budget && e) {
+		struct sx_entry *prev = e->prev;
+		if (e->refs == 0) {
+			lru_unlink(f, e);
+			f->table[e->digest] = NULL;
+			f->bytes -= e->frame.size;
+			entry_free(e);
+		}
+		e = prev;
+	}
+}
+
+static ZSTD_DCtx *dctx_take(struct sx_frames *f)
+{
+	pthread_mutex_lock(&f->lock);
+	ZSTD_DCtx *d = f->dctx.n ? f->dctx.free[--f->dctx.n] : NULL;
+	pthread_mutex_unlock(&f->lock);
+	return d ? d : ZSTD_createDCtx();
+}
+
+static void dctx_give(struct sx_frames *f, ZSTD_DCtx *d)
+{
+	if (!d)
+		return;
+	pthread_mutex_lock(&f->lock);
+	if (f->dctx.n == f->dctx.cap) {
+		size_t cap = f->dctx.cap ? f->dctx.cap * 2 : 8;
+		ZSTD_DCtx **p = realloc(f->dctx.free, cap * sizeof(*p));
+		if (!p) {
+			pthread_mutex_unlock(&f->lock);
+			ZSTD_freeDCtx(d);
+			return;
+		}
+		f->dctx.free = p;
+		f->dctx.cap = cap;
+	}
+	f->dctx.free[f->dctx.n++] = d;
+	pthread_mutex_unlock(&f->lock);
+}
+
+/* Read, decompress and verify one frame into a fresh buffer. Runs unlocked. */
+static int load(struct sx_frames *f, const struct sx_chunk *ch, uint8_t **out, char *why, size_t whylen)
+{
+	int fd = f->fds[ch->layer];
+	if (ch->blob_off > f->sizes[ch->layer] || ch->blob_len > f->sizes[ch->layer] - ch->blob_off) {
+		snprintf(why, whylen, "the layer blob is %llu bytes, shorter than the index says",
+			 (unsigned long long)f->sizes[ch->layer]);
+		return -EIO;
+	}
+	if (ch->blob_len > ZSTD_COMPRESSBOUND(SX_MAX_FRAME)) {
+		snprintf(why, whylen, "compressed frame of %u bytes is larger than any frame can be", ch->blob_len);
+		return -EIO;
+	}
+	uint8_t *src = malloc(ch->blob_len);
+	uint8_t *dst = malloc(ch->frame_size ? ch->frame_size : 1);
+	ZSTD_DCtx *d = NULL;
+	int rc = -EIO;
+	if (!src || !dst) {
+		snprintf(why, whylen, "out of memory for a %u-byte frame", ch->frame_size);
+		rc = -ENOMEM;
+		goto out;
+	}
+	size_t got = 0;
+	while (got < ch->blob_len) {
+		ssize_t r = pread(fd, src + got, ch->blob_len - got, (off_t)(ch->blob_off + got));
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0) {
+			snprintf(why, whylen, "reading the layer blob: %s", r < 0 ? strerror(errno) : "unexpected end of file");
+			goto out;
+		}
+		got += (size_t)r;
+	}
+	__atomic_add_fetch(&f->read_bytes, ch->blob_len, __ATOMIC_RELAXED);
+	d = dctx_take(f);
+	if (!d) {
+		snprintf(why, whylen, "out of memory for a zstd context");
+		rc = -ENOMEM;
+		goto out;
+	}
+	size_t n = ZSTD_decompressDCtx(d, dst, ch->frame_size, src, ch->blob_len);
+	if (ZSTD_isError(n) || n != ch->frame_size) {
+		snprintf(why, whylen, "the frame does not decompress to %u bytes (%s): damaged or tampered data, not used",
+			 ch->frame_size, ZSTD_isError(n) ? ZSTD_getErrorName(n) : "wrong size");
+		goto out;
+	}
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int mdlen = 0;
+	if (EVP_Digest(dst, ch->frame_size, md, &mdlen, EVP_sha256(), NULL) != 1 || mdlen != 32) {
+		snprintf(why, whylen, "sha256 failed");
+		goto out;
+	}
+	if (memcmp(md, f->idx->digests[ch->digest].digest, 32) != 0) {
+		snprintf(why, whylen, "the frame's sha256 does not match the index: damaged or tampered data, not used");
+		goto out;
+	}
+	*out = dst;
+	dst = NULL;
+	rc = 0;
+out:
+	dctx_give(f, d);
+	free(src);
+	free(dst);
+	return rc;
+}
+
+int sx_frames_get(struct sx_frames *f, uint32_t ci, const struct sx_frame **out, char *why, size_t whylen)
+{
+	const struct sx_chunk *ch = &f->idx->chunks[ci];
+	pthread_mutex_lock(&f->lock);
+	for (;;) {
+		struct sx_entry *e = f->table[ch->digest];
+		if (!e)
+			break;
+		if (e->state == SX_READY) {
+			e->refs++;
+			lru_unlink(f, e);
+			lru_push(f, e);
+			f->hits++;
+			pthread_mutex_unlock(&f->lock);
+			*out = &e->frame;
+			return 0;
+		}
+		/* Another thread loads it: its result (or its failure, then our own try) is ours. */
+		pthread_cond_wait(&f->loaded, &f->lock);
+	}
+	struct sx_entry *e = calloc(1, sizeof(*e));
+	if (!e) {
+		pthread_mutex_unlock(&f->lock);
+		snprintf(why, whylen, "out of memory");
+		return -ENOMEM;
+	}
+	e->digest = ch->digest;
+	e->state = SX_LOADING;
+	f->table[ch->digest] = e;
+	f->loads++;
+	pthread_mutex_unlock(&f->lock);
+
+	uint8_t *data = NULL;
+	int rc = load(f, ch, &data, why, whylen);
+
+	pthread_mutex_lock(&f->lock);
+	if (rc < 0) {
+		f->table[ch->digest] = NULL;
+		free(e);
+	} else {
+		e->frame.data = data;
+		e->frame.size = ch->frame_size;
+		e->state = SX_READY;
+		e->refs = 1;
+		lru_push(f, e);
+		f->bytes += e->frame.size;
+		evict(f);
+		*out = &e->frame;
+	}
+	pthread_cond_broadcast(&f->loaded);
+	pthread_mutex_unlock(&f->lock);
+	return rc;
+}
+
+void sx_frames_put(struct sx_frames *f, const struct sx_frame *fr)
+{
+	struct sx_entry *e = (struct sx_entry *)((char *)fr - offsetof(struct sx_entry, frame));
+	pthread_mutex_lock(&f->lock);
+	e->refs--;
+	if (e->refs == 0 && f->bytes > f->budget)
+		evict(f);
+	pthread_mutex_unlock(&f->lock);
+}
+
+void sx_frames_stats(struct sx_frames *f, uint64_t *loads, uint64_t *hits, uint64_t *bytes)
+{
+	pthread_mutex_lock(&f->lock);
+	*loads = f->loads;
+	*hits = f->hits;
+	*bytes = __atomic_load_n(&f->read_bytes, __ATOMIC_RELAXED);
+	pthread_mutex_unlock(&f->lock);
+}
+
+void sx_frames_free(struct sx_frames *f)
+{
+	if (!f)
+		return;
+	for (struct sx_entry *e = f->head; e;) {
+		struct sx_entry *next = e->next;
+		entry_free(e);
+		e = next;
+	}
+	for (uint32_t i = 0; i < f->idx->hdr->layer_count; i++)
+		if (f->fds[i] >= 0)
+			close(f->fds[i]);
+	for (size_t i = 0; i < f->dctx.n; i++)
+		ZSTD_freeDCtx(f->dctx.free[i]);
+	free(f->dctx.free);
+	free(f->fds);
+	free(f->sizes);
+	free(f->table);
+	pthread_cond_destroy(&f->loaded);
+	pthread_mutex_destroy(&f->lock);
+	free(f);
+}

@@ -1,0 +1,52 @@
+/*
+ * Frames read straight from local layer blobs (a file:// store): pread of the
+ * compressed frame, zstd decompression, sha256 of the result against the
+ * index's digest, kept in a bounded in-memory LRU so a large file read in
+ * 128 KiB pieces decompresses each frame once. No other process is involved:
+ * a read of a local layer never leaves strata-fuse.
+ *
+ * Ownership: sx_frames_get hands out a counted reference that the caller
+ * returns with sx_frames_put; a frame is freed only when it is out of the LRU
+ * and unreferenced. Concurrent misses of one frame load it once (the others
+ * wait for that load).
+ */
+#ifndef SX_FRAMES_H
+#define SX_FRAMES_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sx_index.h"
+
+struct sx_frames;
+
+struct sx_frame {
+	const uint8_t *data; /* frame_size bytes, verified */
+	uint32_t size;
+};
+
+/* idx outlives the result; budget: bytes of decompressed frames kept for reuse. */
+struct sx_frames *sx_frames_new(const struct sx_index *idx, size_t budget, char *err, size_t errlen);
+
+/*
+ * Serve layer `layer` of the index from the blob file at path (opened now;
+ * an error is returned and nothing is registered if it cannot be opened).
+ * Layers not registered are not direct: sx_frames_direct says which.
+ */
+int sx_frames_add_blob(struct sx_frames *f, uint32_t layer, const char *path, char *err, size_t errlen);
+int sx_frames_direct(const struct sx_frames *f, uint32_t layer);
+
+/*
+ * The verified frame chunk `ci` lies in. 0 and *out on success; -EIO with a
+ * reason in why (the blob's bytes do not decompress, or not to the digest;
+ * a short blob; a read error) otherwise. Nothing unverified is ever returned.
+ */
+int sx_frames_get(struct sx_frames *f, uint32_t ci, const struct sx_frame **out, char *why, size_t whylen);
+void sx_frames_put(struct sx_frames *f, const struct sx_frame *fr);
+
+/* Counters for the log line at exit: frames loaded, hits, bytes read from blobs. */
+void sx_frames_stats(struct sx_frames *f, uint64_t *loads, uint64_t *hits, uint64_t *bytes);
+
+void sx_frames_free(struct sx_frames *f);
+
+#endif
