@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := build
 
-APT_PACKAGES := build-essential pkg-config libfuse3-dev fuse3 libzstd-dev libssl-dev attr
+APT_PACKAGES := build-essential pkg-config libfuse3-dev fuse3 libzstd-dev libssl-dev libcurl4-openssl-dev attr
 NODE_INCLUDE ?= $(shell node -p "require('path').resolve(process.execPath, '../../include/node')")
 CFLAGS ?= -O2 -g
 CFLAGS += -Wall -Wextra -Werror -std=gnu11 -D_GNU_SOURCE
@@ -63,9 +63,9 @@ clean:
 	rm -rf build dist
 
 # ---- lazy restore: the FUSE data plane (native/fuse, docs/lazy.md) ----------------------------
-FUSE_SRCS := native/fuse/strata_fuse.c native/fuse/sx_index.c native/fuse/sx_fetch.c native/fuse/sx_frames.c
-FUSE_HDRS := native/fuse/sx_format.h native/fuse/sx_index.h native/fuse/sx_fetch.h native/fuse/sx_frames.h
+FUSE_SRCS := native/fuse/strata_fuse.c native/fuse/sx_index.c native/fuse/sx_fetch.c native/fuse/sx_frames.c native/fuse/sx_http.c
+FUSE_HDRS := native/fuse/sx_format.h native/fuse/sx_index.h native/fuse/sx_fetch.h native/fuse/sx_frames.h native/fuse/sx_http.h
 
 build/strata-fuse: $(FUSE_SRCS) $(FUSE_HDRS) | system-deps
 	@mkdir -p build
-	$(CC) $(CFLAGS) $$(pkg-config --cflags fuse3 libzstd libcrypto) -pthread -o $@ $(FUSE_SRCS) $$(pkg-config --libs fuse3 libzstd libcrypto)
+	$(CC) $(CFLAGS) $$(pkg-config --cflags fuse3 libzstd libcrypto libcurl) -pthread -o $@ $(FUSE_SRCS) $$(pkg-config --libs fuse3 libzstd libcrypto libcurl)

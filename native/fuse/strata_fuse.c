@@ -36,8 +36,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <curl/curl.h>
+#include <pthread.h>
+
 #include "sx_fetch.h"
 #include "sx_frames.h"
+#include "sx_http.h"
 #include "sx_index.h"
 
 #define SX_TTL 86400.0          /* seconds the kernel may cache entries and attributes */
@@ -50,7 +54,10 @@ struct sx_ctx {
 	struct sx_index idx;
 	int cache_fd;               /* the cache directory */
 	struct sx_fetch *fetch;
-	struct sx_frames *frames;   /* layers read straight from local blobs; others go to the fetcher */
+	struct sx_frames *frames;   /* layers read straight from local blobs or fetched here; others go to the fetcher */
+	struct sx_http *http;
+	const char *sources;        /* --sources FILE: remote layers and their URLs, re-read to renew them */
+	pthread_mutex_t sources_lock;
 	_Atomic uint32_t *touched;  /* per digest (cache entry): monotonic second of its last touch, 0 = never */
 	atomic_bool noatime;        /* O_NOATIME still allowed (it needs ownership or CAP_FOWNER) */
 	atomic_bool no_open;        /* the kernel can skip OPEN/RELEASE (FUSE_CAP_NO_OPEN_SUPPORT) */
@@ -686,10 +693,77 @@ static const struct fuse_lowlevel_ops sx_ops = {
 	.lseek = sx_lseek,
 };
 
+/*
+ * --sources FILE: one line per layer fetched here, "LAYER SIZE URL". The
+ * control plane writes it (mode 0600: the URLs are credentials) and rewrites
+ * it with fresh URLs before they expire; a refused URL makes us read it again.
+ * Layers are mirrored in CACHE/blobs/<layer sha256>.
+ */
+static bool parse_uint(const char *s, unsigned long max, unsigned long *out);
+
+static int load_sources(struct sx_ctx *c, char *err, size_t errlen)
+{
+	pthread_mutex_lock(&c->sources_lock);
+	int rc = -1;
+	FILE *in = fopen(c->sources, "re");
+	char *line = NULL;
+	size_t cap = 0;
+	unsigned lineno = 0;
+	if (!in) {
+		snprintf(err, errlen, "sources %s: %s", c->sources, strerror(errno));
+		goto out;
+	}
+	if (mkdirat(c->cache_fd, "blobs", 0700) != 0 && errno != EEXIST) {
+		snprintf(err, errlen, "cache blobs directory: %s", strerror(errno));
+		goto out;
+	}
+	ssize_t n;
+	while ((n = getline(&line, &cap, in)) > 0) {
+		lineno++;
+		if (line[n - 1] == '\n')
+			line[--n] = '\0';
+		if (n == 0)
+			continue;
+		char *sp1 = strchr(line, ' '), *sp2 = sp1 ? strchr(sp1 + 1, ' ') : NULL;
+		unsigned long layer, size;
+		if (!sp1 || !sp2) {
+			snprintf(err, errlen, "sources %s line %u: want LAYER SIZE URL", c->sources, lineno);
+			goto out;
+		}
+		*sp1 = *sp2 = '\0';
+		if (!parse_uint(line, UINT32_MAX, &layer) || !parse_uint(sp1 + 1, ULONG_MAX, &size) ||
+		    layer >= c->idx.hdr->layer_count) {
+			snprintf(err, errlen, "sources %s line %u: bad layer or size", c->sources, lineno);
+			goto out;
+		}
+		char name[6 + 65];
+		memcpy(name, "blobs/", 6);
+		hex32(c->idx.layers[layer].digest, name + 6);
+		if (sx_frames_add_remote(c->frames, (uint32_t)layer, c->cache_fd, name, size, sp2 + 1, err, errlen) < 0)
+			goto out;
+	}
+	rc = 0;
+out:
+	free(line);
+	if (in)
+		fclose(in);
+	pthread_mutex_unlock(&c->sources_lock);
+	return rc;
+}
+
+static void renew_sources(void *user)
+{
+	struct sx_ctx *c = user;
+	char err[512];
+	if (load_sources(c, err, sizeof(err)) < 0)
+		fprintf(stderr, "strata-fuse: renewing store URLs: %s\n", err);
+}
+
 static void usage(FILE *to)
 {
 	fprintf(to, "usage: strata-fuse --index FILE --cache DIR --socket PATH [--timeout-ms N] [--threads N]\n"
-		    "                   [--blob LAYER=PATH]... [--frame-cache-mb N]\n"
+		    "                   [--blob LAYER=PATH]... [--sources FILE] [--hydrate] [--deadline-ms N]\n"
+		    "                   [--stall-ms N] [--readahead-kb N] [--frame-cache-mb N]\n"
 		    "                   [--ready-fd FD] [--foreground] [--die-with-parent] [--debug] MOUNTPOINT\n"
 		    "       strata-fuse --print-layout\n");
 }
@@ -792,8 +866,14 @@ int main(int argc, char **argv)
 		{ "foreground", no_argument, NULL, 'f' },      { "debug", no_argument, NULL, 'd' },
 		{ "die-with-parent", no_argument, NULL, 'P' }, { "help", no_argument, NULL, 'h' },
 		{ "print-layout", no_argument, NULL, 'L' },    { "blob", required_argument, NULL, 'b' },
-		{ "frame-cache-mb", required_argument, NULL, 'M' }, { NULL, 0, NULL, 0 },
+		{ "frame-cache-mb", required_argument, NULL, 'M' }, { "sources", required_argument, NULL, 'S' },
+		{ "hydrate", no_argument, NULL, 'H' },          { "deadline-ms", required_argument, NULL, 'D' },
+		{ "stall-ms", required_argument, NULL, 'W' },   { "readahead-kb", required_argument, NULL, 'R' },
+		{ NULL, 0, NULL, 0 },
 	};
+	const char *sources = NULL;
+	bool hydrate = false;
+	unsigned long deadline_ms = 30000, stall_ms = 10000, readahead_kb = 256;
 	/* --blob N=PATH: layer N of the index is read straight from that local file. */
 	unsigned long blob_layer[SX_MAX_BLOBS];
 	const char *blob_path[SX_MAX_BLOBS];
@@ -849,6 +929,19 @@ int main(int argc, char **argv)
 				return 2;
 			}
 			break;
+		case 'S': sources = optarg; break;
+		case 'H': hydrate = true; break;
+		case 'D':
+		case 'W':
+		case 'R': {
+			unsigned long *into = opt == 'D' ? &deadline_ms : opt == 'W' ? &stall_ms : &readahead_kb;
+			if (!parse_uint(optarg, 24UL * 3600 * 1000, into) || (opt != 'R' && *into == 0)) {
+				fprintf(stderr, "strata-fuse: bad value %s for --%s\n", optarg,
+					opt == 'D' ? "deadline-ms" : opt == 'W' ? "stall-ms" : "readahead-kb");
+				return 2;
+			}
+			break;
+		}
 		case 'f': foreground = true; break;
 		case 'd': debug = true; break;
 		case 'P': die_with_parent = true; break;
@@ -878,6 +971,11 @@ int main(int argc, char **argv)
 	ctx.cache_fd = -1;
 	ctx.debug = debug;
 	atomic_init(&ctx.noatime, true);
+	pthread_mutex_init(&ctx.sources_lock, NULL);
+	if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0) {
+		fprintf(stderr, "strata-fuse: curl_global_init failed\n");
+		return 1;
+	}
 	struct fuse_session *se = NULL;
 	struct fuse_loop_config *cfg = NULL;
 	char *socket_path = NULL;
@@ -910,7 +1008,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "strata-fuse: %s\n", err);
 		goto out;
 	}
-	if (nblobs > 0) {
+	if (nblobs > 0 || sources) {
 		ctx.frames = sx_frames_new(&ctx.idx, (size_t)frame_cache_mb << 20, err, sizeof(err));
 		if (!ctx.frames) {
 			fprintf(stderr, "strata-fuse: %s\n", err);
@@ -922,6 +1020,21 @@ int main(int argc, char **argv)
 				fprintf(stderr, "strata-fuse: %s\n", err);
 				goto out;
 			}
+		}
+	}
+	if (sources) {
+		struct sx_http_opts ho = { .deadline_ms = (unsigned)deadline_ms, .stall_ms = (unsigned)stall_ms, .connect_ms = 5000 };
+		ctx.http = sx_http_new(&ho, err, sizeof(err));
+		if (!ctx.http) {
+			fprintf(stderr, "strata-fuse: %s\n", err);
+			goto out;
+		}
+		sx_frames_set_http(ctx.frames, ctx.http, (size_t)readahead_kb << 10);
+		sx_frames_on_refused(ctx.frames, renew_sources, &ctx);
+		ctx.sources = sources;
+		if (load_sources(&ctx, err, sizeof(err)) < 0) {
+			fprintf(stderr, "strata-fuse: %s\n", err);
+			goto out;
 		}
 	}
 
@@ -950,6 +1063,11 @@ int main(int argc, char **argv)
 		close((int)ready_fd);
 	}
 
+	/* After daemonizing: a thread started before fork would not exist in the child. */
+	if (ctx.http && sx_frames_hydrate(ctx.frames, 4u << 20, hydrate, err, sizeof(err)) < 0) {
+		fprintf(stderr, "strata-fuse: %s\n", err);
+		goto out;
+	}
 	cfg = fuse_loop_cfg_create();
 	if (!cfg)
 		goto out;
@@ -971,6 +1089,7 @@ out:
 		fuse_session_destroy(se);
 	sx_fetch_free(ctx.fetch);
 	sx_frames_free(ctx.frames);
+	sx_http_free(ctx.http);
 	if (ctx.cache_fd >= 0)
 		close(ctx.cache_fd);
 	free(ctx.touched);

@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +22,8 @@
 
 #include <openssl/evp.h>
 #include <zstd.h>
+
+#include "sx_http.h"
 
 enum { SX_LOADING = 1, SX_READY = 2 };
 
@@ -38,10 +41,26 @@ struct sx_dctx_pool {
 	size_t n, cap;
 };
 
+struct sx_remote {
+	char *url;           /* under url_lock: renewed while reads use it */
+	bool remote;
+};
+
 struct sx_frames {
 	const struct sx_index *idx;
-	int *fds;            /* per layer: the blob, or -1 (not direct) */
-	uint64_t *sizes;     /* per layer: the blob's size when opened */
+	int *fds;            /* per layer: the blob or its mirror, or -1 (not served here) */
+	uint64_t *sizes;     /* per layer: the blob's size */
+	struct sx_remote *remote; /* per layer */
+	struct sx_http *http;
+	size_t readahead;
+	pthread_mutex_t url_lock;
+	void (*renew)(void *user);
+	void *renew_user;
+	atomic_uint demand;  /* reads waiting on a fetch right now: hydration yields to them */
+	atomic_bool stop;
+	atomic_bool hydrated; /* the hydration thread has returned */
+	pthread_t hydrator;
+	bool hydrating;
 	struct sx_entry **table; /* per digest index */
 	struct sx_entry *head, *tail;
 	size_t bytes, budget;
@@ -62,8 +81,10 @@ struct sx_frames *sx_frames_new(const struct sx_index *idx, size_t budget, char 
 	f->fds = malloc((layers ? layers : 1) * sizeof(*f->fds));
 	f->sizes = calloc(layers ? layers : 1, sizeof(*f->sizes));
 	f->table = calloc(digests ? digests : 1, sizeof(*f->table));
-	if (!f->fds || !f->sizes || !f->table)
+	f->remote = calloc(layers ? layers : 1, sizeof(*f->remote));
+	if (!f->fds || !f->sizes || !f->table || !f->remote)
 		goto nomem;
+	pthread_mutex_init(&f->url_lock, NULL);
 	for (uint32_t i = 0; i < layers; i++)
 		f->fds[i] = -1;
 	if (pthread_mutex_init(&f->lock, NULL) != 0)
@@ -79,6 +100,7 @@ nomem:
 		free(f->fds);
 		free(f->sizes);
 		free(f->table);
+		free(f->remote);
 		free(f);
 	}
 	return NULL;
@@ -108,6 +130,138 @@ int sx_frames_add_blob(struct sx_frames *f, uint32_t layer, const char *path, ch
 int sx_frames_direct(const struct sx_frames *f, uint32_t layer)
 {
 	return f && layer < f->idx->hdr->layer_count && f->fds[layer] >= 0;
+}
+
+void sx_frames_set_http(struct sx_frames *f, struct sx_http *http, size_t readahead)
+{
+	f->http = http;
+	f->readahead = readahead;
+}
+
+void sx_frames_on_refused(struct sx_frames *f, void (*renew)(void *user), void *user)
+{
+	f->renew = renew;
+	f->renew_user = user;
+}
+
+int sx_frames_add_remote(struct sx_frames *f, uint32_t layer, int dirfd, const char *mirror, uint64_t size, const char *url,
+			 char *err, size_t errlen)
+{
+	if (layer >= f->idx->hdr->layer_count) {
+		snprintf(err, errlen, "remote layer %u: the index has %u layers", layer, f->idx->hdr->layer_count);
+		return -1;
+	}
+	char *u = strdup(url);
+	if (!u) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	if (f->remote[layer].remote) {
+		/* A renewal: same mirror, new URL. */
+		pthread_mutex_lock(&f->url_lock);
+		free(f->remote[layer].url);
+		f->remote[layer].url = u;
+		pthread_mutex_unlock(&f->url_lock);
+		return 0;
+	}
+	int fd = openat(dirfd, mirror, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+	struct stat st;
+	if (fd < 0 || fstat(fd, &st) != 0) {
+		snprintf(err, errlen, "layer %u mirror %s: %s", layer, mirror, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		free(u);
+		return -1;
+	}
+	/* Sparse, at the blob's size: holes are what is not fetched yet. */
+	if ((uint64_t)st.st_size != size && ftruncate(fd, (off_t)size) != 0) {
+		snprintf(err, errlen, "layer %u mirror %s: %s", layer, mirror, strerror(errno));
+		close(fd);
+		free(u);
+		return -1;
+	}
+	if (f->fds[layer] >= 0)
+		close(f->fds[layer]);
+	f->fds[layer] = fd;
+	f->sizes[layer] = size;
+	pthread_mutex_lock(&f->url_lock);
+	f->remote[layer].url = u;
+	f->remote[layer].remote = true;
+	pthread_mutex_unlock(&f->url_lock);
+	return 0;
+}
+
+/* The mirror holds [off, off+len) as data (it may still be torn: the frame check decides). */
+static bool present(int fd, uint64_t off, uint64_t len)
+{
+	off_t h = lseek(fd, (off_t)off, SEEK_HOLE);
+	return h >= 0 && (uint64_t)h >= off + len;
+}
+
+/* GET [off, off+len) of a remote layer into its mirror. Renews the URL once if refused. */
+static int fetch_into_mirror(struct sx_frames *f, uint32_t layer, uint64_t off, uint64_t len, char *why, size_t whylen)
+{
+	if (!f->http) {
+		snprintf(why, whylen, "no HTTP client");
+		return -EIO;
+	}
+	uint8_t *buf = malloc(len ? len : 1);
+	if (!buf) {
+		snprintf(why, whylen, "out of memory for a %llu-byte span", (unsigned long long)len);
+		return -ENOMEM;
+	}
+	int rc = -EIO;
+	for (int round = 0; round < 2; round++) {
+		pthread_mutex_lock(&f->url_lock);
+		char *url = strdup(f->remote[layer].url);
+		pthread_mutex_unlock(&f->url_lock);
+		if (!url) {
+			rc = -ENOMEM;
+			break;
+		}
+		rc = sx_http_get(f->http, url, off, (size_t)len, buf, why, whylen);
+		free(url);
+		if (rc != -EACCES || round == 1 || !f->renew)
+			break;
+		f->renew(f->renew_user);
+	}
+	if (rc == 0) {
+		size_t put = 0;
+		while (put < len) {
+			ssize_t w = pwrite(f->fds[layer], buf + put, (size_t)len - put, (off_t)(off + put));
+			if (w < 0 && errno == EINTR)
+				continue;
+			if (w <= 0) {
+				/* The bytes are good but not kept: this read still fails rather than serve unverified data. */
+				snprintf(why, whylen, "writing the cache mirror: %s", w < 0 ? strerror(errno) : "no progress");
+				rc = -EIO;
+				break;
+			}
+			put += (size_t)w;
+		}
+	} else if (rc != -ENOMEM)
+		rc = -EIO;
+	free(buf);
+	return rc;
+}
+
+/*
+ * A read's fetch: its frame and up to readahead bytes after it, stopping at
+ * the next range the mirror already holds.
+ */
+static int fetch_demand(struct sx_frames *f, const struct sx_chunk *ch, char *why, size_t whylen)
+{
+	uint64_t size = f->sizes[ch->layer], off = ch->blob_off, end = ch->blob_off + ch->blob_len;
+	uint64_t ra = off + f->readahead > end ? off + f->readahead : end;
+	if (ra > size)
+		ra = size;
+	off_t d = lseek(f->fds[ch->layer], (off_t)end, SEEK_DATA);
+	if (d >= 0 && (uint64_t)d < ra)
+		ra = (uint64_t)d > end ? (uint64_t)d : end;
+	atomic_fetch_add(&f->demand, 1);
+	int rc = fetch_into_mirror(f, ch->layer, off, ra - off, why, whylen);
+	atomic_fetch_sub(&f->demand, 1);
+	return rc;
 }
 
 static void lru_unlink(struct sx_frames *f, struct sx_entry *e)
@@ -188,8 +342,8 @@ static void dctx_give(struct sx_frames *f, ZSTD_DCtx *d)
 	pthread_mutex_unlock(&f->lock);
 }
 
-/* Read, decompress and verify one frame into a fresh buffer. Runs unlocked. */
-static int load(struct sx_frames *f, const struct sx_chunk *ch, uint8_t **out, char *why, size_t whylen)
+/* Read, decompress and verify one frame from the layer's file into a fresh buffer. Runs unlocked. */
+static int decode(struct sx_frames *f, const struct sx_chunk *ch, uint8_t **out, char *why, size_t whylen)
 {
 	int fd = f->fds[ch->layer];
 	if (ch->blob_off > f->sizes[ch->layer] || ch->blob_len > f->sizes[ch->layer] - ch->blob_off) {
@@ -252,6 +406,30 @@ out:
 	free(src);
 	free(dst);
 	return rc;
+}
+
+/*
+ * A remote layer's frame: from the mirror when it holds the range and the
+ * bytes check out, else fetched (again) and checked. A frame that fails after
+ * a fresh fetch is the store's fault: EIO.
+ */
+static int load(struct sx_frames *f, const struct sx_chunk *ch, uint8_t **out, char *why, size_t whylen)
+{
+	if (!f->remote[ch->layer].remote)
+		return decode(f, ch, out, why, whylen);
+	bool fetched = false;
+	if (!present(f->fds[ch->layer], ch->blob_off, ch->blob_len)) {
+		int rc = fetch_demand(f, ch, why, whylen);
+		if (rc < 0)
+			return rc;
+		fetched = true;
+	}
+	int rc = decode(f, ch, out, why, whylen);
+	if (rc == 0 || fetched || rc == -ENOMEM)
+		return rc;
+	/* Torn by a crash, or a partial block from a neighbour's span: fetch it now. */
+	rc = fetch_demand(f, ch, why, whylen);
+	return rc < 0 ? rc : decode(f, ch, out, why, whylen);
 }
 
 int sx_frames_get(struct sx_frames *f, uint32_t ci, const struct sx_frame **out, char *why, size_t whylen)
@@ -327,10 +505,100 @@ void sx_frames_stats(struct sx_frames *f, uint64_t *loads, uint64_t *hits, uint6
 	pthread_mutex_unlock(&f->lock);
 }
 
+/* Fetch the holes of [a, b) of a remote layer, yielding to reads waiting on fetches. */
+static void hydrate_range(struct sx_frames *f, uint32_t layer, uint64_t a, uint64_t b, size_t span)
+{
+	int fd = f->fds[layer];
+	uint64_t pos = a;
+	while (pos < b && !atomic_load(&f->stop)) {
+		off_t h = lseek(fd, (off_t)pos, SEEK_HOLE);
+		if (h < 0 || (uint64_t)h >= b)
+			return;
+		off_t d = lseek(fd, h, SEEK_DATA);
+		uint64_t end = d < 0 || (uint64_t)d > b ? b : (uint64_t)d;
+		if (end - (uint64_t)h > span)
+			end = (uint64_t)h + span;
+		while (atomic_load(&f->demand) > 0 && !atomic_load(&f->stop)) {
+			struct timespec t = { 0, 2000000 };
+			nanosleep(&t, NULL);
+		}
+		char why[256];
+		if (fetch_into_mirror(f, layer, (uint64_t)h, end - (uint64_t)h, why, sizeof(why)) < 0) {
+			/* Reads fetch what they need themselves; hydration just stops for this layer. */
+			fprintf(stderr, "strata-fuse: hydration of layer %u bytes %llu+%llu stopped: %s\n", layer,
+				(unsigned long long)h, (unsigned long long)(end - (uint64_t)h), why);
+			return;
+		}
+		pos = end;
+	}
+}
+
+struct hydrate_args {
+	struct sx_frames *f;
+	size_t span;
+	bool whole;
+};
+
+static void *hydrate_main(void *p)
+{
+	struct hydrate_args a = *(struct hydrate_args *)p;
+	free(p);
+	struct sx_frames *f = a.f;
+	uint32_t n = f->idx->hdr->layer_count;
+	/* The prioritized files of every layer first, then each layer whole, top layer first. */
+	for (uint32_t l = 0; l < n; l++) {
+		const struct sx_layer *ly = &f->idx->layers[l];
+		if (f->remote[l].remote && ly->prefetch_len > 0 && ly->prefetch_off < f->sizes[l]) {
+			uint64_t e = ly->prefetch_off + ly->prefetch_len;
+			hydrate_range(f, l, ly->prefetch_off, e < f->sizes[l] ? e : f->sizes[l], a.span);
+		}
+	}
+	for (uint32_t k = n; a.whole && k-- > 0;)
+		if (f->remote[k].remote)
+			hydrate_range(f, k, 0, f->sizes[k], a.span);
+	atomic_store(&f->hydrated, true);
+	return NULL;
+}
+
+int sx_frames_hydrate(struct sx_frames *f, size_t span, bool whole, char *err, size_t errlen)
+{
+	struct hydrate_args *a = malloc(sizeof(*a));
+	if (!a) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	a->f = f;
+	a->span = span;
+	a->whole = whole;
+	int rc = pthread_create(&f->hydrator, NULL, hydrate_main, a);
+	if (rc != 0) {
+		free(a);
+		snprintf(err, errlen, "cannot start the hydration thread: %s", strerror(rc));
+		return -1;
+	}
+	f->hydrating = true;
+	return 0;
+}
+
 void sx_frames_free(struct sx_frames *f)
 {
 	if (!f)
 		return;
+	atomic_store(&f->stop, true);
+	if (f->hydrating) {
+		/* A GET in flight may take up to its deadline: an exiting process does not wait for it. */
+		for (int i = 0; i < 50 && !atomic_load(&f->hydrated); i++) {
+			struct timespec t = { 0, 2000000 };
+			nanosleep(&t, NULL);
+		}
+		if (!atomic_load(&f->hydrated))
+			return; /* left to the exit */
+		pthread_join(f->hydrator, NULL);
+	}
+	for (uint32_t i = 0; i < f->idx->hdr->layer_count; i++)
+		free(f->remote[i].url);
+	free(f->remote);
+	pthread_mutex_destroy(&f->url_lock);
 	for (struct sx_entry *e = f->head; e;) {
 		struct sx_entry *next = e->next;
 		entry_free(e);

@@ -13,6 +13,7 @@
 #ifndef SX_FRAMES_H
 #define SX_FRAMES_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -35,6 +36,30 @@ struct sx_frames *sx_frames_new(const struct sx_index *idx, size_t budget, char 
  */
 int sx_frames_add_blob(struct sx_frames *f, uint32_t layer, const char *path, char *err, size_t errlen);
 int sx_frames_direct(const struct sx_frames *f, uint32_t layer);
+
+/*
+ * Serve layer `layer` from a remote blob of `size` bytes, fetched with ranged
+ * GETs of url (sx_http) into a sparse local mirror, file `mirror` under dirfd (created if
+ * need be, shared by every strata-fuse on the host). Which ranges the mirror
+ * holds is the file's own extent map (SEEK_DATA/SEEK_HOLE): nothing to keep
+ * consistent after a crash, because every frame is verified when it is read
+ * from the mirror, and one that fails is fetched again. Call again with a new
+ * url to renew it.
+ */
+struct sx_http;
+void sx_frames_set_http(struct sx_frames *f, struct sx_http *http, size_t readahead);
+int sx_frames_add_remote(struct sx_frames *f, uint32_t layer, int dirfd, const char *mirror, uint64_t size, const char *url,
+			 char *err, size_t errlen);
+/* Called (at most once per failing read) when the store refused a URL: re-read the sources. */
+void sx_frames_on_refused(struct sx_frames *f, void (*renew)(void *user), void *user);
+
+/*
+ * Background fetching: one thread fetching each remote layer's prefetch
+ * region (the files its backup recorded as read first), then, if whole, every
+ * remote layer whole; in spans of `span` bytes, never while a read waits on a
+ * fetch. sx_frames_free stops it.
+ */
+int sx_frames_hydrate(struct sx_frames *f, size_t span, bool whole, char *err, size_t errlen);
 
 /*
  * The verified frame chunk `ci` lies in. 0 and *out on success; -EIO with a

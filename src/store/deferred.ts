@@ -51,6 +51,11 @@ export class DeferredStore implements ObjectStore {
     const s = await this.store();
     return s.cleanupIncomplete ? s.cleanupIncomplete(before, opts) : [];
   }
+  async presignGet(key: string, seconds: number): Promise<string> {
+    const s = await this.store();
+    if (!s.presignGet) throw new Error(`${this.url} cannot make presigned URLs`);
+    return s.presignGet(key, seconds);
+  }
   /** Release the loaded store's connections, if it has any. */
   async close(): Promise<void> {
     if (!this.real) return;

@@ -347,6 +347,12 @@ export class S3Store implements ObjectStore {
     return { body, expected: got.end - got.start, skip: range.start - got.start, take: range.end - range.start };
   }
 
+  async presignGet(key: string, seconds: number): Promise<string> {
+    // Loaded on first use: only a restore daemon serving an s3:// mount needs it.
+    const { getSignedUrl } = await import('@aws-sdk/s3-request-presigner');
+    return getSignedUrl(this.client, new GetObjectCommand({ Bucket: this.bucket, Key: this.fullKey(key) }), { expiresIn: seconds });
+  }
+
   async get(key: string, range?: ByteRange): Promise<Readable> {
     const fullKey = this.fullKey(key);
     if (range) {

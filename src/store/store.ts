@@ -56,4 +56,9 @@ export interface ObjectStore {
    * killed process left), removed unless dryRun; gc calls it. Optional.
    */
   cleanupIncomplete?(before: Date, opts?: { dryRun?: boolean }): Promise<IncompleteWrite[]>;
+  /**
+   * A URL anyone holding it can GET the object with (ranges too), for `seconds`: strata-fuse
+   * fetches layer blobs with it, without credentials of its own. Optional (s3:// only).
+   */
+  presignGet?(key: string, seconds: number): Promise<string>;
 }

@@ -17,7 +17,8 @@ import { openStore } from '../../store/index.js';
 import type { ObjectStore } from '../../store/store.js';
 import { lowerDir, mountIndexPath, Workspace } from '../../workspace/workspace.js';
 import { Fetcher } from './fetcher.js';
-import { type LazyMount, mountLazy, unmountPath } from './mount.js';
+import { type LazyMount, mirrorPath, mountLazy, unmountPath } from './mount.js';
+import type { LayerDescriptor } from '../../format/reader.js';
 import { mountAt } from '../overlay.js';
 import { controlSocket, type DaemonRequest, type DaemonStatus, parseRequest, runDir } from './protocol.js';
 import { pidAlive } from '../../util/process.js';
@@ -31,6 +32,12 @@ interface Held {
   local: number;
   /** Layers of the view (all of them in mount.direct: nothing to fetch at all). */
   layers: number;
+  /** Frames strata-fuse fetches itself into mirrors: cached once their bytes are in the mirror. */
+  mirrored: ViewChunk[];
+  /** strata-fuse hydrates those itself. */
+  nativeHydrate: boolean;
+  /** The view's layers (index positions → blobs). */
+  viewed: LayerDescriptor[];
   /** Chunk records of the index: what status reports until digests are known. */
   pending: number;
   hydrating: boolean;
@@ -117,12 +124,12 @@ async function main(home: string): Promise<void> {
     await mkdir(mountpoint, { recursive: true });
     // Mounted before the chunk list is decoded: strata-fuse needs only the index file, and the
     // fetcher only the layers until readahead and hydration want the chunks (below).
-    const m = await mountLazy({ store, layers: ws.viewed, indexPath, chunks: [], mountpoint, runDir: join(ws.root, 'run'), fetcher, onLog: (l) => log(`strata-fuse ${id}: ${l}`) });
+    const m = await mountLazy({ store, layers: ws.viewed, hydrate, indexPath, chunks: [], mountpoint, runDir: join(ws.root, 'run'), fetcher, onLog: (l) => log(`strata-fuse ${id}: ${l}`) });
     tr.step('strata-fuse ready');
     // An s3:// store loads the AWS SDK on first use (~0.2 s of this event loop): start it once the
     // mount has been answered, before the first read needs it, not while the mount comes up.
     if (store instanceof DeferredStore) setTimeout(() => (store as DeferredStore).preload(), 0);
-    const h: Held = { mount: m, layers: ws.viewed.length, digests: undefined, local: 0, pending: ix.chunkCount, hydrating: hydrate, errors: [], abort: new AbortController() };
+    const h: Held = { mount: m, layers: ws.viewed.length, mirrored: [], viewed: ws.viewed, nativeHydrate: hydrate && m.remote.size > 0, digests: undefined, local: 0, pending: ix.chunkCount, hydrating: hydrate, errors: [], abort: new AbortController() };
     held.set(id, h);
     m.child.once('exit', (code, sig) => {
       if (held.get(id) === h && !exiting) {
@@ -157,7 +164,8 @@ async function main(home: string): Promise<void> {
         // Layers strata-fuse reads itself need no readahead, prefetch nor hydration.
         const part: ViewChunk[] = [];
         for (const c of ix.chunks(k, k + 2048, seen)) {
-          if (m.direct.has(c.layer)) h.local++;
+          if (m.remote.has(c.layer)) h.mirrored.push(c);
+          else if (m.direct.has(c.layer)) h.local++;
           else part.push(c);
         }
         fetcher.addChunks(ws.viewed, part);
@@ -198,18 +206,23 @@ async function main(home: string): Promise<void> {
     await h.mount.unmount();
   };
 
-  const status = (): DaemonStatus => ({
+  const status = async (): Promise<DaemonStatus> => ({
     pid: process.pid,
     fetcher: fetcher.stats(),
-    mounts: [...held].map(([id, h]) => ({
-      workspace: id,
-      mountpoint: h.mount.mountpoint,
-      chunks: h.digests ? h.digests.length + h.local : h.pending,
-      // Until the chunk list is decoded, a view read wholly from local blobs is still all local.
-      cached: h.digests ? h.local + h.digests.filter((d) => fetcher.cache.has(d)).length : h.mount.direct.size === h.layers ? h.pending : 0,
-      hydrating: h.hydrating,
-      errors: h.errors,
-    })),
+    mounts: await Promise.all(
+      [...held].map(async ([id, h]) => {
+        const mirrored = h.digests ? await mirroredFrames(fetcher.cache.dir, h.viewed, h.mirrored) : 0;
+        return {
+          workspace: id,
+          mountpoint: h.mount.mountpoint,
+          chunks: h.digests ? h.digests.length + h.local + h.mirrored.length : h.pending,
+          // Until the chunk list is decoded, a view read wholly from local blobs is still all local.
+          cached: h.digests ? h.local + mirrored + h.digests.filter((d) => fetcher.cache.has(d)).length : h.mount.direct.size === h.layers && h.mount.remote.size === 0 ? h.pending : 0,
+          hydrating: h.hydrating || (h.nativeHydrate && (!h.digests || mirrored < h.mirrored.length)),
+          errors: h.errors,
+        };
+      }),
+    ),
   });
 
   // With no mounts left the daemon exits, after a grace period: a restore that takes a workspace
@@ -234,7 +247,7 @@ async function main(home: string): Promise<void> {
         if (held.size === 0) idleExit();
         return { ok: true };
       case 'status':
-        return { ok: true, ...status() };
+        return { ok: true, ...(await status()) };
     }
   };
 
@@ -281,6 +294,48 @@ async function main(home: string): Promise<void> {
       if (before > 0 && held.size === 0 && !exiting) idleExit();
     })();
   }, 5000).unref();
+}
+
+/**
+ * How many of these frames the mirrors strata-fuse fetches into hold (by their data extents: a
+ * torn frame counts until strata-fuse reads and refetches it). For status only.
+ */
+async function mirroredFrames(cacheDir: string, layers: LayerDescriptor[], frames: ViewChunk[]): Promise<number> {
+  if (frames.length === 0) return 0;
+  const { sys } = await import('../../sys/native.js');
+  const byLayer = new Map<number, ViewChunk[]>();
+  for (const f of frames) {
+    const list = byLayer.get(f.layer);
+    if (list) list.push(f);
+    else byLayer.set(f.layer, [f]);
+  }
+  let n = 0;
+  for (const [layer, list] of byLayer) {
+    const l = layers[layer]!;
+    const fh = await openFile(mirrorPath(cacheDir, l.digest), 'r').catch(() => undefined);
+    if (!fh) continue;
+    let extents: Array<[number, number]>;
+    try {
+      extents = sys.dataExtents(fh.fd, l.size);
+    } finally {
+      await fh.close();
+    }
+    for (const { chunk } of list) {
+      // Extents are sorted and disjoint: binary search for the last one starting at or before.
+      let lo = 0;
+      let hi = extents.length - 1;
+      let at = -1;
+      while (lo <= hi) {
+        const mid = (lo + hi) >> 1;
+        if (extents[mid]![0] <= chunk.blobOffset) {
+          at = mid;
+          lo = mid + 1;
+        } else hi = mid - 1;
+      }
+      if (at >= 0 && extents[at]![0] + extents[at]![1] >= chunk.blobOffset + chunk.blobLength) n++;
+    }
+  }
+  return n;
 }
 
 /**

@@ -6,7 +6,7 @@
  */
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import type { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
@@ -15,7 +15,7 @@ import { BackupRestoreError } from '../../errors.js';
 import { span } from '../../util/trace.js';
 import { blobKey, type LayerDescriptor } from '../../format/reader.js';
 import { FileStore } from '../../store/file.js';
-import type { Toc } from '../../format/toc.js';
+import { parseDigest, type Toc } from '../../format/toc.js';
 import type { ObjectStore } from '../../store/store.js';
 import { encodeIndex, RestoreIndex, type ViewChunk, viewChunks } from '../../format/restore-index.js';
 import { buildView, type ViewNode } from '../../format/view.js';
@@ -66,11 +66,31 @@ export interface MountLazyOptions {
   /** Each line strata-fuse writes to stderr (default: to our stderr). */
   onLog?: (line: string) => void;
   /**
-   * Let strata-fuse read the layers of a local (file://) store itself, straight from their blob
-   * files: no fetcher and no cache on the path of those reads (default true; env STRATA_DIRECT=0
-   * turns it off). Other stores, and gzip layers, always go through the fetcher.
+   * Let strata-fuse serve the layers itself (default true; env STRATA_DIRECT=0 turns it off): a
+   * local (file://) store's straight from their blob files, an s3:// store's with ranged GETs of
+   * presigned URLs into sparse mirrors in the cache directory. No fetcher and no JavaScript on the
+   * path of those reads. gzip layers, and stores that cannot presign, go through the fetcher.
    */
   direct?: boolean;
+  /** strata-fuse hydrates the layers it fetches itself in the background (default false). */
+  hydrate?: boolean;
+}
+
+/** Presigned URLs live a day and are renewed every hour (R2 and S3 allow up to 7 days). */
+const PRESIGN_SECONDS = 24 * 3600;
+const RENEW_MS = 3600 * 1000;
+
+/** Where strata-fuse mirrors a fetched layer blob, under the cache directory. */
+export function mirrorPath(cacheDir: string, digest: string): string {
+  return join(cacheDir, 'blobs', parseDigest(digest));
+}
+
+/** The sources file: "LAYER SIZE URL" per layer strata-fuse fetches itself (0600: URLs are credentials). */
+async function writeSources(store: ObjectStore, layers: LayerDescriptor[], remote: number[], path: string): Promise<void> {
+  const lines = await Promise.all(remote.map(async (i) => `${i} ${layers[i]!.size} ${await store.presignGet!(blobKey(layers[i]!.digest), PRESIGN_SECONDS)}\n`));
+  const tmp = `${path}.tmp-${randomBytes(6).toString('hex')}`;
+  await writeFile(tmp, lines.join(''), { mode: 0o600, flag: 'wx' });
+  await rename(tmp, path);
 }
 
 /** The layers strata-fuse can read straight from a local blob file: `--blob N=PATH` each. */
@@ -81,8 +101,10 @@ export function directBlobs(store: ObjectStore, layers: LayerDescriptor[], enabl
 
 export interface LazyMount {
   readonly mountpoint: string;
-  /** Layers (index positions) strata-fuse reads itself: nothing of them is fetched or cached. */
+  /** Layers (index positions) strata-fuse serves itself: the fetcher sees none of their reads. */
   readonly direct: ReadonlySet<number>;
+  /** Of those, the ones it fetches over HTTP into mirrors (mirrorPath); the others are local blobs. */
+  readonly remote: ReadonlySet<number>;
   readonly indexPath: string;
   readonly child: ChildProcess;
   readonly fetcher: Fetcher;
@@ -180,16 +202,38 @@ export async function mountLazy(o: MountLazyOptions): Promise<LazyMount> {
   }
   const unregister = fetcher.register(o.store, o.layers, chunks);
 
+  const sourcesPath = join(runDir, `sources-${tag}`);
+  let renewTimer: NodeJS.Timeout | undefined;
   const cleanupStart = async (): Promise<void> => {
+    if (renewTimer) clearInterval(renewTimer);
+    await rm(sourcesPath, { force: true });
     unregister();
     if (own) await fetcher.close();
     if (ownIndex) await rm(indexPath, { force: true });
   };
 
   const timeoutMs = o.timeoutMs ?? (o.fetcherOptions?.deadlineMs ?? 30_000) + 5_000;
-  const blobs = directBlobs(o.store, o.layers, o.direct ?? process.env.STRATA_DIRECT !== '0');
-  const direct = new Set(blobs.map((b) => b.layer));
-  const args = [...blobs.flatMap((b) => ['--blob', `${b.layer}=${b.path}`]), '--index', indexPath, '--cache', fetcher.cache.dir, '--socket', fetcher.socketPath, '--timeout-ms', String(timeoutMs), '--threads', String(o.threads ?? 64), '--ready-fd', '3', '--foreground', ...(o.detach ? [] : ['--die-with-parent']), mountpoint];
+  const directOn = o.direct ?? process.env.STRATA_DIRECT !== '0';
+  const blobs = directBlobs(o.store, o.layers, directOn);
+  const remote = directOn && !(o.store instanceof FileStore) && o.store.presignGet ? o.layers.flatMap((l, i) => (l.codec === 'zstd' ? [i] : [])) : [];
+  const direct = new Set([...blobs.map((b) => b.layer), ...remote]);
+  const nativeArgs: string[] = blobs.flatMap((b) => ['--blob', `${b.layer}=${b.path}`]);
+  if (remote.length > 0) {
+    try {
+      await writeSources(o.store, o.layers, remote, sourcesPath);
+    } catch (err) {
+      await cleanupStart();
+      throw new BackupRestoreError(`cannot make presigned URLs for ${o.store.url}: ${(err as Error).message}`, { cause: err });
+    }
+    const deadline = o.fetcherOptions?.deadlineMs ?? 30_000;
+    const readaheadKb = Math.ceil((o.fetcherOptions?.demandSpan ?? 256 * 1024) / 1024);
+    nativeArgs.push('--sources', sourcesPath, '--readahead-kb', String(readaheadKb), '--deadline-ms', String(deadline), '--stall-ms', String(Math.min(deadline, o.fetcherOptions?.stallTimeoutMs ?? 10_000)));
+    if (o.hydrate) nativeArgs.push('--hydrate');
+    renewTimer = setInterval(() => {
+      writeSources(o.store, o.layers, remote, sourcesPath).catch((err: Error) => (o.onLog ?? ((l: string) => process.stderr.write(l + '\n')))(`strata: renewing presigned URLs for ${o.store.url}: ${err.message}`));
+    }, RENEW_MS).unref();
+  }
+  const args = [...nativeArgs, '--index', indexPath, '--cache', fetcher.cache.dir, '--socket', fetcher.socketPath, '--timeout-ms', String(timeoutMs), '--threads', String(o.threads ?? 64), '--ready-fd', '3', '--foreground', ...(o.detach ? [] : ['--die-with-parent']), mountpoint];
   let child: ChildProcess;
   try {
     child = spawn(o.binary ?? defaultFuseBinary(), args, { stdio: ['ignore', 'ignore', 'pipe', 'pipe'], detached: !!o.detach });
@@ -251,6 +295,7 @@ export async function mountLazy(o: MountLazyOptions): Promise<LazyMount> {
   return {
     mountpoint,
     direct,
+    remote: new Set(remote),
     indexPath,
     child,
     fetcher,

@@ -1,0 +1,214 @@
+/**
+ * strata-fuse fetching an s3:// store's layers itself (issue 10): ranged GETs of presigned URLs
+ * with libcurl into sparse mirrors in the cache directory, verified, with no fetcher and no
+ * JavaScript on the path of a read. Against a real S3 server (s3rver) behind the fault proxy.
+ */
+import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { Strata } from '../src/index.js';
+import { blobKey } from '../src/format/reader.js';
+import type { Toc } from '../src/format/toc.js';
+import { buildView, findNode } from '../src/format/view.js';
+import type { LayerDescriptor } from '../src/format/reader.js';
+import { defaultFuseBinary, type LazyMount, mirrorPath, mountLazy, type MountLazyOptions, unmountPath } from '../src/restore/lazy/mount.js';
+import { fetchToc } from '../src/store/blobs.js';
+import type { S3Store } from '../src/store/s3.js';
+import { sys } from '../src/sys/native.js';
+import { need } from './helpers/caps.js';
+import { type FaultProxy, startFaultProxy } from './helpers/faultproxy.js';
+import { prng } from './helpers/fidelity.js';
+import { s3StoreFor, type S3TestServer, startS3Server } from './helpers/s3server.js';
+import { diffTrees, summarize } from './helpers/tree.js';
+
+const run = promisify(execFile);
+const RUN = need('fuse') && need('root') && need('fuse', existsSync(defaultFuseBinary()));
+const MiB = 1024 * 1024;
+
+let work: string;
+let s3: S3TestServer;
+let proxy: FaultProxy;
+let src: string;
+let layers: LayerDescriptor[];
+let tocs: Toc[];
+let caseDir: string;
+let caseNo = 0;
+let mounts: LazyMount[] = [];
+
+const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+async function catFile(p: string): Promise<Buffer> {
+  return (await run('cat', [p], { encoding: 'buffer', maxBuffer: 64 * MiB })).stdout as unknown as Buffer;
+}
+async function tryCat(p: string): Promise<{ ok: boolean; err?: string; ms: number }> {
+  const t0 = performance.now();
+  try {
+    await catFile(p);
+    return { ok: true, ms: performance.now() - t0 };
+  } catch (err) {
+    return { ok: false, err: String((err as { stderr?: Buffer }).stderr ?? err), ms: performance.now() - t0 };
+  }
+}
+const store = (): S3Store => s3StoreFor(s3, { url: `${s3.url}/native`, endpoint: proxy.endpoint });
+
+/** The GETs of layer blobs the proxy saw (strata-fuse's, since nothing else reads blobs here). */
+const blobGets = (): number => proxy.log.filter((e) => e.op === 'GetObject' && e.key.includes('/blobs/sha256/')).length;
+
+async function mount(o: Partial<MountLazyOptions> = {}, name = 'mnt', logs: string[] = []): Promise<LazyMount> {
+  const mountpoint = join(caseDir, name);
+  await mkdir(mountpoint, { recursive: true });
+  const m = await mountLazy({
+    store: store(),
+    layers,
+    tocs,
+    mountpoint,
+    runDir: join(caseDir, `run-${name}`),
+    cacheDir: join(caseDir, 'cache'),
+    fetcherOptions: { deadlineMs: 3000, stallTimeoutMs: 1000 },
+    onLog: (l) => logs.push(l),
+    ...o,
+  });
+  mounts.push(m);
+  return m;
+}
+
+function frameOf(path: string): { blobOffset: number; blobLength: number; digest: string } {
+  const n = findNode(buildView(tocs), path)!;
+  return n.entry!.chunks![0]!;
+}
+
+describe.runIf(RUN)('strata-fuse fetching s3:// layers itself', () => {
+  beforeAll(async () => {
+    work = await mkdtemp(join(tmpdir(), 'strata-native-'));
+    s3 = await startS3Server();
+    proxy = await startFaultProxy({ upstream: s3.endpoint, s3rverDir: s3.dir });
+    src = join(work, 'src');
+    await mkdir(join(src, 'lib'), { recursive: true });
+    await writeFile(join(src, 'big.bin'), prng(7, 9 * MiB + 123)); // three chunks
+    for (let i = 0; i < 200; i++) await writeFile(join(src, 'lib', `m${i}.js`), `export const v${i} = ${i};\n`.repeat(20 + i));
+    await writeFile(join(src, 'hello.txt'), 'hello, world\n');
+    const strata = new Strata({ home: join(work, 'home'), store: s3StoreFor(s3, { url: `${s3.url}/native` }) });
+    const h = await strata.createBackup({ dir: src });
+    layers = (await strata.resolve(h)).manifest.layers;
+    tocs = await Promise.all(layers.map((l) => fetchToc(strata.store, l)));
+  });
+
+  afterAll(async () => {
+    await proxy?.close();
+    await s3?.close();
+    if (work) await rm(work, { recursive: true, force: true });
+  });
+
+  beforeEach(async () => {
+    caseDir = join(work, `case-${++caseNo}`);
+    await mkdir(caseDir, { recursive: true });
+    proxy.reset();
+  });
+
+  afterEach(async () => {
+    for (const m of mounts) await m.unmount().catch(() => unmountPath(m.mountpoint));
+    mounts = [];
+  });
+
+  it('serves the tree exactly, with its own ranged GETs of presigned URLs into a sparse mirror', async () => {
+    const m = await mount();
+    expect([...m.remote]).toEqual([0]);
+    // Mounting fetched nothing.
+    expect(blobGets()).toBe(0);
+    expect((await catFile(join(m.mountpoint, 'hello.txt'))).toString()).toBe('hello, world\n');
+    const gets = proxy.log.filter((e) => e.op === 'GetObject');
+    expect(gets.length).toBeGreaterThan(0);
+    // A partial mirror: far less than the 9 MiB file it did not read.
+    const mirror = mirrorPath(join(caseDir, 'cache'), layers[0]!.digest);
+    expect((await stat(mirror)).size).toBe(layers[0]!.size);
+    expect((await stat(mirror)).blocks * 512).toBeLessThan(2 * MiB);
+    expect(diffTrees(await summarize(src), await summarize(m.mountpoint))).toEqual([]);
+    // No JavaScript on the path of any of those reads: the fetcher was never asked.
+    expect(m.stats().requests).toBe(0);
+    expect(m.stats().bytesFetched).toBe(0);
+    // A second mount on the same host shares the mirror: nothing fetched again.
+    const before = blobGets();
+    const m2 = await mount({}, 'two');
+    expect(sha(await catFile(join(m2.mountpoint, 'big.bin')))).toBe(sha(await readFile(join(src, 'big.bin'))));
+    expect(blobGets()).toBe(before);
+  });
+
+  it('never serves corrupted bytes: a frame damaged in transit is EIO, then read right once the store is sound', async () => {
+    const logs: string[] = [];
+    const m = await mount({}, 'mnt', logs);
+    const f = frameOf('hello.txt');
+    proxy.setRules([{ op: 'GetObject', fault: { kind: 'corrupt', phase: 'response', at: 5 }, times: 100 }]);
+    const r = await tryCat(join(m.mountpoint, 'hello.txt'));
+    expect(r.ok).toBe(false);
+    expect(r.err).toMatch(/Input\/output error/);
+    expect(proxy.fired).toBeGreaterThan(0);
+    expect(logs.join('\n')).toMatch(/sha256 does not match|does not decompress/);
+    expect(logs.join('\n')).toContain(f.digest.slice(7));
+    proxy.setRules([]);
+    expect((await catFile(join(m.mountpoint, 'hello.txt'))).toString()).toBe('hello, world\n');
+  });
+
+  it('a mirror torn by a crash is fetched again, never served', async () => {
+    const m = await mount();
+    expect((await catFile(join(m.mountpoint, 'lib/m3.js'))).length).toBeGreaterThan(0);
+    await m.unmount();
+    // Garbage over a frame the mirror holds, as a crash mid-write could leave it.
+    const f = frameOf('lib/m3.js');
+    const mirror = mirrorPath(join(caseDir, 'cache'), layers[0]!.digest);
+    const fh = await open(mirror, 'r+');
+    await fh.write(Buffer.alloc(f.blobLength, 0x5a), 0, f.blobLength, f.blobOffset);
+    await fh.close();
+    const again = await mount({}, 'again');
+    const before = blobGets();
+    expect(await readFile(join(again.mountpoint, 'lib/m3.js'))).toEqual(await readFile(join(src, 'lib/m3.js')));
+    expect(blobGets()).toBeGreaterThan(before);
+  });
+
+  it('turns a store outage into EIO within the deadline, and recovers without a remount', async () => {
+    const logs: string[] = [];
+    const m = await mount({}, 'mnt', logs);
+    proxy.setRules([{ op: 'GetObject', fault: { kind: 'status', status: 503, code: 'SlowDown' } }]);
+    const r = await tryCat(join(m.mountpoint, 'lib/m9.js'));
+    expect(r.ok).toBe(false);
+    expect(r.err).toMatch(/Input\/output error/);
+    // The 3 s deadline, not the 30 s default nor a hang; retried more than once meanwhile.
+    expect(r.ms).toBeLessThan(10_000);
+    expect(r.ms).toBeGreaterThan(2_000);
+    expect(proxy.fired).toBeGreaterThan(1);
+    expect(logs.join('\n')).toMatch(/HTTP 503.*gave up/);
+    proxy.setRules([]);
+    expect(await readFile(join(m.mountpoint, 'lib/m9.js'))).toEqual(await readFile(join(src, 'lib/m9.js')));
+  });
+
+  it('re-reads its sources when the store refuses a URL (an expired one), and carries on', async () => {
+    const m = await mount();
+    proxy.setRules([{ op: 'GetObject', fault: { kind: 'status', status: 403, code: 'AccessDenied' }, times: 1 }]);
+    expect(await readFile(join(m.mountpoint, 'lib/m11.js'))).toEqual(await readFile(join(src, 'lib/m11.js')));
+    expect(proxy.fired).toBe(1);
+  });
+
+  it('hydrates the whole layer in the background when asked, without any read', async () => {
+    const m = await mount({ hydrate: true });
+    const mirror = mirrorPath(join(caseDir, 'cache'), layers[0]!.digest);
+    const whole = async (): Promise<boolean> => {
+      const fh = await open(mirror, 'r');
+      try {
+        const ext = sys.dataExtents(fh.fd, layers[0]!.size);
+        return ext.length === 1 && ext[0]![0] === 0 && ext[0]![1] === layers[0]!.size;
+      } finally {
+        await fh.close();
+      }
+    };
+    for (let i = 0; i < 300 && !(await whole()); i++) await new Promise((r) => setTimeout(r, 50));
+    expect(await whole()).toBe(true);
+    // Then reads need nothing more from the store.
+    const before = blobGets();
+    expect(diffTrees(await summarize(src), await summarize(m.mountpoint))).toEqual([]);
+    expect(blobGets()).toBe(before);
+    expect((await readFile(mirror)).equals(await store().getBytes(blobKey(layers[0]!.digest)))).toBe(true);
+  });
+});
