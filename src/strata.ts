@@ -21,6 +21,7 @@ import {
 } from './errors.js';
 import { codecFor, DEFAULT_CODEC } from './format/codec.js';
 import { blobKey, type LayerDescriptor } from './format/reader.js';
+import { encodePrefetch, packPrefetch, type PrefetchDescriptor, type PrefetchRef } from './format/prefetch.js';
 import { encodeIndex, type IndexDescriptor, packIndex } from './format/restore-index.js';
 import type { CodecName, Toc, TocEntry } from './format/toc.js';
 import { buildView, type ViewNode } from './format/view.js';
@@ -30,7 +31,7 @@ import { loadIndex } from './restore/index-source.js';
 import { ensureDaemon } from './restore/lazy/client.js';
 import { defaultFuseBinary } from './restore/lazy/mount.js';
 import { removeLayerDir } from './restore/layers.js';
-import { fetchToc } from './store/blobs.js';
+import { fetchPrefetch, fetchToc } from './store/blobs.js';
 import { getManifest, listManifests, putManifest, resolveName, type ManifestRecord } from './store/catalog.js';
 import { DEFAULT_GRACE_MS, gc, type GcOptions, type GcReport } from './store/gc.js';
 import { openStore } from './store/index.js';
@@ -133,8 +134,16 @@ export interface BackupInfo extends BackupHandle {
 }
 
 /** Every blob key a backup needs: its layers and, unless inline, its restore index. */
-export function blobsOf(b: { layers: LayerDescriptor[]; index?: { digest: string; inline?: string | boolean | undefined } | undefined }): string[] {
-  return [...b.layers.map((l) => blobKey(l.digest)), ...(b.index && !b.index.inline ? [blobKey(b.index.digest)] : [])];
+export function blobsOf(b: {
+  layers: LayerDescriptor[];
+  index?: { digest: string; inline?: string | boolean | undefined } | undefined;
+  prefetch?: { digest: string; inline?: string | undefined } | undefined;
+}): string[] {
+  return [
+    ...b.layers.map((l) => blobKey(l.digest)),
+    ...(b.index && !b.index.inline ? [blobKey(b.index.digest)] : []),
+    ...(b.prefetch && b.prefetch.inline === undefined ? [blobKey(b.prefetch.digest)] : []),
+  ];
 }
 
 /** A layer just written: its descriptor and the TOC it holds. */
@@ -227,7 +236,7 @@ export class Strata {
     try {
       // Under the lock: a backup that ran while we waited moved the workspace's chain on.
       await incremental?.reload();
-      let parent: { id: string; layers: LayerDescriptor[]; index?: IndexDescriptor | undefined } | undefined;
+      let parent: { id: string; layers: LayerDescriptor[]; index?: IndexDescriptor | undefined; prefetch?: PrefetchDescriptor | undefined } | undefined;
       let captured: Captured | undefined;
       let layer: Written | null;
       /** The parent chain's view, for the new restore index (incremental and diff backups). */
@@ -235,15 +244,11 @@ export class Strata {
       if (incremental) {
         // A workspace: only what changed since its last backup or restore, over its chain.
         const previous = await incremental.loadCaptured();
-        const prioritized = await incremental.loadPrioritized();
-        parent = { id: incremental.state.backupId, layers: incremental.state.layers, index: incremental.state.index };
+        parent = { id: incremental.state.backupId, layers: incremental.state.layers, index: incremental.state.index, prefetch: incremental.state.prefetch };
         const p = parent;
         base = () => parentChainView(this.store, p, chainIndexPath(incremental));
         layer = await this.writeLayer(dir, async (w) => {
-          const r = await captureUpper({ upper: incremental.upper, merged: dir }, previous, w, {
-            onWarning: (m) => this.warn(m),
-            ...(prioritized ? { prioritized } : {}),
-          });
+          const r = await captureUpper({ upper: incremental.upper, merged: dir }, previous, w, { onWarning: (m) => this.warn(m) });
           captured = r.captured;
           return r.changed;
         });
@@ -252,7 +257,7 @@ export class Strata {
         const rec = await this.resolve(options.parent);
         const tocs = await Promise.all(rec.manifest.layers.map((l) => fetchToc(this.store, l)));
         const view = buildView(tocs);
-        parent = { id: rec.manifest.id, layers: rec.manifest.layers, index: rec.manifest.index };
+        parent = { id: rec.manifest.id, layers: rec.manifest.layers, index: rec.manifest.index, prefetch: rec.manifest.prefetch };
         const layers = rec.manifest.layers;
         // The diff only reads the view; the index stacks the new layer on it afterwards.
         base = async () => ({ view, layers: layers.map((l, i) => ({ digest: l.digest, prefetch: tocs[i]?.prefetch })) });
@@ -288,6 +293,7 @@ export class Strata {
       // Nothing changed (no layer, no merge): the chain, and so its index, is the parent's (below);
       // the workspace keeps its chain.index.
       tr.step(`restore index built and stored (${index ? `${index.raw.length} bytes, ${index.desc.size} compressed` : kept ? "the parent's, with a tail" : 'none'})`);
+      const prefetch = await this.prefetchOf(layers, incremental, parent);
       const createdAt = new Date();
       const manifest: Manifest = {
         kind: 'strata.backup.manifest',
@@ -300,12 +306,13 @@ export class Strata {
       };
       if (name !== undefined) manifest.name = name;
       if (parent) manifest.parent = parent.id;
+      if (prefetch) manifest.prefetch = prefetch;
       if (index) manifest.index = index.desc;
       else if (kept) manifest.index = kept;
       else if (parent?.index && !layer) manifest.index = parent.index;
       // Written last: the backup exists once this lands, and not before.
       const digest = await putManifest(this.store, manifest);
-      if (incremental && captured) await this.workspaces.commit(incremental, { backupId: manifest.id, layers, captured, index, ...(kept ? { kept } : {}) });
+      if (incremental && captured) await this.workspaces.commit(incremental, { backupId: manifest.id, layers, captured, index, prefetch, ...(kept ? { kept } : {}) });
       return handleOf(manifest, digest);
     } catch (err) {
       // A failed backup is BACKUP_CREATE_FAILED whatever failed (a store write, a read); the
@@ -323,16 +330,46 @@ export class Strata {
   }
 
   /**
+   * The new chain's prefetch record: what the workspace read first since its restore (its refs
+   * mapped onto the new chain by layer digest; a ref into a layer merged away is dropped), else
+   * the parent's when the chain under it is unchanged (a backup that read nothing new keeps it).
+   */
+  private async prefetchOf(
+    layers: LayerDescriptor[],
+    ws: Workspace | undefined,
+    parent: { layers: LayerDescriptor[]; prefetch?: PrefetchDescriptor | undefined } | undefined,
+  ): Promise<PrefetchDescriptor | undefined> {
+    const rec = await ws?.loadFirstReads();
+    if (rec) {
+      const pos = new Map(layers.map((l, i) => [l.digest, i]));
+      const refs: PrefetchRef[] = [];
+      for (const [li, blobOffset, blobLength] of rec.refs) {
+        const layer = pos.get(rec.layers[li]!);
+        if (layer !== undefined && blobOffset + blobLength <= layers[layer]!.size) refs.push({ layer, blobOffset, blobLength });
+      }
+      if (refs.length > 0) {
+        const { blob, desc } = await packPrefetch(encodePrefetch(refs));
+        if (desc.inline === undefined) await this.putBlob(blobKey(desc.digest), blob);
+        return desc;
+      }
+    }
+    const same = parent && parent.layers.every((l, i) => layers[i]?.digest === l.digest);
+    return same ? parent.prefetch : undefined;
+  }
+
+  /** Put a small content-addressed blob, or only refresh it (gc's grace) when the store has it. */
+  private async putBlob(key: string, blob: Buffer): Promise<void> {
+    if (await this.store.head(key)) await this.store.touch(key);
+    else await this.store.putBytes(key, blob);
+  }
+
+  /**
    * Compress an encoded index and put its blob (content-addressed: an index already stored is only
    * refreshed for gc's grace). A small one rides inline in the manifest and is not uploaded.
    */
   private async putIndex(raw: Buffer): Promise<{ raw: Buffer; desc: IndexDescriptor }> {
     const { blob, desc } = await packIndex(raw);
-    if (desc.inline === undefined) {
-      const key = blobKey(desc.digest);
-      if (await this.store.head(key)) await this.store.touch(key);
-      else await this.store.putBytes(key, blob);
-    }
+    if (desc.inline === undefined) await this.putBlob(blobKey(desc.digest), blob);
     return { raw, desc };
   }
 
@@ -466,7 +503,16 @@ export class Strata {
       // Lazy: the index alone (no TOC). Extract: the TOCs unpack the layers, the index gives the
       // workspace the base of its next backup; both are fetched at once.
       const tocs = mode === 'extract' ? await Promise.all(m.layers.map((l) => fetchToc(this.store, l))) : undefined;
-      const { raw, index, layers: indexed } = await loadIndex(this.store, m, tocs);
+      // Lazy: the prefetch record too, in parallel (a bad one costs its prefetch only).
+      const [{ raw, index, layers: indexed }, prefetch] = await Promise.all([
+        loadIndex(this.store, m, tocs),
+        mode === 'lazy' && m.prefetch
+          ? fetchPrefetch(this.store, m.prefetch, m.layers).catch((err: Error) => {
+              this.warn(`the prefetch record of backup ${m.id} is not used: ${err.message}`);
+              return undefined;
+            })
+          : undefined,
+      ]);
       tr.step(`index (${raw.length} bytes)`);
       const r = await this.workspaces.prepare({
         backupId: m.id,
@@ -476,6 +522,7 @@ export class Strata {
         mode,
         force: !!options.force,
         index: { raw, root: index.rootEntry(), desc: m.index, layers: indexed },
+        ...(m.prefetch ? { prefetch: { desc: m.prefetch, ...(prefetch ? { raw: prefetch } : {}) } } : {}),
         ...(tocs ? { tocs } : {}),
       });
       tr.step('workspace mounted');

@@ -13,6 +13,7 @@ import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { Strata } from '../src/index.js';
 import { blobKey } from '../src/format/reader.js';
+import { encodePrefetch, type PrefetchRef } from '../src/format/prefetch.js';
 import type { Toc } from '../src/format/toc.js';
 import { buildView, findNode } from '../src/format/view.js';
 import type { LayerDescriptor } from '../src/format/reader.js';
@@ -189,6 +190,40 @@ describe.runIf(RUN)('strata-fuse fetching s3:// layers itself', () => {
     proxy.setRules([{ op: 'GetObject', fault: { kind: 'status', status: 403, code: 'AccessDenied' }, times: 1 }]);
     expect(await readFile(join(m.mountpoint, 'lib/m11.js'))).toEqual(await readFile(join(src, 'lib/m11.js')));
     expect(proxy.fired).toBe(1);
+  });
+
+  it('fetches the frames of a prefetch record first, coalesced into few GETs, before any read', async () => {
+    // The record: every module's frame, in a reading order unlike the blob's.
+    const view = buildView(tocs);
+    const refs: PrefetchRef[] = [];
+    for (let i = 199; i >= 0; i -= 2) {
+      const k = findNode(view, `lib/m${i}.js`)!.entry!.chunks![0]!;
+      refs.push({ layer: 0, blobOffset: k.blobOffset, blobLength: k.blobLength });
+    }
+    const recordPath = join(caseDir, 'prefetch.bin');
+    await writeFile(recordPath, encodePrefetch(refs));
+    const m = await mount({ prefetchPath: recordPath });
+    const mirror = mirrorPath(join(caseDir, 'cache'), layers[0]!.digest);
+    const holds = async (): Promise<boolean> => {
+      const fh = await open(mirror, 'r');
+      try {
+        const ext = sys.dataExtents(fh.fd, layers[0]!.size);
+        return refs.every((r) => ext.some(([o, l]) => o <= r.blobOffset && r.blobOffset + r.blobLength <= o + l));
+      } finally {
+        await fh.close();
+      }
+    };
+    for (let i = 0; i < 200 && !(await holds()); i++) await new Promise((r) => setTimeout(r, 25));
+    expect(await holds()).toBe(true);
+    // 100 frames of small files lie close together: a handful of GETs, not one each.
+    expect(blobGets()).toBeGreaterThan(0);
+    expect(blobGets()).toBeLessThanOrEqual(8);
+    // Reading them needs nothing more.
+    const before = blobGets();
+    for (let i = 199; i >= 0; i -= 2) expect(await readFile(join(m.mountpoint, `lib/m${i}.js`))).toEqual(await readFile(join(src, `lib/m${i}.js`)));
+    expect(blobGets()).toBe(before);
+    // The rest of the layer was not fetched (no hydration asked): big.bin's 9 MiB are not there.
+    expect((await stat(mirror)).blocks * 512).toBeLessThan(2 * MiB);
   });
 
   it('hydrates the whole layer in the background when asked, without any read', async () => {

@@ -763,7 +763,7 @@ static void usage(FILE *to)
 {
 	fprintf(to, "usage: strata-fuse --index FILE --cache DIR --socket PATH [--timeout-ms N] [--threads N]\n"
 		    "                   [--blob LAYER=PATH]... [--sources FILE] [--hydrate] [--deadline-ms N]\n"
-		    "                   [--stall-ms N] [--readahead-kb N] [--frame-cache-mb N]\n"
+		    "                   [--stall-ms N] [--readahead-kb N] [--prefetch FILE] [--frame-cache-mb N]\n"
 		    "                   [--ready-fd FD] [--foreground] [--die-with-parent] [--debug] MOUNTPOINT\n"
 		    "       strata-fuse --print-layout\n");
 }
@@ -822,7 +822,12 @@ static int print_layout(void)
 		  SX_F(sx_msg, count), SX_F(sx_msg, flags));
 	SX_RECORD("chunk_ref", sx_chunk_ref, false, SX_F(sx_chunk_ref, layer), SX_F(sx_chunk_ref, digest),
 		  SX_F(sx_chunk_ref, blob_off), SX_F(sx_chunk_ref, blob_len), SX_F(sx_chunk_ref, size));
-	SX_RECORD("resp", sx_resp, true, SX_F(sx_resp, magic), SX_F(sx_resp, status), SX_F(sx_resp, id));
+	SX_RECORD("resp", sx_resp, false, SX_F(sx_resp, magic), SX_F(sx_resp, status), SX_F(sx_resp, id));
+	SX_RECORD("prefetch_header", sx_prefetch_header, false, SX_F(sx_prefetch_header, magic),
+		  SX_F(sx_prefetch_header, version), SX_F(sx_prefetch_header, reserved), SX_F(sx_prefetch_header, count),
+		  SX_F(sx_prefetch_header, reserved2));
+	SX_RECORD("prefetch_ref", sx_prefetch_ref, true, SX_F(sx_prefetch_ref, blob_off), SX_F(sx_prefetch_ref, blob_len),
+		  SX_F(sx_prefetch_ref, layer));
 	printf("}\n");
 	/* A test reads stdout through a pipe: a failed write must not look like success. */
 	if (fflush(stdout) != 0 || ferror(stdout)) {
@@ -869,9 +874,10 @@ int main(int argc, char **argv)
 		{ "frame-cache-mb", required_argument, NULL, 'M' }, { "sources", required_argument, NULL, 'S' },
 		{ "hydrate", no_argument, NULL, 'H' },          { "deadline-ms", required_argument, NULL, 'D' },
 		{ "stall-ms", required_argument, NULL, 'W' },   { "readahead-kb", required_argument, NULL, 'R' },
+		{ "prefetch", required_argument, NULL, 'p' },
 		{ NULL, 0, NULL, 0 },
 	};
-	const char *sources = NULL;
+	const char *sources = NULL, *prefetch = NULL;
 	bool hydrate = false;
 	unsigned long deadline_ms = 30000, stall_ms = 10000, readahead_kb = 256;
 	/* --blob N=PATH: layer N of the index is read straight from that local file. */
@@ -930,6 +936,7 @@ int main(int argc, char **argv)
 			}
 			break;
 		case 'S': sources = optarg; break;
+		case 'p': prefetch = optarg; break;
 		case 'H': hydrate = true; break;
 		case 'D':
 		case 'W':
@@ -1036,6 +1043,9 @@ int main(int argc, char **argv)
 			fprintf(stderr, "strata-fuse: %s\n", err);
 			goto out;
 		}
+		/* A bad record costs its prefetch only: reads fetch on demand. */
+		if (prefetch && sx_frames_set_prefetch(ctx.frames, prefetch, err, sizeof(err)) < 0)
+			fprintf(stderr, "strata-fuse: %s; no prefetch\n", err);
 	}
 
 	char opts[256];

@@ -155,4 +155,29 @@ _Static_assert(sizeof(struct sx_msg) == 24, "msg layout");
 _Static_assert(sizeof(struct sx_chunk_ref) == 80, "chunk ref layout");
 _Static_assert(sizeof(struct sx_resp) == 16, "resp layout");
 
+/*
+ * The prefetch record (src/format/prefetch.ts; docs/format.md): what a
+ * workspace read first, as frames of its chain's layers, in reading order.
+ */
+#define SX_PREFETCH_MAGIC 0x46505853u /* "SXPF" */
+#define SX_PREFETCH_VERSION 1
+#define SX_PREFETCH_MAX_REFS 65536u
+
+struct sx_prefetch_header {
+	uint32_t magic;
+	uint16_t version;
+	uint16_t reserved;
+	uint32_t count;
+	uint32_t reserved2;
+};
+
+struct sx_prefetch_ref {
+	uint64_t blob_off;
+	uint32_t blob_len;
+	uint32_t layer;         /* index into the chain (the index's layer table, then the tail) */
+};
+
+_Static_assert(sizeof(struct sx_prefetch_header) == 16, "prefetch header layout");
+_Static_assert(sizeof(struct sx_prefetch_ref) == 16, "prefetch ref layout");
+
 #endif

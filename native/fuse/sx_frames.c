@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/evp.h>
@@ -41,6 +42,12 @@ struct sx_dctx_pool {
 	size_t n, cap;
 };
 
+struct sx_span {
+	uint64_t off, end;
+	uint32_t layer;
+	uint32_t first; /* the earliest ref in it, by reading order */
+};
+
 struct sx_remote {
 	char *url;           /* under url_lock: renewed while reads use it */
 	bool remote;
@@ -59,6 +66,9 @@ struct sx_frames {
 	atomic_uint demand;  /* reads waiting on a fetch right now: hydration yields to them */
 	atomic_bool stop;
 	atomic_bool hydrated; /* the hydration thread has returned */
+	struct sx_span *spans; /* the prefetch record, coalesced, in first-read order */
+	size_t nspans;
+	atomic_size_t next_span;
 	pthread_t hydrator;
 	bool hydrating;
 	struct sx_entry **table; /* per digest index */
@@ -196,6 +206,15 @@ static bool present(int fd, uint64_t off, uint64_t len)
 {
 	off_t h = lseek(fd, (off_t)off, SEEK_HOLE);
 	return h >= 0 && (uint64_t)h >= off + len;
+}
+
+/* Background fetches start only while no read waits on one. */
+static void wait_for_no_demand(struct sx_frames *f)
+{
+	while (atomic_load(&f->demand) > 0 && !atomic_load(&f->stop)) {
+		struct timespec t = { 0, 2000000 };
+		nanosleep(&t, NULL);
+	}
 }
 
 /* GET [off, off+len) of a remote layer into its mirror. Renews the URL once if refused. */
@@ -518,10 +537,7 @@ static void hydrate_range(struct sx_frames *f, uint32_t layer, uint64_t a, uint6
 		uint64_t end = d < 0 || (uint64_t)d > b ? b : (uint64_t)d;
 		if (end - (uint64_t)h > span)
 			end = (uint64_t)h + span;
-		while (atomic_load(&f->demand) > 0 && !atomic_load(&f->stop)) {
-			struct timespec t = { 0, 2000000 };
-			nanosleep(&t, NULL);
-		}
+		wait_for_no_demand(f);
 		char why[256];
 		if (fetch_into_mirror(f, layer, (uint64_t)h, end - (uint64_t)h, why, sizeof(why)) < 0) {
 			/* Reads fetch what they need themselves; hydration just stops for this layer. */
@@ -530,6 +546,114 @@ static void hydrate_range(struct sx_frames *f, uint32_t layer, uint64_t a, uint6
 			return;
 		}
 		pos = end;
+	}
+}
+
+#define SX_PREFETCH_GAP (64u << 10)
+#define SX_PREFETCH_SPAN (4u << 20)
+#define SX_PREFETCH_PARALLEL 4
+
+struct ref_at {
+	struct sx_prefetch_ref r;
+	uint32_t order;
+};
+
+static int by_place(const void *a, const void *b)
+{
+	const struct ref_at *x = a, *y = b;
+	if (x->r.layer != y->r.layer)
+		return x->r.layer < y->r.layer ? -1 : 1;
+	return x->r.blob_off < y->r.blob_off ? -1 : x->r.blob_off > y->r.blob_off;
+}
+
+static int by_first(const void *a, const void *b)
+{
+	const struct sx_span *x = a, *y = b;
+	return x->first < y->first ? -1 : x->first > y->first;
+}
+
+int sx_frames_set_prefetch(struct sx_frames *f, const char *path, char *err, size_t errlen)
+{
+	FILE *in = fopen(path, "re");
+	struct sx_prefetch_header h;
+	struct ref_at *refs = NULL;
+	int rc = -1;
+	if (!in) {
+		snprintf(err, errlen, "prefetch record %s: %s", path, strerror(errno));
+		return -1;
+	}
+	if (fread(&h, sizeof(h), 1, in) != 1 || h.magic != SX_PREFETCH_MAGIC || h.version != SX_PREFETCH_VERSION ||
+	    h.count > SX_PREFETCH_MAX_REFS) {
+		snprintf(err, errlen, "prefetch record %s: not a version %u record", path, SX_PREFETCH_VERSION);
+		goto out;
+	}
+	refs = malloc((h.count ? h.count : 1) * sizeof(*refs));
+	if (!refs) {
+		snprintf(err, errlen, "out of memory");
+		goto out;
+	}
+	uint32_t n = 0;
+	for (uint32_t i = 0; i < h.count; i++) {
+		struct sx_prefetch_ref r;
+		if (fread(&r, sizeof(r), 1, in) != 1) {
+			snprintf(err, errlen, "prefetch record %s: shorter than its %u refs", path, h.count);
+			goto out;
+		}
+		/* Only frames this process fetches, inside their blob. */
+		if (r.layer >= f->idx->hdr->layer_count || !f->remote[r.layer].remote || r.blob_len == 0 ||
+		    r.blob_off > f->sizes[r.layer] || r.blob_len > f->sizes[r.layer] - r.blob_off)
+			continue;
+		refs[n].r = r;
+		refs[n].order = i;
+		n++;
+	}
+	qsort(refs, n, sizeof(*refs), by_place);
+	struct sx_span *spans = malloc((n ? n : 1) * sizeof(*spans));
+	if (!spans) {
+		snprintf(err, errlen, "out of memory");
+		goto out;
+	}
+	size_t ns = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		const struct ref_at *a = &refs[i];
+		uint64_t end = a->r.blob_off + a->r.blob_len;
+		struct sx_span *s = ns ? &spans[ns - 1] : NULL;
+		if (s && s->layer == a->r.layer && a->r.blob_off <= s->end + SX_PREFETCH_GAP && end - s->off <= SX_PREFETCH_SPAN) {
+			if (end > s->end)
+				s->end = end;
+			if (a->order < s->first)
+				s->first = a->order;
+			continue;
+		}
+		spans[ns++] = (struct sx_span){ .off = a->r.blob_off, .end = end, .layer = a->r.layer, .first = a->order };
+	}
+	qsort(spans, ns, sizeof(*spans), by_first);
+	free(f->spans);
+	f->spans = spans;
+	f->nspans = ns;
+	rc = 0;
+out:
+	free(refs);
+	fclose(in);
+	return rc;
+}
+
+/* One prefetch worker: spans in order until none are left. */
+static void *prefetch_worker(void *p)
+{
+	struct sx_frames *f = p;
+	for (;;) {
+		size_t i = atomic_fetch_add(&f->next_span, 1);
+		if (i >= f->nspans || atomic_load(&f->stop))
+			return NULL;
+		const struct sx_span *s = &f->spans[i];
+		if (present(f->fds[s->layer], s->off, s->end - s->off))
+			continue;
+		wait_for_no_demand(f);
+		char why[256];
+		if (fetch_into_mirror(f, s->layer, s->off, s->end - s->off, why, sizeof(why)) < 0)
+			fprintf(stderr, "strata-fuse: prefetch of layer %u bytes %llu+%llu: %s (read on demand instead)\n", s->layer,
+				(unsigned long long)s->off, (unsigned long long)(s->end - s->off), why);
 	}
 }
 
@@ -545,6 +669,15 @@ static void *hydrate_main(void *p)
 	free(p);
 	struct sx_frames *f = a.f;
 	uint32_t n = f->idx->hdr->layer_count;
+	/* The record of first reads, several GETs at a time. */
+	pthread_t helpers[SX_PREFETCH_PARALLEL - 1];
+	int started = 0;
+	for (int i = 0; i < SX_PREFETCH_PARALLEL - 1 && f->nspans > 1; i++)
+		if (pthread_create(&helpers[i], NULL, prefetch_worker, f) == 0)
+			started++;
+	prefetch_worker(f);
+	for (int i = 0; i < started; i++)
+		pthread_join(helpers[i], NULL);
 	/* The prioritized files of every layer first, then each layer whole, top layer first. */
 	for (uint32_t l = 0; l < n; l++) {
 		const struct sx_layer *ly = &f->idx->layers[l];
@@ -598,6 +731,7 @@ void sx_frames_free(struct sx_frames *f)
 	for (uint32_t i = 0; i < f->idx->hdr->layer_count; i++)
 		free(f->remote[i].url);
 	free(f->remote);
+	free(f->spans);
 	pthread_mutex_destroy(&f->url_lock);
 	for (struct sx_entry *e = f->head; e;) {
 		struct sx_entry *next = e->next;

@@ -54,6 +54,15 @@ int sx_frames_add_remote(struct sx_frames *f, uint32_t layer, int dirfd, const c
 void sx_frames_on_refused(struct sx_frames *f, void (*renew)(void *user), void *user);
 
 /*
+ * The prefetch record at path (sx_format.h): its frames of remote layers are
+ * fetched first by the background thread, coalesced into spans across gaps up
+ * to 64 KiB, 4 GETs at a time, in the order the workspace first read them.
+ * Refs to other layers or outside a blob are skipped; a file that is not a
+ * record is refused.
+ */
+int sx_frames_set_prefetch(struct sx_frames *f, const char *path, char *err, size_t errlen);
+
+/*
  * Background fetching: one thread fetching each remote layer's prefetch
  * region (the files its backup recorded as read first), then, if whole, every
  * remote layer whole; in spans of `span` bytes, never while a read waits on a

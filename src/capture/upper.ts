@@ -46,14 +46,7 @@ export async function captureUpper(
   paths: UpperPaths,
   previous: Captured,
   writer: LayerWriter,
-  opts: {
-    onWarning?: (m: string) => void;
-    /**
-     * Files the workspace read first after its restore. They open the layer, whole (changed or
-     * not), and the TOC marks that region so a restore prefetches it with one range request.
-     */
-    prioritized?: BytePath[];
-  } = {},
+  opts: { onWarning?: (m: string) => void } = {},
 ): Promise<UpperCaptureResult> {
   const upperB = fromFsPath(Buffer.from(paths.upper));
   const mergedB = fromFsPath(Buffer.from(paths.merged));
@@ -70,41 +63,6 @@ export async function captureUpper(
   const parents = new ParentDirs(tree, upperB);
   const emitted = parents.emitted;
   const ensureParents = (path: BytePath, base = upperB): Promise<void> => parents.ensure(path, base);
-  /** Files already in the layer from the prioritized region: the walk does not add them again. */
-  const written = new Set<BytePath>();
-  if (opts.prioritized && opts.prioritized.length > 0) {
-    const start = (await writer.mark()).offset;
-    for (const p of opts.prioritized) {
-      if (written.has(p)) continue;
-      const fsP = joinPath(mergedB, p);
-      let st: BigIntStats;
-      try {
-        st = await lstat(toFsPath(fsP), { bigint: true });
-      } catch {
-        continue; // gone since it was read
-      }
-      if (!st.isFile()) continue;
-      // Under a directory the walk states whole (opaque or renamed) it is written there instead.
-      let special = false;
-      for (let a = parentOf(p); a !== '.' && !special; a = parentOf(a)) {
-        const up = joinPath(upperB, a);
-        try {
-          await lstat(toFsPath(up));
-        } catch {
-          continue;
-        }
-        special = xattr(up, 'trusted.overlay.opaque') !== undefined || xattr(up, 'trusted.overlay.redirect') !== undefined;
-      }
-      if (special) continue;
-      // Read through the workspace, as it shows the file now; parents with their metadata first.
-      await ensureParents(p, mergedB);
-      await tree.addEntry(fsP, p, st);
-      written.add(p);
-    }
-    const end = (await writer.mark()).offset;
-    if (end > start) writer.setPrefetch({ blobOffset: start, blobLength: end - start });
-  }
-
   const visit = async (path: BytePath, st: BigIntStats, forceAll: boolean): Promise<void> => {
     const fsPath = joinPath(upperB, path);
     const t = typeChar(st);
@@ -132,8 +90,8 @@ export async function captureUpper(
       // previous layer already did and the directory itself has not changed since.
       const full = forceAll || (opaque && changedHere);
       if (changedHere) {
-        // A directory is already in the layer only as a parent of a prioritized file ('.' is
-        // never written as a parent, so it is always written here).
+        // A directory already in the layer as a parent of an earlier entry is not written again
+        // ('.' is never written as a parent, so it is always written here).
         const already = path !== '.' && emitted.has(path);
         if (!already || (full && opaque)) {
           await ensureParents(path);
@@ -169,7 +127,6 @@ export async function captureUpper(
     captured.set(path, sig);
     if (!forceAll && previous.get(path) === sig) return;
     changed++;
-    if (written.has(path)) return; // already in the prioritized region, as it is now
     await ensureParents(path);
     if (t === 'w') {
       // Overlay's whiteout: the lower entry at this path is deleted.

@@ -540,55 +540,7 @@ export class RestoreIndex {
     return rootNode;
   }
 
-  /**
-   * The path of a file holding each of the given frame digests (hex), for the record of first
-   * reads. A walk of the dirents that builds a path only where a wanted digest is found: it runs in
-   * the restore daemon while the workload reads, so it makes no view and no entry objects.
-   */
-  pathsOf(hexes: Iterable<string>): Map<string, string> {
-    const b = this.buf;
-    const wantIdx = new Map<number, string>();
-    const want = new Set(hexes);
-    for (let d = 0; d < this.digestCount && wantIdx.size < want.size; d++) {
-      const hex = b.toString('hex', this.off.digests + d * DIGEST_SIZE, this.off.digests + (d + 1) * DIGEST_SIZE);
-      if (want.has(hex)) wantIdx.set(d, hex);
-    }
-    const out = new Map<string, string>();
-    if (wantIdx.size === 0) return out;
-    // Breadth first from the root, keeping each directory's path; a node is reached once (hard
-    // links: its first name), and a directory only from its parent (validated by strata-fuse).
-    const seen = new Uint8Array(this.nodeCount);
-    seen[0] = 1;
-    const queue: Array<[number, string]> = [[0, '']];
-    for (let q = 0; q < queue.length && out.size < wantIdx.size; q++) {
-      const [di, dirPath] = queue[q]!;
-      const o = this.off.nodes + di * NODE_SIZE;
-      const first = b.readUInt32LE(o + N.first);
-      const count = b.readUInt32LE(o + N.count);
-      for (let k = first; k < first + count && k < this.direntCount; k++) {
-        const r = this.off.dirents + k * DIRENT_SIZE;
-        const ino = b.readUInt32LE(r + 12);
-        if (ino < 1 || ino > this.nodeCount || seen[ino - 1]) continue;
-        seen[ino - 1] = 1;
-        const n = this.off.nodes + (ino - 1) * NODE_SIZE;
-        const type = b.readUInt32LE(n + N.mode) & S_IFMT;
-        if (type !== S_IFDIR && type !== S_IFREG) continue;
-        const name = this.str(Number(b.readBigUInt64LE(r)), b.readUInt32LE(r + 8)).toString('latin1');
-        const path = dirPath === '' ? name : `${dirPath}/${name}`;
-        if (type === S_IFDIR) {
-          queue.push([ino - 1, path]);
-          continue;
-        }
-        const cFirst = b.readUInt32LE(n + N.first);
-        const cCount = b.readUInt32LE(n + N.count);
-        for (let c = cFirst; c < cFirst + cCount && c < this.chunkCount; c++) {
-          const hex = wantIdx.get(b.readUInt32LE(this.off.chunks + c * CHUNK_SIZE + C.digest));
-          if (hex !== undefined && !out.has(hex)) out.set(hex, path);
-        }
-      }
-    }
-    return out;
-  }
+
 }
 
 /** What a manifest says of its restore index: the compressed blob, and the raw size it unpacks to. */

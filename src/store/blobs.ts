@@ -5,6 +5,7 @@
 import { InvalidLayerError, ObjectNotFoundError } from '../errors.js';
 import { decodeFooter, FOOTER_READ_SIZE, type Footer } from '../format/footer.js';
 import { blobKey, decodeTocFrame, type LayerDescriptor } from '../format/reader.js';
+import { decodePrefetch, type PrefetchDescriptor, unpackPrefetch } from '../format/prefetch.js';
 import { type IndexDescriptor, unpackIndex } from '../format/restore-index.js';
 import type { Toc } from '../format/toc.js';
 import type { ObjectStore } from './store.js';
@@ -42,6 +43,19 @@ export async function fetchIndex(store: ObjectStore, desc: IndexDescriptor): Pro
     }
   }
   return unpackIndex(blob, desc, desc.inline !== undefined ? `(inline in the manifest)` : key);
+}
+
+/**
+ * The prefetch record a manifest names, verified and checked against its chain. Inline records
+ * cost no request; others one GET. A record that is missing or damaged only costs its prefetch,
+ * so the caller may ignore the error.
+ */
+export async function fetchPrefetch(store: ObjectStore, desc: PrefetchDescriptor, layers: LayerDescriptor[]): Promise<Buffer> {
+  const key = blobKey(desc.digest);
+  const blob = desc.inline !== undefined ? Buffer.from(desc.inline, 'base64') : await readAtMost(store, key, desc.size + 1);
+  const raw = await unpackPrefetch(blob, desc, desc.inline !== undefined ? '(inline in the manifest)' : key);
+  decodePrefetch(raw, layers.map((l) => l.size));
+  return raw;
 }
 
 /**

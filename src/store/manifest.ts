@@ -4,6 +4,7 @@
  */
 import { InvalidBackupConfigError, InvalidLayerError } from '../errors.js';
 import type { LayerDescriptor } from '../format/reader.js';
+import type { PrefetchDescriptor } from '../format/prefetch.js';
 import type { IndexDescriptor } from '../format/restore-index.js';
 
 export const MANIFEST_KIND = 'strata.backup.manifest';
@@ -28,6 +29,11 @@ export interface Manifest {
    * building it from the TOCs.
    */
   index?: IndexDescriptor;
+  /**
+   * The prefetch record: the frames a lazy workspace of this chain read first (a blob, or inline
+   * when small). A lazy restore fetches them first. Absent when nothing was recorded.
+   */
+  prefetch?: PrefetchDescriptor;
 }
 
 /** What createBackup returns: a superset of Cloudflare's { id, dir }. JSON-serialisable. */
@@ -132,6 +138,10 @@ export function decodeManifest(buf: Buffer): Manifest {
   if (r.index !== undefined) {
     m.index = indexDescriptor(r.index);
     if (m.index.layers !== undefined && (m.index.layers < 1 || m.index.layers > m.layers.length)) bad(`index covers ${m.index.layers} layers of a chain of ${m.layers.length}`);
+  }
+  if (r.prefetch !== undefined) {
+    const { layers: _l, ...d } = indexDescriptor(r.prefetch);
+    m.prefetch = d;
   }
   return m;
 }

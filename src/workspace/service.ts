@@ -5,11 +5,12 @@
  * drop it), status. What lies below the upper comes from a Lowers implementation: extract (layer
  * directories) or lazy (the restore daemon); nothing else here knows the difference.
  */
-import { link, lstat, mkdir } from 'node:fs/promises';
+import { link, lstat, mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { TargetNotEmptyError, UnsavedChangesError, WorkspaceNotFoundError } from '../errors.js';
 import type { Captured } from '../capture/upper.js';
 import type { LayerDescriptor } from '../format/reader.js';
+import type { PrefetchDescriptor } from '../format/prefetch.js';
 import type { IndexDescriptor } from '../format/restore-index.js';
 import type { Toc, TocEntry } from '../format/toc.js';
 import { daemonRequest } from '../restore/lazy/client.js';
@@ -20,7 +21,7 @@ import { checkTarget, swapInto } from '../restore/target.js';
 import type { ObjectStore } from '../store/store.js';
 import { span } from '../util/trace.js';
 import { ExtractLowers, LazyLowers, type Lowers } from './lowers.js';
-import { chainIndexPath, findWorkspace, listWorkspaces, mountIndexPath, Workspace, type WorkspaceMode } from './workspace.js';
+import { chainIndexPath, findWorkspace, listWorkspaces, mountIndexPath, prefetchPath, Workspace, type WorkspaceMode } from './workspace.js';
 
 export interface WorkspaceStatus {
   /** Lazy workspaces: what the restore daemon reports. */
@@ -60,6 +61,8 @@ export interface PrepareSpec {
   index: { raw: Buffer; root: TocEntry; desc?: IndexDescriptor | undefined; layers: number };
   /** Extract: the layers' TOCs (layer directories are unpacked from them). */
   tocs?: Toc[];
+  /** The backup's prefetch record: its descriptor, and (lazy) its verified bytes. */
+  prefetch?: { desc: PrefetchDescriptor; raw?: Buffer };
 }
 
 const sameLayers = (a: LayerDescriptor[], b: LayerDescriptor[]): boolean => a.length === b.length && a.every((l, i) => l.digest === b[i]!.digest);
@@ -141,6 +144,7 @@ export class WorkspaceService {
       mounted: spec.layers,
       ...(spec.index.desc ? { index: spec.index.desc } : {}),
       ...(spec.index.layers < spec.layers.length ? { viewLayers: spec.index.layers } : {}),
+      ...(spec.prefetch ? { prefetch: spec.prefetch.desc } : {}),
     });
     try {
       // One file, two names: mount.index is what the view serves, chain.index the base of the
@@ -150,6 +154,8 @@ export class WorkspaceService {
       // parent's index from the store instead.
       await writeIndexFile(spec.index.raw, mountIndexPath(ws), { sync: false });
       await link(mountIndexPath(ws), chainIndexPath(ws));
+      // Verified by the caller; strata-fuse and the daemon fetch its frames first.
+      if (spec.prefetch?.raw) await writeFile(prefetchPath(ws), spec.prefetch.raw);
       tr.step('workspace created, index written');
       const { lowers, tailRoot } = await this.lowers[spec.mode].mount(ws, spec.store, { tocs: spec.tocs, fresh: true });
       tr.step('lowers mounted');
@@ -181,9 +187,14 @@ export class WorkspaceService {
    * Record a backup of the workspace: its chain moves on, the captured baseline and the chain's
    * index with it. Called once the backup's manifest is written.
    */
-  async commit(ws: Workspace, c: { backupId: string; layers: LayerDescriptor[]; captured: Captured; index?: { raw: Buffer; desc: IndexDescriptor } | undefined; kept?: IndexDescriptor }): Promise<void> {
+  async commit(
+    ws: Workspace,
+    c: { backupId: string; layers: LayerDescriptor[]; captured: Captured; index?: { raw: Buffer; desc: IndexDescriptor } | undefined; kept?: IndexDescriptor; prefetch?: PrefetchDescriptor | undefined },
+  ): Promise<void> {
     ws.state.backupId = c.backupId;
     ws.state.layers = c.layers;
+    if (c.prefetch) ws.state.prefetch = c.prefetch;
+    else delete ws.state.prefetch;
     if (c.index) {
       await writeIndexFile(c.index.raw, chainIndexPath(ws));
       ws.state.index = c.index.desc;

@@ -10,9 +10,9 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, open, readdir, readFile, rename, rm, writeFile, lstat, chmod, lchown } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { LayerDescriptor } from '../format/reader.js';
+import type { PrefetchDescriptor } from '../format/prefetch.js';
 import type { IndexDescriptor } from '../format/restore-index.js';
 import type { TocEntry } from '../format/toc.js';
-import { checkLayerPath } from '../format/paths.js';
 import { type Captured, signature } from '../capture/signature.js';
 import { mountAt } from '../restore/overlay.js';
 import { pidAlive } from '../util/process.js';
@@ -34,6 +34,8 @@ export interface WorkspaceState {
   mounted: LayerDescriptor[];
   /** The restore index of `layers` as its manifest names it (chain.index holds its bytes). */
   index?: IndexDescriptor;
+  /** The prefetch record of `layers` as its manifest names it: a backup that read nothing new keeps it. */
+  prefetch?: PrefetchDescriptor;
   /**
    * How many of `mounted` (bottom first) mount.index covers; absent: all. In a lazy workspace the
    * rest (the chain's tail) are layer directories over the index's view.
@@ -105,25 +107,25 @@ export class Workspace {
     await rename(tmp, join(this.root, 'captured.json'));
   }
 
-  /** Files a lazy workspace read first after its restore (recorded by the restore daemon). */
-  async loadPrioritized(): Promise<string[] | undefined> {
+  /**
+   * The frames a lazy workspace read first after its restore (recorded by the restore daemon), as
+   * refs into the chain `layers` names; undefined when none were recorded or the file is damaged.
+   */
+  async loadFirstReads(): Promise<FirstReads | undefined> {
     try {
-      const v = JSON.parse(await readFile(join(this.root, 'prioritized.json'), 'utf8')) as unknown;
-      if (!Array.isArray(v)) return undefined;
-      // Only clean layer paths: nothing here may name a file outside the workspace.
-      return v.filter((p): p is string => {
-        if (typeof p !== 'string' || p === '.') return false;
-        try {
-          checkLayerPath(p);
-          return true;
-        } catch {
-          return false;
-        }
-      });
+      const v = JSON.parse(await readFile(firstReadsPath(this), 'utf8')) as FirstReads;
+      const ok =
+        v.version === 1 &&
+        Array.isArray(v.layers) &&
+        v.layers.every((d) => typeof d === 'string') &&
+        Array.isArray(v.refs) &&
+        v.refs.every((r) => Array.isArray(r) && r.length === 3 && r.every((x) => Number.isSafeInteger(x) && x >= 0) && r[0] < v.layers.length);
+      return ok ? v : undefined;
     } catch {
       return undefined;
     }
   }
+
 
   /** Give the upper's root the view root's metadata: the overlay root shows the upper's. */
   async initUpperRoot(root: TocEntry): Promise<void> {
@@ -236,6 +238,23 @@ export async function findWorkspace(home: string, dir: string): Promise<Workspac
 /** Where a lazy workspace's read-only view is mounted (its overlay's lower directory). */
 export function lowerDir(ws: Workspace): string {
   return join(ws.root, 'lower');
+}
+
+/** What the restore daemon recorded of a lazy workspace's first reads: [layer, blob offset, length] in reading order. */
+export interface FirstReads {
+  version: 1;
+  /** The chain the refs index (the mounted view's layers, bottom first). */
+  layers: string[];
+  refs: Array<[number, number, number]>;
+}
+
+export function firstReadsPath(ws: Workspace): string {
+  return join(ws.root, 'first-reads.json');
+}
+
+/** The prefetch record of the mounted chain, as the restore fetched and verified it. */
+export function prefetchPath(ws: Workspace): string {
+  return join(ws.root, 'prefetch.bin');
 }
 
 /** The restore index a lazy workspace's view serves (the chain mounted at restore). */

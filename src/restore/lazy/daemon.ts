@@ -11,11 +11,12 @@
 import { open as openFile, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
+import { decodePrefetch, MAX_PREFETCH_REFS, type PrefetchRef } from '../../format/prefetch.js';
 import { indexMatchesLayers, RestoreIndex, type ViewChunk } from '../../format/restore-index.js';
 import { DeferredStore } from '../../store/deferred.js';
 import { openStore } from '../../store/index.js';
 import type { ObjectStore } from '../../store/store.js';
-import { lowerDir, mountIndexPath, Workspace } from '../../workspace/workspace.js';
+import { type FirstReads, firstReadsPath, lowerDir, mountIndexPath, prefetchPath, Workspace } from '../../workspace/workspace.js';
 import { Fetcher } from './fetcher.js';
 import { type LazyMount, mirrorPath, mountLazy, unmountPath } from './mount.js';
 import type { LayerDescriptor } from '../../format/reader.js';
@@ -124,7 +125,9 @@ async function main(home: string): Promise<void> {
     await mkdir(mountpoint, { recursive: true });
     // Mounted before the chunk list is decoded: strata-fuse needs only the index file, and the
     // fetcher only the layers until readahead and hydration want the chunks (below).
-    const m = await mountLazy({ store, layers: ws.viewed, hydrate, indexPath, chunks: [], mountpoint, runDir: join(ws.root, 'run'), fetcher, onLog: (l) => log(`strata-fuse ${id}: ${l}`) });
+    // The prefetch record the restore wrote (verified), if the backup has one.
+    const record = await readFile(prefetchPath(ws)).catch(() => undefined);
+    const m = await mountLazy({ store, layers: ws.viewed, hydrate, ...(record ? { prefetchPath: prefetchPath(ws) } : {}), indexPath, chunks: [], mountpoint, runDir: join(ws.root, 'run'), fetcher, onLog: (l) => log(`strata-fuse ${id}: ${l}`) });
     tr.step('strata-fuse ready');
     // An s3:// store loads the AWS SDK on first use (~0.2 s of this event loop): start it once the
     // mount has been answered, before the first read needs it, not while the mount comes up.
@@ -173,12 +176,16 @@ async function main(home: string): Promise<void> {
       }
       h.digests = chunks.map((c) => c.chunk.digest);
       tr.step(`${chunks.length} chunks registered`);
-      // Prioritized files: each layer's landmark region, fetched ahead of hydration.
+      // What strata-fuse does not fetch itself: the frames of the prefetch record in its order,
+      // then (older backups) each layer's landmark region of prioritized files, ahead of hydration.
       const regions = ix.layers().map((l) => l.prefetch);
-      const landmark = chunks.filter(({ layer, chunk }) => {
-        const p = regions[layer];
-        return p !== undefined && chunk.blobOffset >= p.blobOffset && chunk.blobOffset + chunk.blobLength <= p.blobOffset + p.blobLength;
-      });
+      const landmark = [
+        ...recordedChunks(record, ws.state.mounted, chunks),
+        ...chunks.filter(({ layer, chunk }) => {
+          const p = regions[layer];
+          return p !== undefined && chunk.blobOffset >= p.blobOffset && chunk.blobOffset + chunk.blobLength <= p.blobOffset + p.blobLength;
+        }),
+      ];
       if (landmark.length > 0) {
         fetcher.hydrate(ws.viewed, landmark, { priority: 'normal', signal: h.abort.signal }).catch((err: Error) => h.errors.push(`prefetch: ${err.message}`));
       }
@@ -296,6 +303,19 @@ async function main(home: string): Promise<void> {
   }, 5000).unref();
 }
 
+/** The frames of a prefetch record among these chunks, in the record's order (a bad record: none). */
+function recordedChunks(record: Buffer | undefined, chain: LayerDescriptor[], chunks: ViewChunk[]): ViewChunk[] {
+  if (!record) return [];
+  let refs: PrefetchRef[];
+  try {
+    refs = decodePrefetch(record, chain.map((l) => l.size));
+  } catch {
+    return [];
+  }
+  const at = new Map(chunks.map((c) => [`${c.layer}:${c.chunk.blobOffset}`, c]));
+  return refs.flatMap((r) => at.get(`${r.layer}:${r.blobOffset}`) ?? []);
+}
+
 /**
  * How many of these frames the mirrors strata-fuse fetches into hold (by their data extents: a
  * torn frame counts until strata-fuse reads and refetches it). For status only.
@@ -339,17 +359,18 @@ async function mirroredFrames(cacheDir: string, layers: LayerDescriptor[], frame
 }
 
 /**
- * Record which files the workspace reads in its first seconds (STRATA_PRIORITY_WINDOW_MS, default
- * 10 s) into prioritized.json; the workspace's next backup writes them first in its layer.
+ * Record which frames the workspace reads in its first seconds (STRATA_PRIORITY_WINDOW_MS, default
+ * 10 s), in order, into first-reads.json; the workspace's next backup stores them as its prefetch
+ * record (format/prefetch.ts), and a restore of it fetches them first.
  */
 function recordFirstReads(ws: Workspace, ix: RestoreIndex, fetcher: Fetcher): void {
   const windowMs = envCount('STRATA_PRIORITY_WINDOW_MS', 1) ?? 10_000;
-  // Digests are kept as they arrive; paths are looked up only when the window closes, so no
-  // walk of the index runs while the workload starts.
+  // Digests are kept as they arrive; where they live is looked up only when the window closes, so
+  // no walk of the index runs while the workload starts.
   const order: string[] = [];
   const seen = new Set<string>();
   const off = fetcher.onAccess((hex) => {
-    if (!seen.has(hex) && order.length < 100_000) {
+    if (!seen.has(hex) && order.length < MAX_PREFETCH_REFS) {
       seen.add(hex);
       order.push(hex);
     }
@@ -357,18 +378,18 @@ function recordFirstReads(ws: Workspace, ix: RestoreIndex, fetcher: Fetcher): vo
   setTimeout(() => {
     off();
     if (order.length === 0) return;
-    const pathOf = ix.pathsOf(order);
-    const paths: string[] = [];
-    const have = new Set<string>();
-    for (const hex of order) {
-      const p = pathOf.get(hex);
-      if (p === undefined || have.has(p) || paths.length >= 10_000) continue;
-      have.add(p);
-      paths.push(p);
+    const where = new Map<string, ViewChunk>();
+    for (const c of ix.chunks()) {
+      const hex = c.chunk.digest.slice(7);
+      if (seen.has(hex) && !where.has(hex)) where.set(hex, c);
     }
-    if (paths.length === 0) return;
-    // Paths are byte strings (latin1 code points): JSON keeps them exactly.
-    writeFile(join(ws.root, 'prioritized.json'), JSON.stringify(paths)).catch((err: Error) => log(`prioritized files of ${ws.state.id}: ${err.message}`));
+    const refs = order.flatMap((hex) => {
+      const c = where.get(hex);
+      return c ? [[c.layer, c.chunk.blobOffset, c.chunk.blobLength]] : [];
+    });
+    if (refs.length === 0) return;
+    const rec: FirstReads = { version: 1, layers: ws.viewed.map((l) => l.digest), refs: refs as FirstReads['refs'] };
+    writeFile(firstReadsPath(ws), JSON.stringify(rec)).catch((err: Error) => log(`first reads of ${ws.state.id}: ${err.message}`));
   }, windowMs).unref();
 }
 

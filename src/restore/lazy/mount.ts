@@ -74,6 +74,8 @@ export interface MountLazyOptions {
   direct?: boolean;
   /** strata-fuse hydrates the layers it fetches itself in the background (default false). */
   hydrate?: boolean;
+  /** A verified prefetch record (format/prefetch.ts): strata-fuse fetches its frames first. */
+  prefetchPath?: string;
 }
 
 /** Presigned URLs live a day and are renewed every hour (R2 and S3 allow up to 7 days). */
@@ -229,6 +231,7 @@ export async function mountLazy(o: MountLazyOptions): Promise<LazyMount> {
     const readaheadKb = Math.ceil((o.fetcherOptions?.demandSpan ?? 256 * 1024) / 1024);
     nativeArgs.push('--sources', sourcesPath, '--readahead-kb', String(readaheadKb), '--deadline-ms', String(deadline), '--stall-ms', String(Math.min(deadline, o.fetcherOptions?.stallTimeoutMs ?? 10_000)));
     if (o.hydrate) nativeArgs.push('--hydrate');
+    if (o.prefetchPath) nativeArgs.push('--prefetch', resolve(o.prefetchPath));
     renewTimer = setInterval(() => {
       writeSources(o.store, o.layers, remote, sourcesPath).catch((err: Error) => (o.onLog ?? ((l: string) => process.stderr.write(l + '\n')))(`strata: renewing presigned URLs for ${o.store.url}: ${err.message}`));
     }, RENEW_MS).unref();
