@@ -441,9 +441,9 @@ export function strataRestore(ctx, lib, { mode, warm = false, hydrate = true, re
     /** Untimed, once before the runs: the host that forks come from, or the recorded backup. */
     async setup(artifact) {
       if (recorded) {
-        // A lazy workspace of the full backup runs the app; the restore daemon records the files
-        // it reads first (prioritized.json, after its window closes) and the workspace's next
-        // backup writes them first in its layer, marked for prefetch.
+        // A lazy workspace of the full backup runs the app; the restore daemon records the frames
+        // it reads first (first-reads.json, after its window closes) and the workspace's next
+        // backup stores them as its prefetch record, fetched first by a restore.
         const home = join(ctx.tmp, `home-${id}`);
         await rm(home, { recursive: true, force: true });
         const o = open(home, artifact.url);
@@ -453,16 +453,16 @@ export function strataRestore(ctx, lib, { mode, warm = false, hydrate = true, re
           await o.strata.restoreBackup(artifact.handle, { dir: ws, mode });
           await run(process.execPath, ['app.js'], { cwd: ws });
           const st = (await o.strata.status(ws))[0];
-          const file = join(home, 'workspaces', st.workspace, 'prioritized.json');
+          const file = join(home, 'workspaces', st.workspace, 'first-reads.json');
           for (let i = 0; i < 1200; i++) {
             if (await readFile(file).then(() => true, () => false)) break;
             await new Promise((r) => setTimeout(r, 50));
           }
-          // A session changes something (an unchanged workspace adds no layer, so no prefetch region).
+          // A session changes something: the backup of a one-file edit, as in the field.
           await writeFile(join(ws, 'session-notes.txt'), 'the app ran once\n');
           const handle = await o.strata.createBackup({ dir: ws });
           const info = await o.strata.getBackup(handle.id);
-          derived = { ...artifact, handle, layers: info.layers.length, prioritized: JSON.parse(await readFile(file, 'utf8').catch(() => '[]')).length };
+          derived = { ...artifact, handle, layers: info.layers.length, prioritized: (JSON.parse(await readFile(file, 'utf8').catch(() => '{"refs":[]}')).refs ?? []).length };
         } finally {
           await close(o, [ws]);
           await rmHome(home);
@@ -540,7 +540,7 @@ export function strataRestore(ctx, lib, { mode, warm = false, hydrate = true, re
       };
     },
     /** What setup made (for the report). */
-    describe: () => (derived ? { layers: derived.layers, prioritizedFiles: derived.prioritized } : undefined),
+    describe: () => (derived ? { layers: derived.layers, recordedFrames: derived.prioritized } : undefined),
     async teardown() {
       if (!shared) return;
       await close(shared, [shared.base]);

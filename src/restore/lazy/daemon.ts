@@ -19,6 +19,7 @@ import type { ObjectStore } from '../../store/store.js';
 import { type FirstReads, firstReadsPath, lowerDir, mountIndexPath, prefetchPath, Workspace } from '../../workspace/workspace.js';
 import { Fetcher } from './fetcher.js';
 import { type LazyMount, mirrorPath, mountLazy, unmountPath } from './mount.js';
+import { trimMirrors } from './mirrors.js';
 import type { LayerDescriptor } from '../../format/reader.js';
 import { mountAt } from '../overlay.js';
 import { controlSocket, type DaemonRequest, type DaemonStatus, parseRequest, runDir } from './protocol.js';
@@ -74,10 +75,11 @@ async function main(home: string): Promise<void> {
   }
   const deadlineMs = envCount('STRATA_FETCH_DEADLINE_MS', 1);
   const readahead = envCount('STRATA_READAHEAD', 0);
+  const cacheBytes = envCount('STRATA_CACHE_SIZE', 1) ?? 4 * 1024 ** 3;
   const fetcher = await Fetcher.start({
     socketPath: join(run, 'fetch.sock'),
     cacheDir: join(home, 'cache', 'chunks'),
-    cacheBytes: envCount('STRATA_CACHE_SIZE', 1) ?? 4 * 1024 ** 3,
+    cacheBytes,
     log,
     ...(deadlineMs !== undefined ? { deadlineMs } : {}),
     ...(readahead !== undefined ? { readahead } : {}),
@@ -109,6 +111,9 @@ async function main(home: string): Promise<void> {
     await rm(pidFile, { force: true });
     process.exit(0);
   };
+
+  /** Keep the blob mirrors within the cache budget (set below, once the helpers exist). */
+  let trimNow = (): void => undefined;
 
   const mount = async (id: string, hydrate: boolean): Promise<void> => {
     if (held.has(id)) return;
@@ -203,6 +208,7 @@ async function main(home: string): Promise<void> {
       h.hydrating = false;
     });
     recordFirstReads(ws, ix, fetcher);
+    trimNow();
   };
 
   const unmount = async (id: string): Promise<void> => {
@@ -293,6 +299,17 @@ async function main(home: string): Promise<void> {
   log(`serving ${home}`);
   process.on('SIGTERM', () => void shutdown('SIGTERM'));
   process.on('SIGINT', () => void shutdown('SIGINT'));
+  // The host's cache budget covers the chunk cache and the blob mirrors strata-fuse fetches into.
+  const trim = (): void => {
+    const inUse = new Set([...held.values()].flatMap((h) => h.viewed.map((l) => l.digest.slice(7))));
+    trimMirrors(fetcher.cache.dir, Math.max(0, cacheBytes - fetcher.stats().cache.bytes), inUse)
+      .then((gone) => {
+        for (const m of gone) log(`cache over its ${cacheBytes}-byte budget: emptied the mirror of layer sha256:${m.hex} (${m.held} bytes${inUse.has(m.hex) ? ', in use: it is fetched again as read' : ''})`);
+      })
+      .catch((err: Error) => log(`trimming the blob mirrors: ${err.message}`));
+  };
+  setInterval(trim, 30_000).unref();
+  trimNow = trim;
   // Mounts taken down behind our back (umount by hand) no longer hold the daemon.
   setInterval(() => {
     void (async () => {
