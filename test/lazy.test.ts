@@ -64,6 +64,20 @@ async function copyStore(b: Backup, name: string): Promise<string> {
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
+/** Flip one byte in the middle of a chunk's frame inside a file store's layer blob. */
+async function flipByte(storeDir: string, layerDigest: string, c: { blobOffset: number; blobLength: number }): Promise<void> {
+  const fh = await open(join(storeDir, 'blobs', 'sha256', parseDigest(layerDigest)), 'r+');
+  try {
+    const b = Buffer.alloc(1);
+    const at = c.blobOffset + Math.floor(c.blobLength / 2);
+    await fh.read(b, 0, 1, at);
+    b[0] = b[0]! ^ 0x5a;
+    await fh.write(b, 0, 1, at);
+  } finally {
+    await fh.close();
+  }
+}
+
 /** Mounts at or under dir, from /proc/self/mountinfo. */
 function mountsOf(dir: string): string[] {
   return readFileSync('/proc/self/mountinfo', 'utf8')
@@ -260,17 +274,7 @@ describe.skipIf(!RUN)('lazy restore through strata-fuse', () => {
       const storeDir = await copyStore(base, 'direct-corrupt');
       const view = buildView(base.tocs);
       const c = chunksOf(view, 'data/pattern.bin')[0]!;
-      const blob = join(storeDir, 'blobs', 'sha256', parseDigest(base.layers[0]!.digest));
-      const fh = await open(blob, 'r+');
-      try {
-        const b = Buffer.alloc(1);
-        const at = c.blobOffset + Math.floor(c.blobLength / 2);
-        await fh.read(b, 0, 1, at);
-        b[0] = b[0]! ^ 0x5a;
-        await fh.write(b, 0, 1, at);
-      } finally {
-        await fh.close();
-      }
+      await flipByte(storeDir, base.layers[0]!.digest, c);
       const logs: string[] = [];
       const m = await mount({ store: new FileStore(storeDir), layers: base.layers, view, onLog: (l) => logs.push(l) });
       expect(m.direct.has(0)).toBe(true);
@@ -371,17 +375,7 @@ describe.skipIf(!RUN)('lazy restore through strata-fuse', () => {
     const storeDir = await copyStore(base, 'corrupt');
     const view = buildView(base.tocs);
     const c = chunksOf(view, 'data/pattern.bin')[0]!;
-    const blob = join(storeDir, 'blobs', 'sha256', parseDigest(base.layers[0]!.digest));
-    const fh = await open(blob, 'r+');
-    try {
-      const b = Buffer.alloc(1);
-      const at = c.blobOffset + Math.floor(c.blobLength / 2);
-      await fh.read(b, 0, 1, at);
-      b[0] = b[0]! ^ 0x5a;
-      await fh.write(b, 0, 1, at);
-    } finally {
-      await fh.close();
-    }
+    await flipByte(storeDir, base.layers[0]!.digest, c);
     const logs: string[] = [];
     const m = await mount({ store: new FileStore(storeDir), direct: false, layers: base.layers, view, fetcherOptions: { readahead: 0, log: (l) => logs.push(l) } });
     const r = await tryCat(join(m.mountpoint, 'data/pattern.bin'));

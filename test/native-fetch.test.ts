@@ -77,6 +77,16 @@ async function mount(o: Partial<MountLazyOptions> = {}, name = 'mnt', logs: stri
   return m;
 }
 
+/** The data extents of the layer's mirror: what strata-fuse has fetched into it. */
+async function extentsOf(mirror: string): Promise<Array<[number, number]>> {
+  const fh = await open(mirror, 'r');
+  try {
+    return sys.dataExtents(fh.fd, layers[0]!.size);
+  } finally {
+    await fh.close();
+  }
+}
+
 function frameOf(path: string): { blobOffset: number; blobLength: number; digest: string } {
   const n = findNode(buildView(tocs), path)!;
   return n.entry!.chunks![0]!;
@@ -205,13 +215,8 @@ describe.runIf(RUN)('strata-fuse fetching s3:// layers itself', () => {
     const m = await mount({ prefetchPath: recordPath });
     const mirror = mirrorPath(join(caseDir, 'cache'), layers[0]!.digest);
     const holds = async (): Promise<boolean> => {
-      const fh = await open(mirror, 'r');
-      try {
-        const ext = sys.dataExtents(fh.fd, layers[0]!.size);
-        return refs.every((r) => ext.some(([o, l]) => o <= r.blobOffset && r.blobOffset + r.blobLength <= o + l));
-      } finally {
-        await fh.close();
-      }
+      const ext = await extentsOf(mirror);
+      return refs.every((r) => ext.some(([o, l]) => o <= r.blobOffset && r.blobOffset + r.blobLength <= o + l));
     };
     for (let i = 0; i < 200 && !(await holds()); i++) await new Promise((r) => setTimeout(r, 25));
     expect(await holds()).toBe(true);
@@ -230,13 +235,8 @@ describe.runIf(RUN)('strata-fuse fetching s3:// layers itself', () => {
     const m = await mount({ hydrate: true });
     const mirror = mirrorPath(join(caseDir, 'cache'), layers[0]!.digest);
     const whole = async (): Promise<boolean> => {
-      const fh = await open(mirror, 'r');
-      try {
-        const ext = sys.dataExtents(fh.fd, layers[0]!.size);
-        return ext.length === 1 && ext[0]![0] === 0 && ext[0]![1] === layers[0]!.size;
-      } finally {
-        await fh.close();
-      }
+      const ext = await extentsOf(mirror);
+      return ext.length === 1 && ext[0]![0] === 0 && ext[0]![1] === layers[0]!.size;
     };
     for (let i = 0; i < 300 && !(await whole()); i++) await new Promise((r) => setTimeout(r, 50));
     expect(await whole()).toBe(true);

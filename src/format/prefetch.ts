@@ -11,6 +11,7 @@
 import { createHash } from 'node:crypto';
 import { DigestMismatchError, InvalidLayerError } from '../errors.js';
 import { codecFor } from './codec.js';
+import { packSmall, type PackedDescriptor } from './packed.js';
 
 export const PREFETCH_MAGIC = 0x46505853; // "SXPF" little-endian
 export const PREFETCH_VERSION = 1;
@@ -34,13 +35,7 @@ export interface PrefetchRef {
 }
 
 /** What a manifest says of its prefetch record. */
-export interface PrefetchDescriptor {
-  digest: string;
-  size: number;
-  rawSize: number;
-  /** The compressed record itself (base64), when small. */
-  inline?: string;
-}
+export type PrefetchDescriptor = PackedDescriptor;
 
 export function encodePrefetch(refs: PrefetchRef[]): Buffer {
   const n = Math.min(refs.length, MAX_PREFETCH_REFS);
@@ -79,11 +74,8 @@ export function decodePrefetch(b: Buffer, layerSizes: number[]): PrefetchRef[] {
   return out;
 }
 
-export async function packPrefetch(raw: Buffer): Promise<{ blob: Buffer; desc: PrefetchDescriptor }> {
-  const blob = await codecFor('zstd', 3).compress(raw);
-  const desc: PrefetchDescriptor = { digest: 'sha256:' + createHash('sha256').update(blob).digest('hex'), size: blob.length, rawSize: raw.length };
-  if (blob.length <= INLINE_PREFETCH_MAX) desc.inline = blob.toString('base64');
-  return { blob, desc };
+export function packPrefetch(raw: Buffer): Promise<{ blob: Buffer; desc: PrefetchDescriptor }> {
+  return packSmall(raw, INLINE_PREFETCH_MAX);
 }
 
 /** The record a blob holds, verified (digest and size first, then a bounded decompression). */

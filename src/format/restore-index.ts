@@ -19,6 +19,7 @@
 import { createHash } from 'node:crypto';
 import { DigestMismatchError, InvalidLayerError } from '../errors.js';
 import { codecFor } from './codec.js';
+import { packSmall } from './packed.js';
 import { displayPath } from './paths.js';
 import { type Chunk, type EntryType, parseDigest, type TocEntry } from './toc.js';
 import type { ViewNode } from './view.js';
@@ -565,11 +566,8 @@ export function indexedLayers(desc: IndexDescriptor | undefined, chainLength: nu
 }
 
 /** Compress an encoded index into its blob (one zstd frame). */
-export async function packIndex(raw: Buffer): Promise<{ blob: Buffer; desc: IndexDescriptor }> {
-  const blob = await codecFor('zstd', 3).compress(raw);
-  const desc: IndexDescriptor = { digest: 'sha256:' + createHash('sha256').update(blob).digest('hex'), size: blob.length, rawSize: raw.length };
-  if (blob.length <= INLINE_INDEX_MAX) desc.inline = blob.toString('base64');
-  return { blob, desc };
+export function packIndex(raw: Buffer): Promise<{ blob: Buffer; desc: IndexDescriptor }> {
+  return packSmall(raw, INLINE_INDEX_MAX);
 }
 
 /**
