@@ -525,14 +525,14 @@ void sx_frames_stats(struct sx_frames *f, uint64_t *loads, uint64_t *hits, uint6
 }
 
 /* Fetch the holes of [a, b) of a remote layer, yielding to reads waiting on fetches. */
-static void hydrate_range(struct sx_frames *f, uint32_t layer, uint64_t a, uint64_t b, size_t span)
+static bool hydrate_range(struct sx_frames *f, uint32_t layer, uint64_t a, uint64_t b, size_t span)
 {
 	int fd = f->fds[layer];
 	uint64_t pos = a;
 	while (pos < b && !atomic_load(&f->stop)) {
 		off_t h = lseek(fd, (off_t)pos, SEEK_HOLE);
 		if (h < 0 || (uint64_t)h >= b)
-			return;
+			return true;
 		off_t d = lseek(fd, h, SEEK_DATA);
 		uint64_t end = d < 0 || (uint64_t)d > b ? b : (uint64_t)d;
 		if (end - (uint64_t)h > span)
@@ -543,10 +543,39 @@ static void hydrate_range(struct sx_frames *f, uint32_t layer, uint64_t a, uint6
 			/* Reads fetch what they need themselves; hydration just stops for this layer. */
 			fprintf(stderr, "strata-fuse: hydration of layer %u bytes %llu+%llu stopped: %s\n", layer,
 				(unsigned long long)h, (unsigned long long)(end - (uint64_t)h), why);
-			return;
+			return false;
 		}
 		pos = end;
 	}
+	return true;
+}
+
+#define SX_HYDRATE_PARALLEL 3
+
+struct hydrate_worker {
+	struct sx_frames *f;
+	size_t span;
+	unsigned k;
+	_Atomic bool *failed; /* per layer, shared by the workers */
+};
+
+/* Worker k of SX_HYDRATE_PARALLEL: blocks k, k + P, k + 2P... of every remote layer, top layer first. */
+static void *hydrate_worker(void *p)
+{
+	struct hydrate_worker *w = p;
+	struct sx_frames *f = w->f;
+	for (uint32_t l = f->idx->hdr->layer_count; l-- > 0;) {
+		if (!f->remote[l].remote)
+			continue;
+		for (uint64_t b = (uint64_t)w->k * w->span; b < f->sizes[l]; b += (uint64_t)SX_HYDRATE_PARALLEL * w->span) {
+			if (atomic_load(&f->stop) || atomic_load(&w->failed[l]))
+				break;
+			uint64_t e = b + w->span < f->sizes[l] ? b + w->span : f->sizes[l];
+			if (!hydrate_range(f, l, b, e, w->span))
+				atomic_store(&w->failed[l], true);
+		}
+	}
+	return NULL;
 }
 
 #define SX_PREFETCH_GAP (64u << 10)
@@ -686,9 +715,25 @@ static void *hydrate_main(void *p)
 			hydrate_range(f, l, ly->prefetch_off, e < f->sizes[l] ? e : f->sizes[l], a.span);
 		}
 	}
-	for (uint32_t k = n; a.whole && k-- > 0;)
-		if (f->remote[k].remote)
-			hydrate_range(f, k, 0, f->sizes[k], a.span);
+	if (a.whole) {
+		/* Several GETs at a time: one stream leaves a high-latency link mostly idle. */
+		_Atomic bool *failed = calloc(n ? n : 1, sizeof(*failed));
+		struct hydrate_worker w[SX_HYDRATE_PARALLEL];
+		pthread_t t[SX_HYDRATE_PARALLEL];
+		bool ok[SX_HYDRATE_PARALLEL] = { false };
+		for (unsigned k = 0; failed && k < SX_HYDRATE_PARALLEL; k++) {
+			w[k] = (struct hydrate_worker){ .f = f, .span = a.span, .k = k, .failed = failed };
+			ok[k] = k == 0 || pthread_create(&t[k], NULL, hydrate_worker, &w[k]) == 0;
+		}
+		if (failed) {
+			/* Worker 0 runs here; a worker that could not start leaves its blocks to reads. */
+			hydrate_worker(&w[0]);
+			for (unsigned k = 1; k < SX_HYDRATE_PARALLEL; k++)
+				if (ok[k])
+					pthread_join(t[k], NULL);
+		}
+		free(failed);
+	}
 	atomic_store(&f->hydrated, true);
 	return NULL;
 }
