@@ -22,7 +22,7 @@ import { fetchToc } from '../src/store/blobs.js';
 import type { S3Store } from '../src/store/s3.js';
 import { sys } from '../src/sys/native.js';
 import { need } from './helpers/caps.js';
-import { type FaultProxy, startFaultProxy } from './helpers/faultproxy.js';
+import { type Fault, type FaultProxy, startFaultProxy } from './helpers/faultproxy.js';
 import { prng } from './helpers/fidelity.js';
 import { s3StoreFor, type S3TestServer, startS3Server } from './helpers/s3server.js';
 import { diffTrees, summarize } from './helpers/tree.js';
@@ -193,6 +193,70 @@ describe.runIf(RUN)('strata-fuse fetching s3:// layers itself', () => {
     expect(logs.join('\n')).toMatch(/HTTP 503.*gave up/);
     proxy.setRules([]);
     expect(await readFile(join(m.mountpoint, 'lib/m9.js'))).toEqual(await readFile(join(src, 'lib/m9.js')));
+  });
+
+  it.each([
+    ['stalls', { kind: 'stall', ms: 60_000 }],
+    ['resets', { kind: 'reset', phase: 'response', afterBytes: 100 }],
+    ['returns short bodies', { kind: 'truncate', fraction: 0.5 }],
+  ] as Array<[string, Fault]>)('a store that %s: retried, then EIO within the deadline; a passing fault is ridden out', async (_what, fault) => {
+    const logs: string[] = [];
+    const m = await mount({}, 'mnt', logs);
+    proxy.setRules([{ op: 'GetObject', fault }]);
+    const r = await tryCat(join(m.mountpoint, 'lib/m21.js'));
+    expect(r.ok).toBe(false);
+    expect(r.err).toMatch(/Input\/output error/);
+    expect(r.ms).toBeLessThan(10_000);
+    expect(proxy.fired).toBeGreaterThan(1);
+    expect(logs.join('\n')).toMatch(/gave up after/);
+    // The same fault on two GETs only: the read succeeds, retried.
+    const fired = proxy.fired;
+    proxy.setRules([{ op: 'GetObject', fault, times: 2 }]);
+    expect(await readFile(join(m.mountpoint, 'lib/m23.js'))).toEqual(await readFile(join(src, 'lib/m23.js')));
+    expect(proxy.fired - fired).toBe(2);
+  });
+
+  it('a kill -9 during hydration leaves nothing that can be served wrong', async () => {
+    // Slow the link so the kill lands mid-hydration.
+    proxy.throttle(2 * MiB);
+    const m = await mount({ hydrate: true });
+    const mirror = mirrorPath(join(caseDir, 'cache'), layers[0]!.digest);
+    for (let i = 0; i < 200 && (await stat(mirror)).blocks * 512 < MiB; i++) await new Promise((r) => setTimeout(r, 20));
+    m.child.kill('SIGKILL');
+    await new Promise((r) => m.child.once('exit', r));
+    proxy.throttle(null);
+    const held = (await stat(mirror)).blocks * 512;
+    expect(held).toBeGreaterThan(0);
+    expect(held).toBeLessThan(layers[0]!.size);
+    await m.unmount();
+    const again = await mount({}, 'again');
+    expect(diffTrees(await summarize(src), await summarize(again.mountpoint))).toEqual([]);
+  });
+
+  it('16 concurrent readers on 4 forks sharing the host cache fetch every byte once', async () => {
+    // The default 30 s deadline: s3rver and the proxy share this test's event loop with 16 readers.
+    const forks = await Promise.all(['f1', 'f2', 'f3', 'f4'].map((n) => mount({ fetcherOptions: {} }, n)));
+    const files = ['big.bin', 'hello.txt', ...Array.from({ length: 200 }, (_, i) => `lib/m${i}.js`)];
+    const want = new Map(await Promise.all(files.map(async (f) => [f, sha(await readFile(join(src, f)))] as const)));
+    // 4 readers per fork, each reading every file, in different orders. Readers are processes
+    // (sha256sum): reads through this process's thread pool would starve s3rver and the proxy,
+    // which serve the GETs from the same pool.
+    await Promise.all(
+      forks.flatMap((m, fi) =>
+        [0, 1, 2, 3].map(async (k) => {
+          const order = k % 2 ? [...files].reverse() : files;
+          const at = ((fi + k) * 37) % files.length;
+          const mine = [...order.slice(at), ...order.slice(0, at)];
+          const { stdout } = await run('sha256sum', mine, { cwd: m.mountpoint, maxBuffer: 16 * MiB });
+          const got = new Map(stdout.trim().split('\n').map((l) => [l.slice(66), l.slice(0, 64)] as [string, string]));
+          for (const f of files) expect(got.get(f), f).toBe(want.get(f));
+        }),
+      ),
+    );
+    const fetched = proxy.log.filter((e) => e.op === 'GetObject' && e.key.includes('/blobs/sha256/')).reduce((n, e) => n + e.bytesOut, 0);
+    // Everything was read, each byte fetched once (readahead past the files' frames: the TOC's few kB).
+    expect(fetched).toBeGreaterThan(layers[0]!.size * 0.9);
+    expect(fetched).toBeLessThanOrEqual(layers[0]!.size * 1.02);
   });
 
   it('re-reads its sources when the store refuses a URL (an expired one), and carries on', async () => {

@@ -265,20 +265,69 @@ static int fetch_into_mirror(struct sx_frames *f, uint32_t layer, uint64_t off, 
 }
 
 /*
- * A read's fetch: its frame and up to readahead bytes after it, stopping at
- * the next range the mirror already holds.
+ * Every strata-fuse on the host shares a mirror: a fetch holds an OFD write
+ * lock on its range of the file, so a fork that wants the same bytes waits for
+ * them instead of fetching them again, and the holder's death releases it.
  */
-static int fetch_demand(struct sx_frames *f, const struct sx_chunk *ch, char *why, size_t whylen)
+static int lock_range(int fd, uint64_t off, uint64_t len, short type)
 {
+	struct flock l = { .l_type = type, .l_whence = SEEK_SET, .l_start = (off_t)off, .l_len = (off_t)len };
+	int rc;
+	while ((rc = fcntl(fd, F_OFD_SETLKW, &l)) != 0 && errno == EINTR)
+		;
+	return rc;
+}
+
+/* Fetch [off, off+len) under its lock unless, once the lock is ours, the mirror holds it. */
+static int fetch_absent(struct sx_frames *f, uint32_t layer, uint64_t off, uint64_t len, char *why, size_t whylen)
+{
+	int fd = f->fds[layer];
+	if (lock_range(fd, off, len, F_WRLCK) != 0) {
+		snprintf(why, whylen, "locking the cache mirror: %s", strerror(errno));
+		return -EIO;
+	}
+	int rc = present(fd, off, len) ? 0 : fetch_into_mirror(f, layer, off, len, why, whylen);
+	lock_range(fd, off, len, F_UNLCK);
+	return rc;
+}
+
+static int decode(struct sx_frames *f, const struct sx_chunk *ch, uint8_t **out, char *why, size_t whylen);
+
+/*
+ * A read's fetch: its frame and up to readahead bytes after it, stopping at
+ * the next range the mirror already holds; under the range's lock. Once the
+ * lock is ours, a frame another process fetched meanwhile is not fetched
+ * again; `unless_good`: the mirror held the frame but it did not verify (torn,
+ * or read while another process wrote it), so it is fetched again unless it
+ * verifies now.
+ */
+static int fetch_demand(struct sx_frames *f, const struct sx_chunk *ch, bool unless_good, char *why, size_t whylen)
+{
+	int fd = f->fds[ch->layer];
 	uint64_t size = f->sizes[ch->layer], off = ch->blob_off, end = ch->blob_off + ch->blob_len;
 	uint64_t ra = off + f->readahead > end ? off + f->readahead : end;
 	if (ra > size)
 		ra = size;
-	off_t d = lseek(f->fds[ch->layer], (off_t)end, SEEK_DATA);
+	off_t d = lseek(fd, (off_t)end, SEEK_DATA);
 	if (d >= 0 && (uint64_t)d < ra)
 		ra = (uint64_t)d > end ? (uint64_t)d : end;
 	atomic_fetch_add(&f->demand, 1);
-	int rc = fetch_into_mirror(f, ch->layer, off, ra - off, why, whylen);
+	int rc = 0;
+	if (lock_range(fd, off, ra - off, F_WRLCK) != 0) {
+		snprintf(why, whylen, "locking the cache mirror: %s", strerror(errno));
+		rc = -EIO;
+		goto out;
+	}
+	bool fetch = !present(fd, ch->blob_off, ch->blob_len);
+	if (!fetch && unless_good) {
+		uint8_t *tmp = NULL;
+		fetch = decode(f, ch, &tmp, why, whylen) != 0;
+		free(tmp);
+	}
+	if (fetch)
+		rc = fetch_into_mirror(f, ch->layer, off, ra - off, why, whylen);
+	lock_range(fd, off, ra - off, F_UNLCK);
+out:
 	atomic_fetch_sub(&f->demand, 1);
 	return rc;
 }
@@ -436,18 +485,16 @@ static int load(struct sx_frames *f, const struct sx_chunk *ch, uint8_t **out, c
 {
 	if (!f->remote[ch->layer].remote)
 		return decode(f, ch, out, why, whylen);
-	bool fetched = false;
 	if (!present(f->fds[ch->layer], ch->blob_off, ch->blob_len)) {
-		int rc = fetch_demand(f, ch, why, whylen);
+		int rc = fetch_demand(f, ch, false, why, whylen);
 		if (rc < 0)
 			return rc;
-		fetched = true;
 	}
 	int rc = decode(f, ch, out, why, whylen);
-	if (rc == 0 || fetched || rc == -ENOMEM)
+	if (rc == 0 || rc == -ENOMEM)
 		return rc;
-	/* Torn by a crash, or a partial block from a neighbour's span: fetch it now. */
-	rc = fetch_demand(f, ch, why, whylen);
+	/* Torn by a crash, a partial block of a neighbour's span, a fetch still being written: again. */
+	rc = fetch_demand(f, ch, true, why, whylen);
 	return rc < 0 ? rc : decode(f, ch, out, why, whylen);
 }
 
@@ -539,7 +586,7 @@ static bool hydrate_range(struct sx_frames *f, uint32_t layer, uint64_t a, uint6
 			end = (uint64_t)h + span;
 		wait_for_no_demand(f);
 		char why[256];
-		if (fetch_into_mirror(f, layer, (uint64_t)h, end - (uint64_t)h, why, sizeof(why)) < 0) {
+		if (fetch_absent(f, layer, (uint64_t)h, end - (uint64_t)h, why, sizeof(why)) < 0) {
 			/* Reads fetch what they need themselves; hydration just stops for this layer. */
 			fprintf(stderr, "strata-fuse: hydration of layer %u bytes %llu+%llu stopped: %s\n", layer,
 				(unsigned long long)h, (unsigned long long)(end - (uint64_t)h), why);
@@ -680,7 +727,7 @@ static void *prefetch_worker(void *p)
 			continue;
 		wait_for_no_demand(f);
 		char why[256];
-		if (fetch_into_mirror(f, s->layer, s->off, s->end - s->off, why, sizeof(why)) < 0)
+		if (fetch_absent(f, s->layer, s->off, s->end - s->off, why, sizeof(why)) < 0)
 			fprintf(stderr, "strata-fuse: prefetch of layer %u bytes %llu+%llu: %s (read on demand instead)\n", s->layer,
 				(unsigned long long)s->off, (unsigned long long)(s->end - s->off), why);
 	}

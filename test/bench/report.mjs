@@ -400,7 +400,7 @@ export async function render(results, { svgName = 'benchmarks-restore.svg' } = {
   L.push('4. **strata lazy, cold host cache** — `mode: \'lazy\'`, fresh `STRATA_HOME`: a FUSE view, file data fetched on first read.');
   L.push('5. **strata lazy, warm host cache** — `mode: \'lazy\'` as a fork on a host whose chunk cache already holds the backup (another lazy workspace of it is mounted, fully hydrated).');
   L.push('');
-  L.push('Also measured, to explain the lazy numbers (not with `--quick`): lazy with background hydration off (`new Strata({ hydrate: false })`: what the workload alone fetches), and lazy from a **next-generation backup**: a lazy workspace of the full backup ran the app, wrote one file and was backed up, so the restore daemon\'s record of the files read first went into the new layer, marked for prefetch.');
+  L.push('Also measured, to explain the lazy numbers (not with `--quick`): lazy with background hydration off (`new Strata({ hydrate: false })`: what the workload alone fetches), and lazy from a **next-generation backup**: a lazy workspace of the full backup ran the app, wrote one file and was backed up, so the restore daemon\'s record of the frames read first became the new backup\'s prefetch record, which strata-fuse fetches first on restore.');
   L.push('');
   L.push('## Machine and command');
   L.push('');
