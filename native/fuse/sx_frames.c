@@ -63,7 +63,6 @@ struct sx_frames {
 	pthread_mutex_t url_lock;
 	void (*renew)(void *user);
 	void *renew_user;
-	atomic_uint demand;  /* reads waiting on a fetch right now: hydration yields to them */
 	atomic_bool stop;
 	atomic_bool hydrated; /* the hydration thread has returned */
 	struct sx_span *spans; /* the prefetch record, coalesced, in first-read order */
@@ -208,15 +207,6 @@ static bool present(int fd, uint64_t off, uint64_t len)
 	return h >= 0 && (uint64_t)h >= off + len;
 }
 
-/* Background fetches start only while no read waits on one. */
-static void wait_for_no_demand(struct sx_frames *f)
-{
-	while (atomic_load(&f->demand) > 0 && !atomic_load(&f->stop)) {
-		struct timespec t = { 0, 2000000 };
-		nanosleep(&t, NULL);
-	}
-}
-
 /* GET [off, off+len) of a remote layer into its mirror. Renews the URL once if refused. */
 static int fetch_into_mirror(struct sx_frames *f, uint32_t layer, uint64_t off, uint64_t len, char *why, size_t whylen)
 {
@@ -311,13 +301,11 @@ static int fetch_demand(struct sx_frames *f, const struct sx_chunk *ch, bool unl
 	off_t d = lseek(fd, (off_t)end, SEEK_DATA);
 	if (d >= 0 && (uint64_t)d < ra)
 		ra = (uint64_t)d > end ? (uint64_t)d : end;
-	atomic_fetch_add(&f->demand, 1);
-	int rc = 0;
 	if (lock_range(fd, off, ra - off, F_WRLCK) != 0) {
 		snprintf(why, whylen, "locking the cache mirror: %s", strerror(errno));
-		rc = -EIO;
-		goto out;
+		return -EIO;
 	}
+	int rc = 0;
 	bool fetch = !present(fd, ch->blob_off, ch->blob_len);
 	if (!fetch && unless_good) {
 		uint8_t *tmp = NULL;
@@ -327,8 +315,6 @@ static int fetch_demand(struct sx_frames *f, const struct sx_chunk *ch, bool unl
 	if (fetch)
 		rc = fetch_into_mirror(f, ch->layer, off, ra - off, why, whylen);
 	lock_range(fd, off, ra - off, F_UNLCK);
-out:
-	atomic_fetch_sub(&f->demand, 1);
 	return rc;
 }
 
@@ -584,7 +570,6 @@ static bool hydrate_range(struct sx_frames *f, uint32_t layer, uint64_t a, uint6
 		uint64_t end = d < 0 || (uint64_t)d > b ? b : (uint64_t)d;
 		if (end - (uint64_t)h > span)
 			end = (uint64_t)h + span;
-		wait_for_no_demand(f);
 		char why[256];
 		if (fetch_absent(f, layer, (uint64_t)h, end - (uint64_t)h, why, sizeof(why)) < 0) {
 			/* Reads fetch what they need themselves; hydration just stops for this layer. */
@@ -597,7 +582,7 @@ static bool hydrate_range(struct sx_frames *f, uint32_t layer, uint64_t a, uint6
 	return true;
 }
 
-#define SX_HYDRATE_PARALLEL 3
+#define SX_HYDRATE_PARALLEL 4
 
 struct hydrate_worker {
 	struct sx_frames *f;
@@ -725,7 +710,6 @@ static void *prefetch_worker(void *p)
 		const struct sx_span *s = &f->spans[i];
 		if (present(f->fds[s->layer], s->off, s->end - s->off))
 			continue;
-		wait_for_no_demand(f);
 		char why[256];
 		if (fetch_absent(f, s->layer, s->off, s->end - s->off, why, sizeof(why)) < 0)
 			fprintf(stderr, "strata-fuse: prefetch of layer %u bytes %llu+%llu: %s (read on demand instead)\n", s->layer,

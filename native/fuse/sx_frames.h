@@ -63,10 +63,11 @@ void sx_frames_on_refused(struct sx_frames *f, void (*renew)(void *user), void *
 int sx_frames_set_prefetch(struct sx_frames *f, const char *path, char *err, size_t errlen);
 
 /*
- * Background fetching: one thread fetching each remote layer's prefetch
- * region (the files its backup recorded as read first), then, if whole, every
- * remote layer whole; in spans of `span` bytes, never while a read waits on a
- * fetch. sx_frames_free stops it.
+ * Background fetching: the prefetch record (4 GETs at a time), each remote
+ * layer's TOC landmark region, then, if whole, every remote layer whole in
+ * blocks of `span` bytes, 4 GETs at a time. Reads never queue behind these:
+ * each read that misses issues its own GET at once, on its own connection.
+ * sx_frames_free stops it.
  */
 int sx_frames_hydrate(struct sx_frames *f, size_t span, bool whole, char *err, size_t errlen);
 
