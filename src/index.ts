@@ -1,5 +1,6 @@
 export * from './errors.js';
-export { Strata, DEFAULT_TTL_SECONDS, blobsOf } from './strata.js';
+export { Strata, DEFAULT_TTL_SECONDS } from './strata.js';
+export { blobsOf } from './store/manifest.js';
 export type { StrataOptions, CreateBackupOptions, RestoreOptions, RestoreResult, BackupInfo, BackupRef, ProgressEvent } from './strata.js';
 export type { BackupHandle, Manifest } from './store/manifest.js';
 export type { ObjectStore, ObjectInfo, ByteRange } from './store/store.js';

@@ -21,7 +21,7 @@ import {
 } from './errors.js';
 import { codecFor, DEFAULT_CODEC } from './format/codec.js';
 import { blobKey, type LayerDescriptor } from './format/reader.js';
-import { encodePrefetch, packPrefetch, type PrefetchDescriptor, type PrefetchRef } from './format/prefetch.js';
+import { encodePrefetch, packPrefetch, type PrefetchDescriptor, prefetchRefCount, type PrefetchRef } from './format/prefetch.js';
 import { encodeIndex, type IndexDescriptor, packIndex } from './format/restore-index.js';
 import type { CodecName, Toc, TocEntry } from './format/toc.js';
 import { buildView, type ViewNode } from './format/view.js';
@@ -128,23 +128,13 @@ export interface BackupInfo extends BackupHandle {
   layers: LayerDescriptor[];
   /** The restore index of the chain (absent in backups made before it existed). */
   index?: { digest: string; size: number; rawSize: number; inline: boolean };
-  /** Bytes stored in the layer blobs and the index blob. */
+  /** The prefetch record (the frames a workspace of this chain read first), when there is one. */
+  prefetch?: { digest: string; size: number; refs: number; inline: boolean };
+  /** Bytes stored in the layer blobs, the index blob and the prefetch record blob. */
   size: number;
   parent?: string;
 }
 
-/** Every blob key a backup needs: its layers and, unless inline, its restore index. */
-export function blobsOf(b: {
-  layers: LayerDescriptor[];
-  index?: { digest: string; inline?: string | boolean | undefined } | undefined;
-  prefetch?: { digest: string; inline?: string | undefined } | undefined;
-}): string[] {
-  return [
-    ...b.layers.map((l) => blobKey(l.digest)),
-    ...(b.index && !b.index.inline ? [blobKey(b.index.digest)] : []),
-    ...(b.prefetch && b.prefetch.inline === undefined ? [blobKey(b.prefetch.digest)] : []),
-  ];
-}
 
 /** A layer just written: its descriptor and the TOC it holds. */
 interface Written {
@@ -184,9 +174,10 @@ function infoOf(r: ManifestRecord, now = Date.now()): BackupInfo {
     ...handleOf(m, r.digest),
     expired: isExpired(m, now),
     layers: m.layers,
-    size: m.layers.reduce((n, l) => n + l.size, 0) + (m.index && m.index.inline === undefined ? m.index.size : 0),
+    size: m.layers.reduce((n, l) => n + l.size, 0) + (m.index && m.index.inline === undefined ? m.index.size : 0) + (m.prefetch && m.prefetch.inline === undefined ? m.prefetch.size : 0),
   };
   if (m.index) info.index = { digest: m.index.digest, size: m.index.size, rawSize: m.index.rawSize, inline: m.index.inline !== undefined };
+  if (m.prefetch) info.prefetch = { digest: m.prefetch.digest, size: m.prefetch.size, refs: prefetchRefCount(m.prefetch.rawSize), inline: m.prefetch.inline !== undefined };
   if (m.parent) info.parent = m.parent;
   return info;
 }

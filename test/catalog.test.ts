@@ -10,6 +10,8 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DEFAULT_TTL_SECONDS, StoreError, Strata, type BackupHandle, type ObjectStore } from '../src/index.js';
 import { FileStore } from '../src/store/file.js';
+import { putManifest } from '../src/store/catalog.js';
+import { encodePrefetch, packPrefetch } from '../src/format/prefetch.js';
 import { s3StoreFor, startS3Server, type S3TestServer } from './helpers/s3server.js';
 import { diffTrees, summarize } from './helpers/tree.js';
 
@@ -329,6 +331,30 @@ describe.each([
     // A second gc finds nothing more.
     const again = await e.strata.gc({ graceMs: 0 });
     expect(again).toMatchObject({ expiredManifests: [], deletedBlobs: [], keptBlobs: 2, freedBytes: 0 });
+  });
+
+  it('gc keeps a live backup\'s prefetch record blob, and collects it with its expired backup', async () => {
+    const e = await fresh();
+    const h = await e.strata.createBackup({ dir: srcA, ttl: 1 });
+    const { manifest } = await e.strata.resolve(h);
+    // A record too big to ride inline: 4000 scattered refs into the layer.
+    const size = manifest.layers[0]!.size;
+    const refs = Array.from({ length: 4000 }, (_, i) => ({ layer: 0, blobOffset: (i * 7919 * 13) % (size - 64), blobLength: 1 + ((i * 31) % 63) }));
+    const { blob, desc } = await packPrefetch(encodePrefetch(refs));
+    expect(desc.inline).toBeUndefined();
+    const key = `blobs/sha256/${desc.digest.slice(7)}`;
+    await e.store.putBytes(key, blob);
+    const withRecord = { ...manifest, id: h.id.slice(0, -4) + 'beef', expiresAt: null, prefetch: desc };
+    await putManifest(e.store, withRecord);
+    expect((await e.strata.getBackup(withRecord.id)).prefetch).toMatchObject({ refs: 4000, inline: false, size: desc.size });
+    await untilExpired(h);
+    // Live: kept, even with no grace.
+    await e.strata.gc({ graceMs: 0 });
+    expect(await keysOf(e.store, 'blobs/')).toContain(key);
+    // Gone with its backup.
+    await e.strata.deleteBackup(withRecord.id);
+    await e.strata.gc({ graceMs: 0 });
+    expect(await keysOf(e.store, 'blobs/')).not.toContain(key);
   });
 
   it('gc keeps an orphan blob younger than the grace period and collects it with graceMs 0', async () => {

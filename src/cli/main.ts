@@ -243,6 +243,7 @@ export async function run(argv: string[], io: Io = process): Promise<number> {
               `layers:    ${info.layers.length}, ${formatBytes(info.size)}`,
               ...info.layers.map((l, i) => `  ${i}: ${l.digest} ${formatBytes(l.size)} (${l.codec}, ${l.entries} entries, ${formatBytes(l.dataBytes)} of data)`),
               `index:     ${info.index ? `${info.index.digest} ${formatBytes(info.index.size)} (${formatBytes(info.index.rawSize)} unpacked${info.index.inline ? ', inline in the manifest' : ''})` : 'none (made before restore indexes; restores build one from the TOCs)'}`,
+              `prefetch:  ${info.prefetch ? `${info.prefetch.refs} frame(s) read first, ${formatBytes(info.prefetch.size)}${info.prefetch.inline ? ', inline in the manifest' : ''}` : 'none (no lazy workspace of this chain recorded its first reads)'}`,
             ].join('\n') + '\n',
           );
         }

@@ -37,6 +37,11 @@ export interface PrefetchRef {
 /** What a manifest says of its prefetch record. */
 export type PrefetchDescriptor = PackedDescriptor;
 
+/** Refs in a record of rawSize bytes. */
+export function prefetchRefCount(rawSize: number): number {
+  return Math.max(0, Math.floor((rawSize - PREFETCH_HEADER_SIZE) / PREFETCH_REF_SIZE));
+}
+
 export function encodePrefetch(refs: PrefetchRef[]): Buffer {
   const n = Math.min(refs.length, MAX_PREFETCH_REFS);
   const b = Buffer.alloc(PREFETCH_HEADER_SIZE + n * PREFETCH_REF_SIZE);

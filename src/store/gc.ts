@@ -7,7 +7,7 @@
  * blob they reuse (ObjectStore.touch) for the same reason.
  */
 import { StoreError } from '../errors.js';
-import { isExpired } from './manifest.js';
+import { blobsOf, isExpired } from './manifest.js';
 import { listManifests } from './catalog.js';
 import type { ObjectStore } from './store.js';
 
@@ -49,8 +49,7 @@ export async function gc(store: ObjectStore, opts: GcOptions = {}): Promise<GcRe
     const m = r.manifest;
     const protects = !isExpired(m, now) || Date.parse(m.expiresAt!) > now - grace;
     if (protects) {
-      for (const l of m.layers) live.add(`blobs/sha256/${l.digest.slice(7)}`);
-      if (m.index && m.index.inline === undefined) live.add(`blobs/sha256/${m.index.digest.slice(7)}`);
+      for (const key of blobsOf(m)) live.add(key);
     }
     if (isExpired(m, now)) report.expiredManifests.push(m.id);
   }

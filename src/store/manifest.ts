@@ -3,7 +3,7 @@
  * object a backup writes: a backup exists exactly when its manifest does.
  */
 import { InvalidBackupConfigError, InvalidLayerError } from '../errors.js';
-import type { LayerDescriptor } from '../format/reader.js';
+import { blobKey, type LayerDescriptor } from '../format/reader.js';
 import type { PrefetchDescriptor } from '../format/prefetch.js';
 import type { IndexDescriptor } from '../format/restore-index.js';
 
@@ -188,4 +188,20 @@ export function parseHandle(v: unknown): BackupHandle {
   }
   if (o.name !== undefined) h.name = checkName(o.name);
   return h;
+}
+
+/**
+ * Every blob key a backup needs (what gc keeps for it): its layers and, unless inline, its
+ * restore index and its prefetch record.
+ */
+export function blobsOf(b: {
+  layers: Array<{ digest: string }>;
+  index?: { digest: string; inline?: string | boolean | undefined } | undefined;
+  prefetch?: { digest: string; inline?: string | boolean | undefined } | undefined;
+}): string[] {
+  return [
+    ...b.layers.map((l) => blobKey(l.digest)),
+    ...(b.index && !b.index.inline ? [blobKey(b.index.digest)] : []),
+    ...(b.prefetch && !b.prefetch.inline ? [blobKey(b.prefetch.digest)] : []),
+  ];
 }
