@@ -225,6 +225,18 @@ describe.runIf(RUN)('lazy workspaces', () => {
     }
   });
 
+  it('a daemon started for a restore that never mounts exits on its own', async () => {
+    const home = join(work, `idle-home-${++n}`);
+    const { ensureDaemon } = await import('../src/restore/lazy/client.js');
+    await ensureDaemon(home, { STRATA_DAEMON_IDLE_MS: '300' });
+    // A restore that fails before mounting (a bad reference, say) after starting the daemon early.
+    await expect(new Strata({ home, mode: 'lazy' }).restoreBackup('no-such-backup', { dir: join(work, `idle-ws-${n}`) })).rejects.toMatchObject({ code: 'BACKUP_NOT_FOUND' });
+    const pids = pidsOf(`daemon.js ${home}`);
+    expect(pids.length).toBe(1);
+    await untilGone(pids, 15_000);
+    expect(await readFile(join(home, 'run', 'daemon.log'), 'utf8')).toMatch(/no mount within 300 ms/);
+  });
+
   it.each(['strata-fuse', 'daemon'])('when the %s process is killed: errors, not hangs; unmount and restore recover the upper', async (victim) => {
     // The daemon is killed while it hydrates, so cache writes are cut off midway: nothing it
     // left may be served with wrong bytes afterwards.

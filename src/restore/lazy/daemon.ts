@@ -112,10 +112,13 @@ async function main(home: string): Promise<void> {
     process.exit(0);
   };
 
+  let everMounted = false;
+  const neverMountedMs = envCount('STRATA_DAEMON_IDLE_MS', 1) ?? 60_000;
   /** Keep the blob mirrors within the cache budget (set below, once the helpers exist). */
   let trimNow = (): void => undefined;
 
   const mount = async (id: string, hydrate: boolean): Promise<void> => {
+    everMounted = true;
     if (held.has(id)) return;
     const tr = span(`daemon mount ${id}`);
     const ws = await Workspace.load(home, id);
@@ -318,6 +321,10 @@ async function main(home: string): Promise<void> {
       if (before > 0 && held.size === 0 && !exiting) idleExit();
     })();
   }, 5000).unref();
+  // A daemon started for a restore that never mounted (it failed, or was refused) does not stay.
+  setTimeout(() => {
+    if (!everMounted && held.size === 0 && !exiting) void shutdown(`no mount within ${neverMountedMs} ms of starting`);
+  }, neverMountedMs).unref();
 }
 
 /** The frames of a prefetch record among these chunks, in the record's order (a bad record: none). */
