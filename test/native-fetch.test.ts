@@ -69,7 +69,8 @@ async function mount(o: Partial<MountLazyOptions> = {}, name = 'mnt', logs: stri
     mountpoint,
     runDir: join(caseDir, `run-${name}`),
     cacheDir: join(caseDir, 'cache'),
-    fetcherOptions: { deadlineMs: 3000, stallTimeoutMs: 1000 },
+    // No readahead past a read's own GET unless a test asks: what is fetched is what is read.
+    fetcherOptions: { deadlineMs: 3000, stallTimeoutMs: 1000, readahead: 0 },
     onLog: (l) => logs.push(l),
     ...o,
   });
@@ -235,7 +236,7 @@ describe.runIf(RUN)('strata-fuse fetching s3:// layers itself', () => {
 
   it('16 concurrent readers on 4 forks sharing the host cache fetch every byte once', async () => {
     // The default 30 s deadline: s3rver and the proxy share this test's event loop with 16 readers.
-    const forks = await Promise.all(['f1', 'f2', 'f3', 'f4'].map((n) => mount({ fetcherOptions: {} }, n)));
+    const forks = await Promise.all(['f1', 'f2', 'f3', 'f4'].map((n) => mount({ fetcherOptions: { readahead: 0 } }, n)));
     const files = ['big.bin', 'hello.txt', ...Array.from({ length: 200 }, (_, i) => `lib/m${i}.js`)];
     const want = new Map(await Promise.all(files.map(async (f) => [f, sha(await readFile(join(src, f)))] as const)));
     // 4 readers per fork, each reading every file, in different orders. Readers are processes
@@ -293,6 +294,22 @@ describe.runIf(RUN)('strata-fuse fetching s3:// layers itself', () => {
     expect(blobGets()).toBe(before);
     // The rest of the layer was not fetched (no hydration asked): big.bin's 9 MiB are not there.
     expect((await stat(mirror)).blocks * 512).toBeLessThan(2 * MiB);
+  });
+
+  it('reads ahead after a miss, in the background: the next bytes of the blob arrive while the read returns', async () => {
+    const m = await mount({ fetcherOptions: { deadlineMs: 3000, stallTimeoutMs: 1000, readahead: 2 * MiB } });
+    const mirror = mirrorPath(join(caseDir, 'cache'), layers[0]!.digest);
+    // The modules were captured after big.bin: m0's frame, then its neighbours'.
+    const first = frameOf('lib/m0.js');
+    expect(await readFile(join(m.mountpoint, 'lib/m0.js'))).toEqual(await readFile(join(src, 'lib/m0.js')));
+    const span = [first.blobOffset, Math.min(layers[0]!.size, first.blobOffset + first.blobLength + 256 * 1024 + 2 * MiB)];
+    const covered = async (): Promise<boolean> => (await extentsOf(mirror)).some(([o, l]) => o <= span[0]! && span[1]! <= o + l);
+    for (let i = 0; i < 200 && !(await covered()); i++) await new Promise((r) => setTimeout(r, 25));
+    expect(await covered()).toBe(true);
+    // Then the neighbours read with no GET of their own.
+    const before = blobGets();
+    for (let i = 1; i < 20; i++) expect(await readFile(join(m.mountpoint, `lib/m${i}.js`))).toEqual(await readFile(join(src, `lib/m${i}.js`)));
+    expect(blobGets()).toBe(before);
   });
 
   it('hydrates the whole layer in the background when asked, without any read', async () => {

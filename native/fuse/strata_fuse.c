@@ -763,7 +763,8 @@ static void usage(FILE *to)
 {
 	fprintf(to, "usage: strata-fuse --index FILE --cache DIR --socket PATH [--timeout-ms N] [--threads N]\n"
 		    "                   [--blob LAYER=PATH]... [--sources FILE] [--hydrate] [--deadline-ms N]\n"
-		    "                   [--stall-ms N] [--readahead-kb N] [--prefetch FILE] [--frame-cache-mb N]\n"
+		    "                   [--stall-ms N] [--readahead-kb N] [--async-readahead-kb N] [--prefetch FILE]\n"
+		    "                   [--frame-cache-mb N]\n"
 		    "                   [--ready-fd FD] [--foreground] [--die-with-parent] [--debug] MOUNTPOINT\n"
 		    "       strata-fuse --print-layout\n");
 }
@@ -874,12 +875,12 @@ int main(int argc, char **argv)
 		{ "frame-cache-mb", required_argument, NULL, 'M' }, { "sources", required_argument, NULL, 'S' },
 		{ "hydrate", no_argument, NULL, 'H' },          { "deadline-ms", required_argument, NULL, 'D' },
 		{ "stall-ms", required_argument, NULL, 'W' },   { "readahead-kb", required_argument, NULL, 'R' },
-		{ "prefetch", required_argument, NULL, 'p' },
+		{ "prefetch", required_argument, NULL, 'p' },  { "async-readahead-kb", required_argument, NULL, 'A' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *sources = NULL, *prefetch = NULL;
 	bool hydrate = false;
-	unsigned long deadline_ms = 30000, stall_ms = 10000, readahead_kb = 256;
+	unsigned long deadline_ms = 30000, stall_ms = 10000, readahead_kb = 256, async_readahead_kb = 4096;
 	/* --blob N=PATH: layer N of the index is read straight from that local file. */
 	unsigned long blob_layer[SX_MAX_BLOBS];
 	const char *blob_path[SX_MAX_BLOBS];
@@ -940,11 +941,12 @@ int main(int argc, char **argv)
 		case 'H': hydrate = true; break;
 		case 'D':
 		case 'W':
-		case 'R': {
-			unsigned long *into = opt == 'D' ? &deadline_ms : opt == 'W' ? &stall_ms : &readahead_kb;
-			if (!parse_uint(optarg, 24UL * 3600 * 1000, into) || (opt != 'R' && *into == 0)) {
+		case 'R':
+		case 'A': {
+			unsigned long *into = opt == 'D' ? &deadline_ms : opt == 'W' ? &stall_ms : opt == 'R' ? &readahead_kb : &async_readahead_kb;
+			if (!parse_uint(optarg, 24UL * 3600 * 1000, into) || ((opt == 'D' || opt == 'W') && *into == 0)) {
 				fprintf(stderr, "strata-fuse: bad value %s for --%s\n", optarg,
-					opt == 'D' ? "deadline-ms" : opt == 'W' ? "stall-ms" : "readahead-kb");
+					opt == 'D' ? "deadline-ms" : opt == 'W' ? "stall-ms" : opt == 'R' ? "readahead-kb" : "async-readahead-kb");
 				return 2;
 			}
 			break;
@@ -1036,7 +1038,7 @@ int main(int argc, char **argv)
 			fprintf(stderr, "strata-fuse: %s\n", err);
 			goto out;
 		}
-		sx_frames_set_http(ctx.frames, ctx.http, (size_t)readahead_kb << 10);
+		sx_frames_set_http(ctx.frames, ctx.http, (size_t)readahead_kb << 10, (size_t)async_readahead_kb << 10);
 		sx_frames_on_refused(ctx.frames, renew_sources, &ctx);
 		ctx.sources = sources;
 		if (load_sources(&ctx, err, sizeof(err)) < 0) {

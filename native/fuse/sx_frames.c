@@ -53,6 +53,10 @@ struct sx_remote {
 	bool remote;
 };
 
+#define SX_RA_SLOTS 64
+#define SX_RA_WORKERS 2
+#define SX_INFLIGHT 128
+
 struct sx_frames {
 	const struct sx_index *idx;
 	int *fds;            /* per layer: the blob or its mirror, or -1 (not served here) */
@@ -70,6 +74,26 @@ struct sx_frames {
 	atomic_size_t next_span;
 	pthread_t hydrator;
 	bool hydrating;
+	/*
+	 * Readahead after a read's fetch: the next bytes of the blob (files of the same directory,
+	 * in capture order), fetched by worker threads so the read does not wait for them.
+	 */
+	pthread_mutex_t ra_lock;
+	pthread_cond_t ra_cond;
+	struct sx_ra { uint32_t layer; uint64_t off, len; bool demand; } raq[SX_RA_SLOTS];
+	unsigned ra_head, ra_count;
+	size_t ra_span;
+	atomic_uint ra_running; /* workers still alive */
+	/*
+	 * Ranges this process is fetching, by class (reads, background): a fetch waits for an
+	 * overlapping one of its own class in flight, then fetches only what is still missing. A
+	 * read never waits for a background fetch (it GETs its own few hundred kB instead), and the
+	 * threads of one process are not excluded by the OFD locks below (they share the file).
+	 */
+	pthread_mutex_t fl_lock;
+	pthread_cond_t fl_done;
+	struct sx_ra inflight[SX_INFLIGHT];
+	bool inflight_used[SX_INFLIGHT];
 	struct sx_entry **table; /* per digest index */
 	struct sx_entry *head, *tail;
 	size_t bytes, budget;
@@ -94,6 +118,10 @@ struct sx_frames *sx_frames_new(const struct sx_index *idx, size_t budget, char 
 	if (!f->fds || !f->sizes || !f->table || !f->remote)
 		goto nomem;
 	pthread_mutex_init(&f->url_lock, NULL);
+	pthread_mutex_init(&f->ra_lock, NULL);
+	pthread_cond_init(&f->ra_cond, NULL);
+	pthread_mutex_init(&f->fl_lock, NULL);
+	pthread_cond_init(&f->fl_done, NULL);
 	for (uint32_t i = 0; i < layers; i++)
 		f->fds[i] = -1;
 	if (pthread_mutex_init(&f->lock, NULL) != 0)
@@ -141,10 +169,27 @@ int sx_frames_direct(const struct sx_frames *f, uint32_t layer)
 	return f && layer < f->idx->hdr->layer_count && f->fds[layer] >= 0;
 }
 
-void sx_frames_set_http(struct sx_frames *f, struct sx_http *http, size_t readahead)
+void sx_frames_set_http(struct sx_frames *f, struct sx_http *http, size_t readahead, size_t async_readahead)
 {
 	f->http = http;
 	f->readahead = readahead;
+	f->ra_span = async_readahead;
+}
+
+/* Queue [off, off+len) of a remote layer for the readahead workers; the oldest request gives way. */
+static void readahead_push(struct sx_frames *f, uint32_t layer, uint64_t off, uint64_t len)
+{
+	if (len == 0 || f->ra_span == 0)
+		return;
+	pthread_mutex_lock(&f->ra_lock);
+	if (f->ra_count == SX_RA_SLOTS) {
+		f->ra_head = (f->ra_head + 1) % SX_RA_SLOTS;
+		f->ra_count--;
+	}
+	f->raq[(f->ra_head + f->ra_count) % SX_RA_SLOTS] = (struct sx_ra){ .layer = layer, .off = off, .len = len, .demand = false };
+	f->ra_count++;
+	pthread_cond_signal(&f->ra_cond);
+	pthread_mutex_unlock(&f->ra_lock);
 }
 
 void sx_frames_on_refused(struct sx_frames *f, void (*renew)(void *user), void *user)
@@ -254,10 +299,46 @@ static int fetch_into_mirror(struct sx_frames *f, uint32_t layer, uint64_t off, 
 	return rc;
 }
 
+/* Claim [off, off+len) of a layer for this thread's fetch, after any overlapping one of its class ends. */
+static int inflight_begin(struct sx_frames *f, uint32_t layer, uint64_t off, uint64_t len, bool demand)
+{
+	pthread_mutex_lock(&f->fl_lock);
+	for (;;) {
+		int free_slot = -1;
+		bool overlap = false;
+		for (int i = 0; i < SX_INFLIGHT; i++) {
+			if (!f->inflight_used[i]) {
+				if (free_slot < 0)
+					free_slot = i;
+				continue;
+			}
+			const struct sx_ra *r = &f->inflight[i];
+			if (r->demand == demand && r->layer == layer && r->off < off + len && off < r->off + r->len)
+				overlap = true;
+		}
+		if (!overlap && free_slot >= 0) {
+			f->inflight[free_slot] = (struct sx_ra){ .layer = layer, .off = off, .len = len, .demand = demand };
+			f->inflight_used[free_slot] = true;
+			pthread_mutex_unlock(&f->fl_lock);
+			return free_slot;
+		}
+		pthread_cond_wait(&f->fl_done, &f->fl_lock);
+	}
+}
+
+static void inflight_end(struct sx_frames *f, int slot)
+{
+	pthread_mutex_lock(&f->fl_lock);
+	f->inflight_used[slot] = false;
+	pthread_cond_broadcast(&f->fl_done);
+	pthread_mutex_unlock(&f->fl_lock);
+}
+
 /*
- * Every strata-fuse on the host shares a mirror: a fetch holds an OFD write
- * lock on its range of the file, so a fork that wants the same bytes waits for
- * them instead of fetching them again, and the holder's death releases it.
+ * Every strata-fuse on the host shares a mirror: a read's fetch holds an OFD
+ * write lock on its range of the file, so a fork reading the same bytes waits
+ * for them instead of fetching them again, and the holder's death releases it.
+ * Background fetches take no lock: a read must not wait for their megabytes.
  */
 static int lock_range(int fd, uint64_t off, uint64_t len, short type)
 {
@@ -268,16 +349,12 @@ static int lock_range(int fd, uint64_t off, uint64_t len, short type)
 	return rc;
 }
 
-/* Fetch [off, off+len) under its lock unless, once the lock is ours, the mirror holds it. */
+/* A background fetch of [off, off+len), unless the mirror holds it once no other is in flight. */
 static int fetch_absent(struct sx_frames *f, uint32_t layer, uint64_t off, uint64_t len, char *why, size_t whylen)
 {
-	int fd = f->fds[layer];
-	if (lock_range(fd, off, len, F_WRLCK) != 0) {
-		snprintf(why, whylen, "locking the cache mirror: %s", strerror(errno));
-		return -EIO;
-	}
-	int rc = present(fd, off, len) ? 0 : fetch_into_mirror(f, layer, off, len, why, whylen);
-	lock_range(fd, off, len, F_UNLCK);
+	int slot = inflight_begin(f, layer, off, len, false);
+	int rc = present(f->fds[layer], off, len) ? 0 : fetch_into_mirror(f, layer, off, len, why, whylen);
+	inflight_end(f, slot);
 	return rc;
 }
 
@@ -301,8 +378,10 @@ static int fetch_demand(struct sx_frames *f, const struct sx_chunk *ch, bool unl
 	off_t d = lseek(fd, (off_t)end, SEEK_DATA);
 	if (d >= 0 && (uint64_t)d < ra)
 		ra = (uint64_t)d > end ? (uint64_t)d : end;
+	int slot = inflight_begin(f, ch->layer, off, ra - off, true);
 	if (lock_range(fd, off, ra - off, F_WRLCK) != 0) {
 		snprintf(why, whylen, "locking the cache mirror: %s", strerror(errno));
+		inflight_end(f, slot);
 		return -EIO;
 	}
 	int rc = 0;
@@ -315,6 +394,9 @@ static int fetch_demand(struct sx_frames *f, const struct sx_chunk *ch, bool unl
 	if (fetch)
 		rc = fetch_into_mirror(f, ch->layer, off, ra - off, why, whylen);
 	lock_range(fd, off, ra - off, F_UNLCK);
+	inflight_end(f, slot);
+	if (fetch && rc == 0 && ra < size)
+		readahead_push(f, ch->layer, ra, size - ra < f->ra_span ? size - ra : f->ra_span);
 	return rc;
 }
 
@@ -769,8 +851,40 @@ static void *hydrate_main(void *p)
 	return NULL;
 }
 
+static bool hydrate_range(struct sx_frames *f, uint32_t layer, uint64_t a, uint64_t b, size_t span);
+
+static void *readahead_worker(void *p)
+{
+	struct sx_frames *f = p;
+	pthread_mutex_lock(&f->ra_lock);
+	while (!atomic_load(&f->stop)) {
+		if (f->ra_count == 0) {
+			pthread_cond_wait(&f->ra_cond, &f->ra_lock);
+			continue;
+		}
+		/* Newest first: the read that just missed is where the workload is now. */
+		struct sx_ra r = f->raq[(f->ra_head + f->ra_count - 1) % SX_RA_SLOTS];
+		f->ra_count--;
+		pthread_mutex_unlock(&f->ra_lock);
+		hydrate_range(f, r.layer, r.off, r.off + r.len, r.len ? r.len : 1);
+		pthread_mutex_lock(&f->ra_lock);
+	}
+	pthread_mutex_unlock(&f->ra_lock);
+	atomic_fetch_sub(&f->ra_running, 1);
+	return NULL;
+}
+
 int sx_frames_hydrate(struct sx_frames *f, size_t span, bool whole, char *err, size_t errlen)
 {
+	for (int i = 0; f->ra_span > 0 && i < SX_RA_WORKERS; i++) {
+		pthread_t t;
+		atomic_fetch_add(&f->ra_running, 1);
+		if (pthread_create(&t, NULL, readahead_worker, f) != 0) {
+			atomic_fetch_sub(&f->ra_running, 1);
+			break; /* fewer workers: reads still fetch what they need */
+		}
+		pthread_detach(t);
+	}
 	struct hydrate_args *a = malloc(sizeof(*a));
 	if (!a) {
 		snprintf(err, errlen, "out of memory");
@@ -794,6 +908,15 @@ void sx_frames_free(struct sx_frames *f)
 	if (!f)
 		return;
 	atomic_store(&f->stop, true);
+	pthread_mutex_lock(&f->ra_lock);
+	pthread_cond_broadcast(&f->ra_cond);
+	pthread_mutex_unlock(&f->ra_lock);
+	for (int i = 0; i < 50 && atomic_load(&f->ra_running) > 0; i++) {
+		struct timespec t = { 0, 2000000 };
+		nanosleep(&t, NULL);
+	}
+	if (atomic_load(&f->ra_running) > 0)
+		return; /* a readahead GET in flight: left to the exit */
 	if (f->hydrating) {
 		/* A GET in flight may take up to its deadline: an exiting process does not wait for it. */
 		for (int i = 0; i < 50 && !atomic_load(&f->hydrated); i++) {
@@ -809,6 +932,10 @@ void sx_frames_free(struct sx_frames *f)
 	free(f->remote);
 	free(f->spans);
 	pthread_mutex_destroy(&f->url_lock);
+	pthread_cond_destroy(&f->ra_cond);
+	pthread_mutex_destroy(&f->ra_lock);
+	pthread_cond_destroy(&f->fl_done);
+	pthread_mutex_destroy(&f->fl_lock);
 	for (struct sx_entry *e = f->head; e;) {
 		struct sx_entry *next = e->next;
 		entry_free(e);

@@ -47,7 +47,9 @@ int sx_frames_direct(const struct sx_frames *f, uint32_t layer);
  * url to renew it.
  */
 struct sx_http;
-void sx_frames_set_http(struct sx_frames *f, struct sx_http *http, size_t readahead);
+/* readahead: bytes after a missed frame in the read's own GET; async_readahead: the next bytes after
+ * those, fetched by readahead workers while the read goes on (0: none). */
+void sx_frames_set_http(struct sx_frames *f, struct sx_http *http, size_t readahead, size_t async_readahead);
 int sx_frames_add_remote(struct sx_frames *f, uint32_t layer, int dirfd, const char *mirror, uint64_t size, const char *url,
 			 char *err, size_t errlen);
 /* Called (at most once per failing read) when the store refused a URL: re-read the sources. */

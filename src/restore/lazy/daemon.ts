@@ -135,7 +135,20 @@ async function main(home: string): Promise<void> {
     // fetcher only the layers until readahead and hydration want the chunks (below).
     // The prefetch record the restore wrote (verified), if the backup has one.
     const record = await readFile(prefetchPath(ws)).catch(() => undefined);
-    const m = await mountLazy({ store, layers: ws.viewed, hydrate, ...(record ? { prefetchPath: prefetchPath(ws) } : {}), indexPath, chunks: [], mountpoint, runDir: join(ws.root, 'run'), fetcher, onLog: (l) => log(`strata-fuse ${id}: ${l}`) });
+    const m = await mountLazy({
+      store,
+      layers: ws.viewed,
+      hydrate,
+      ...(record ? { prefetchPath: prefetchPath(ws) } : {}),
+      indexPath,
+      chunks: [],
+      mountpoint,
+      runDir: join(ws.root, 'run'),
+      fetcher,
+      // strata-fuse's own fetches keep the daemon's settings (deadline, readahead).
+      fetcherOptions: { ...(deadlineMs !== undefined ? { deadlineMs } : {}), ...(readahead !== undefined ? { readahead } : {}) },
+      onLog: (l) => log(`strata-fuse ${id}: ${l}`),
+    });
     tr.step('strata-fuse ready');
     // An s3:// store loads the AWS SDK on first use (~0.2 s of this event loop): start it once the
     // mount has been answered, before the first read needs it, not while the mount comes up.

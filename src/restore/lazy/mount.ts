@@ -229,7 +229,8 @@ export async function mountLazy(o: MountLazyOptions): Promise<LazyMount> {
     }
     const deadline = o.fetcherOptions?.deadlineMs ?? 30_000;
     const readaheadKb = Math.ceil((o.fetcherOptions?.demandSpan ?? 256 * 1024) / 1024);
-    nativeArgs.push('--sources', sourcesPath, '--readahead-kb', String(readaheadKb), '--deadline-ms', String(deadline), '--stall-ms', String(Math.min(deadline, o.fetcherOptions?.stallTimeoutMs ?? 10_000)));
+    const asyncKb = Math.ceil((o.fetcherOptions?.readahead ?? 4 * 1024 * 1024) / 1024);
+    nativeArgs.push('--sources', sourcesPath, '--readahead-kb', String(readaheadKb), '--async-readahead-kb', String(asyncKb), '--deadline-ms', String(deadline), '--stall-ms', String(Math.min(deadline, o.fetcherOptions?.stallTimeoutMs ?? 10_000)));
     if (o.hydrate) nativeArgs.push('--hydrate');
     if (o.prefetchPath) nativeArgs.push('--prefetch', resolve(o.prefetchPath));
     renewTimer = setInterval(() => {
