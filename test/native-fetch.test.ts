@@ -260,6 +260,26 @@ describe.runIf(RUN)('strata-fuse fetching s3:// layers itself', () => {
     expect(fetched).toBeLessThanOrEqual(layers[0]!.size * 1.02);
   });
 
+  it('readers waiting on one frame during an outage all get EIO within one deadline, not one each', async () => {
+    const m = await mount();
+    proxy.setRules([{ op: 'GetObject', fault: { kind: 'status', status: 503, code: 'SlowDown' } }]);
+    // 8 readers of different pieces of big.bin's first 4 MiB frame (different pages, so the
+    // kernel sends 8 requests that meet in strata-fuse on the same frame).
+    const t0 = performance.now();
+    const results = await Promise.all(
+      Array.from({ length: 8 }, (_, i) =>
+        run('dd', [`if=${join(m.mountpoint, 'big.bin')}`, 'of=/dev/null', 'bs=128k', 'count=1', `skip=${i * 3}`, 'iflag=direct'], { encoding: 'utf8' }).then(
+          () => 'ok',
+          (e: { stderr?: string }) => String(e.stderr),
+        ),
+      ),
+    );
+    const ms = performance.now() - t0;
+    expect(results.every((r) => /Input\/output error/.test(r))).toBe(true);
+    // One 3 s deadline for all of them (they would take 8 x 3 s one after another).
+    expect(ms).toBeLessThan(9_000);
+  });
+
   it('re-reads its sources when the store refuses a URL (an expired one), and carries on', async () => {
     const m = await mount();
     proxy.setRules([{ op: 'GetObject', fault: { kind: 'status', status: 403, code: 'AccessDenied' }, times: 1 }]);

@@ -26,13 +26,17 @@
 
 #include "sx_http.h"
 
-enum { SX_LOADING = 1, SX_READY = 2 };
+enum { SX_LOADING = 1, SX_READY = 2, SX_FAILED = 3 };
 
 struct sx_entry {
 	struct sx_frame frame;
 	uint32_t digest;
 	int state;
 	unsigned refs;
+	/* A failed load is the answer of every read that waited for it (not one deadline each). */
+	unsigned waiters;
+	int rc;
+	char *why;
 	struct sx_entry *prev, *next; /* LRU, most recent first; only READY entries */
 	bool in_lru;
 };
@@ -440,7 +444,7 @@ static void evict(struct sx_frames *f)
 	struct sx_entry *e = f->tail;
 	while (f->bytes > f->budget && e) {
 		struct sx_entry *prev = e->prev;
-		if (e->refs == 0) {
+		if (e->refs == 0 && e->waiters == 0) {
 			lru_unlink(f, e);
 			f->table[e->digest] = NULL;
 			f->bytes -= e->frame.size;
@@ -583,8 +587,21 @@ int sx_frames_get(struct sx_frames *f, uint32_t ci, const struct sx_frame **out,
 			*out = &e->frame;
 			return 0;
 		}
-		/* Another thread loads it: its result (or its failure, then our own try) is ours. */
-		pthread_cond_wait(&f->loaded, &f->lock);
+		/* Another thread loads it: its result, or its failure, is ours too. */
+		e->waiters++;
+		while (e->state == SX_LOADING)
+			pthread_cond_wait(&f->loaded, &f->lock);
+		e->waiters--;
+		if (e->state == SX_FAILED) {
+			int rc = e->rc;
+			snprintf(why, whylen, "%s", e->why ? e->why : "the frame could not be loaded");
+			if (e->waiters == 0) {
+				free(e->why);
+				free(e);
+			}
+			pthread_mutex_unlock(&f->lock);
+			return rc;
+		}
 	}
 	struct sx_entry *e = calloc(1, sizeof(*e));
 	if (!e) {
@@ -603,8 +620,15 @@ int sx_frames_get(struct sx_frames *f, uint32_t ci, const struct sx_frame **out,
 
 	pthread_mutex_lock(&f->lock);
 	if (rc < 0) {
+		/* Out of the table: the next read tries again; the ones waiting now get this answer. */
 		f->table[ch->digest] = NULL;
-		free(e);
+		if (e->waiters == 0)
+			free(e);
+		else {
+			e->state = SX_FAILED;
+			e->rc = rc;
+			e->why = strdup(why);
+		}
 	} else {
 		e->frame.data = data;
 		e->frame.size = ch->frame_size;
