@@ -466,7 +466,7 @@ export class Strata {
       throw new InvalidBackupConfigError(`unknown restore mode ${String(mode)}; supported: lazy, extract, copy`);
     }
     // A cold host: the restore daemon starts now, while the manifest and index download.
-    if (mode === 'lazy') ensureDaemon(this.home, this.workspaces.daemonEnv).catch(() => undefined);
+    if (mode === 'lazy') ensureDaemon(this.home, { ...this.workspaces.daemonEnv, STRATA_DAEMON_PRELOAD: this.store.url }).catch(() => undefined);
     const { manifest: m } = await this.resolve(ref);
     tr.step('manifest');
     if (isExpired(m)) throw new BackupExpiredError(`backup ${m.id} expired at ${m.expiresAt}`);

@@ -280,6 +280,45 @@ describe.runIf(RUN)('strata-fuse fetching s3:// layers itself', () => {
     expect(ms).toBeLessThan(9_000);
   });
 
+  it('a lazy workspace of an s3:// backup, through the restore daemon: presigned by the daemon, read and hydrated by strata-fuse', async () => {
+    // The daemon opens the store from its URL and the environment, as in the field.
+    const env = {
+      STRATA_S3_ENDPOINT: proxy.endpoint,
+      STRATA_S3_FORCE_PATH_STYLE: '1',
+      AWS_ACCESS_KEY_ID: 'S3RVER',
+      AWS_SECRET_ACCESS_KEY: 'S3RVER',
+      AWS_REGION: 'us-east-1',
+    };
+    const old = Object.fromEntries(Object.keys(env).map((k) => [k, process.env[k]]));
+    Object.assign(process.env, env);
+    const home = join(caseDir, 'home');
+    const ws = join(caseDir, 'ws');
+    const s = new Strata({ home, store: store(), mode: 'lazy', hydrate: true });
+    try {
+      const h = (await s.listBackups())[0]!;
+      await s.restoreBackup(h, { dir: ws });
+      expect(diffTrees(await summarize(src), await summarize(ws))).toEqual([]);
+      let st = (await s.status(ws))[0]!.lazy!;
+      for (let i = 0; i < 300 && st.cached < st.chunks; i++) {
+        await new Promise((r) => setTimeout(r, 50));
+        st = (await s.status(ws))[0]!.lazy!;
+      }
+      expect(st.chunks).toBeGreaterThan(0);
+      expect(st.cached).toBe(st.chunks);
+      expect(st.errors).toEqual([]);
+      // Not one read went through the daemon's fetcher; the blob GETs were presigned URLs.
+      expect(st.fetcher!.requests).toBe(0);
+      expect(blobGets()).toBeGreaterThan(0);
+      expect((await stat(mirrorPath(join(home, 'cache', 'chunks'), layers[0]!.digest))).blocks * 512).toBeGreaterThanOrEqual(layers[0]!.size - 4096);
+    } finally {
+      await s.unmount(ws, { discard: true }).catch(() => undefined);
+      for (const [k, v] of Object.entries(old)) {
+        if (v === undefined) delete process.env[k];
+        else process.env[k] = v;
+      }
+    }
+  });
+
   it('re-reads its sources when the store refuses a URL (an expired one), and carries on', async () => {
     const m = await mount();
     proxy.setRules([{ op: 'GetObject', fault: { kind: 'status', status: 403, code: 'AccessDenied' }, times: 1 }]);

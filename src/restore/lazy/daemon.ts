@@ -313,6 +313,16 @@ async function main(home: string): Promise<void> {
   });
   await writeFile(join(run, 'daemon.ready'), String(process.pid));
   log(`serving ${home}`);
+  // Started by a restore from an s3:// store: load the SDK and its presigner now, while the
+  // restore downloads the manifest and the index, so the mount's presigned URLs cost nothing.
+  const preload = process.env.STRATA_DAEMON_PRELOAD;
+  if (preload?.startsWith('s3://')) {
+    setTimeout(() => {
+      const s = storeFor(preload);
+      if (s instanceof DeferredStore) s.preload();
+      import('@aws-sdk/s3-request-presigner').catch(() => undefined);
+    }, 0);
+  }
   process.on('SIGTERM', () => void shutdown('SIGTERM'));
   process.on('SIGINT', () => void shutdown('SIGINT'));
   // The host's cache budget covers the chunk cache and the blob mirrors strata-fuse fetches into.
