@@ -58,7 +58,7 @@ void sx_frames_on_refused(struct sx_frames *f, void (*renew)(void *user), void *
 /*
  * The prefetch record at path (sx_format.h): its frames of remote layers are
  * fetched first by the background thread, coalesced into spans across gaps up
- * to 64 KiB, 4 GETs at a time, in the order the workspace first read them.
+ * to 1 MiB (spans up to 8 MiB), 4 GETs at a time alongside hydration, in the order the workspace first read them.
  * Refs to other layers or outside a blob are skipped; a file that is not a
  * record is refused.
  */
