@@ -465,8 +465,12 @@ export class Strata {
     if (mode !== 'lazy' && mode !== 'extract' && mode !== 'copy') {
       throw new InvalidBackupConfigError(`unknown restore mode ${String(mode)}; supported: lazy, extract, copy`);
     }
-    // A cold host: the restore daemon starts now, while the manifest and index download.
-    if (mode === 'lazy') ensureDaemon(this.home, { ...this.workspaces.daemonEnv, STRATA_DAEMON_PRELOAD: this.store.url }).catch(() => undefined);
+    // A cold host: the restore daemon starts now, while the manifest and index download; so does
+    // the presigner that makes the URLs strata-fuse fetches an s3:// store's layers with.
+    if (mode === 'lazy') {
+      ensureDaemon(this.home, this.workspaces.daemonEnv).catch(() => undefined);
+      this.store.warmPresign?.();
+    }
     const { manifest: m } = await this.resolve(ref);
     tr.step('manifest');
     if (isExpired(m)) throw new BackupExpiredError(`backup ${m.id} expired at ${m.expiresAt}`);

@@ -280,12 +280,14 @@ describe.runIf(RUN)('strata-fuse fetching s3:// layers itself', () => {
     expect(ms).toBeLessThan(9_000);
   });
 
-  it('a lazy workspace of an s3:// backup, through the restore daemon: presigned by the daemon, read and hydrated by strata-fuse', async () => {
-    // The daemon opens the store from its URL and the environment, as in the field.
+  it('a lazy workspace of an s3:// backup, through the restore daemon: URLs presigned by the restoring process, read and hydrated by strata-fuse', async () => {
+    // The daemon opens the store from its URL and the environment, as in the field; here its
+    // credentials are ones the store refuses (403), so every blob GET that works used a URL the
+    // restore made with its own store: the daemon loads no AWS SDK before it mounts.
     const env = {
       STRATA_S3_ENDPOINT: proxy.endpoint,
       STRATA_S3_FORCE_PATH_STYLE: '1',
-      AWS_ACCESS_KEY_ID: 'S3RVER',
+      AWS_ACCESS_KEY_ID: 'NOT-A-KEY-THE-STORE-KNOWS',
       AWS_SECRET_ACCESS_KEY: 'S3RVER',
       AWS_REGION: 'us-east-1',
     };
@@ -306,9 +308,11 @@ describe.runIf(RUN)('strata-fuse fetching s3:// layers itself', () => {
       expect(st.chunks).toBeGreaterThan(0);
       expect(st.cached).toBe(st.chunks);
       expect(st.errors).toEqual([]);
-      // Not one read went through the daemon's fetcher; the blob GETs were presigned URLs.
+      // Not one read went through the daemon's fetcher; the blob GETs were presigned URLs, and
+      // none was refused (a URL signed with the daemon's key would have been).
       expect(st.fetcher!.requests).toBe(0);
       expect(blobGets()).toBeGreaterThan(0);
+      expect(proxy.log.filter((e) => e.op === 'GetObject' && e.key.includes('/blobs/sha256/') && e.status === 403)).toEqual([]);
       expect((await stat(mirrorPath(join(home, 'cache', 'chunks'), layers[0]!.digest))).blocks * 512).toBeGreaterThanOrEqual(layers[0]!.size - 4096);
     } finally {
       await s.unmount(ws, { discard: true }).catch(() => undefined);

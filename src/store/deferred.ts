@@ -56,6 +56,9 @@ export class DeferredStore implements ObjectStore {
     if (!s.presignGet) throw new Error(`${this.url} cannot make presigned URLs`);
     return s.presignGet(key, seconds);
   }
+  warmPresign(): void {
+    this.store().then((s) => s.warmPresign?.(), () => undefined);
+  }
   /** Release the loaded store's connections, if it has any. */
   async close(): Promise<void> {
     if (!this.real) return;

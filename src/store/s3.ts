@@ -347,9 +347,17 @@ export class S3Store implements ObjectStore {
     return { body, expected: got.end - got.start, skip: range.start - got.start, take: range.end - range.start };
   }
 
+  private presigner?: Promise<typeof import('@aws-sdk/s3-request-presigner')>;
+
+  warmPresign(): void {
+    // Loaded on first use: only lazy restores (and the daemon renewing their URLs) need it.
+    this.presigner ??= import('@aws-sdk/s3-request-presigner');
+    this.presigner.catch(() => undefined); // surfaced by presignGet
+  }
+
   async presignGet(key: string, seconds: number): Promise<string> {
-    // Loaded on first use: only a restore daemon serving an s3:// mount needs it.
-    const { getSignedUrl } = await import('@aws-sdk/s3-request-presigner');
+    this.warmPresign();
+    const { getSignedUrl } = await this.presigner!;
     return getSignedUrl(this.client, new GetObjectCommand({ Bucket: this.bucket, Key: this.fullKey(key) }), { expiresIn: seconds });
   }
 

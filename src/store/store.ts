@@ -61,4 +61,9 @@ export interface ObjectStore {
    * fetches layer blobs with it, without credentials of its own. Optional (s3:// only).
    */
   presignGet?(key: string, seconds: number): Promise<string>;
+  /**
+   * Start loading what presignGet needs, without waiting: a lazy restore calls it first, so the
+   * URLs it hands the restore daemon cost nothing once the index is in. Optional.
+   */
+  warmPresign?(): void;
 }

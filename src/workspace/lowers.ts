@@ -12,7 +12,7 @@ import type { Toc, TocEntry } from '../format/toc.js';
 import { topRoot } from '../format/view.js';
 import { ensureLayerDirs } from '../restore/layers.js';
 import { daemonRequest } from '../restore/lazy/client.js';
-import { unmountPath, writeIndexFile } from '../restore/lazy/mount.js';
+import { presignSources, unmountPath, writeIndexFile } from '../restore/lazy/mount.js';
 import { daemonLog } from '../restore/lazy/protocol.js';
 import type { ObjectStore } from '../store/store.js';
 import { lowerDir, mountIndexPath, type Workspace, type WorkspaceMode } from './workspace.js';
@@ -75,8 +75,16 @@ export class LazyLowers implements Lowers {
     const tail = ws.tail.length ? ensureLayerDirs(store, this.home, ws.tail, { whole: true, onWarning: this.warn }) : undefined;
     // Awaited below; a failure must not surface as an unhandled rejection meanwhile.
     tail?.catch(() => undefined);
+    // The URLs strata-fuse fetches remote layers with, made here with the store this process has
+    // loaded: the daemon need not load the AWS SDK before it can mount.
+    const sources = presignSources(store, ws.viewed);
+    sources.catch(() => undefined);
     if (!opts.fresh) await this.checkIndex(ws, store);
-    const r = await daemonRequest(this.home, { op: 'mount', workspace: ws.state.id, hydrate: this.opts.hydrate }, { start: true, env: this.daemonEnv });
+    const presigned = await sources.catch((err: Error) => {
+      this.warn(`cannot presign the layers of ${ws.state.dir} here (the restore daemon will): ${err.message}`);
+      return undefined;
+    });
+    const r = await daemonRequest(this.home, { op: 'mount', workspace: ws.state.id, hydrate: this.opts.hydrate, ...(presigned?.length ? { sources: presigned } : {}) }, { start: true, env: this.daemonEnv });
     if (!r?.ok) throw new BackupRestoreError(`lazy mount of ${ws.state.dir} failed: ${r ? r.error : 'no daemon'} (daemon log: ${daemonLog(this.home)})`);
     const view = relative(this.home, lowerDir(ws));
     if (!tail) return { lowers: [view] };

@@ -102,6 +102,8 @@ export async function daemonRequest<R extends DaemonRequest>(
     if (answer && (answer.ok || answer.code !== 'EXITING')) return answer;
     // A daemon on its way out answered: once it is gone, start (or reach) the next one.
     if (answer && !opts.start) return null;
-    await new Promise((r) => setTimeout(r, 50));
+    // A daemon starting up listens ~0.1 s after it was spawned: ask again soon (a connect to a
+    // missing socket costs microseconds), then less often.
+    await new Promise((r) => setTimeout(r, Date.now() < until - 13_000 ? 5 : 50));
   }
 }

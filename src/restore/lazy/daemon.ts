@@ -18,7 +18,7 @@ import { openStore } from '../../store/index.js';
 import type { ObjectStore } from '../../store/store.js';
 import { type FirstReads, firstReadsPath, lowerDir, mountIndexPath, prefetchPath, Workspace } from '../../workspace/workspace.js';
 import { Fetcher } from './fetcher.js';
-import { type LazyMount, mirrorPath, mountLazy, unmountPath } from './mount.js';
+import { type LazyMount, mirrorPath, mountLazy, type PresignedSource, unmountPath } from './mount.js';
 import { trimMirrors } from './mirrors.js';
 import type { LayerDescriptor } from '../../format/reader.js';
 import { mountAt } from '../overlay.js';
@@ -52,7 +52,8 @@ const log = (msg: string): void => {
 };
 
 async function main(home: string): Promise<void> {
-  span('daemon').step(`main() after ${(performance.now()).toFixed(0)} ms of process life`);
+  const boot = span('daemon');
+  boot.step(`main() after ${performance.now().toFixed(0)} ms of process life`);
   const run = runDir(home);
   await mkdir(run, { recursive: true, mode: 0o700 });
   // One daemon per home: the pid file is taken with O_EXCL; a stale one (dead pid) is replaced.
@@ -73,6 +74,7 @@ async function main(home: string): Promise<void> {
       await rm(pidFile, { force: true });
     }
   }
+  boot.step('pid file taken');
   const deadlineMs = envCount('STRATA_FETCH_DEADLINE_MS', 1);
   const readahead = envCount('STRATA_READAHEAD', 0);
   const cacheBytes = envCount('STRATA_CACHE_SIZE', 1) ?? 4 * 1024 ** 3;
@@ -84,6 +86,7 @@ async function main(home: string): Promise<void> {
     ...(deadlineMs !== undefined ? { deadlineMs } : {}),
     ...(readahead !== undefined ? { readahead } : {}),
   });
+  boot.step('fetcher listening');
   const stores = new Map<string, ObjectStore>();
   const held = new Map<string, Held>();
   let exiting = false;
@@ -117,7 +120,7 @@ async function main(home: string): Promise<void> {
   /** Keep the blob mirrors within the cache budget (set below, once the helpers exist). */
   let trimNow = (): void => undefined;
 
-  const mount = async (id: string, hydrate: boolean): Promise<void> => {
+  const mount = async (id: string, hydrate: boolean, sources?: PresignedSource[]): Promise<void> => {
     everMounted = true;
     if (held.has(id)) return;
     const tr = span(`daemon mount ${id}`);
@@ -139,6 +142,7 @@ async function main(home: string): Promise<void> {
       store,
       layers: ws.viewed,
       hydrate,
+      ...(sources ? { presigned: sources } : {}),
       ...(record ? { prefetchPath: prefetchPath(ws) } : {}),
       indexPath,
       chunks: [],
@@ -150,9 +154,11 @@ async function main(home: string): Promise<void> {
       onLog: (l) => log(`strata-fuse ${id}: ${l}`),
     });
     tr.step('strata-fuse ready');
-    // An s3:// store loads the AWS SDK on first use (~0.2 s of this event loop): start it once the
-    // mount has been answered, before the first read needs it, not while the mount comes up.
-    if (store instanceof DeferredStore) setTimeout(() => (store as DeferredStore).preload(), 0);
+    // An s3:// store loads the AWS SDK on first use (~0.2 s of this event loop). Layers the
+    // fetcher serves need it for their first read: start it once the mount has been answered, not
+    // while the mount comes up. Layers strata-fuse fetches itself need it only to renew their
+    // URLs (hourly), which loads it then.
+    if (store instanceof DeferredStore && m.direct.size < ws.viewed.length) setTimeout(() => (store as DeferredStore).preload(), 0);
     const h: Held = { mount: m, layers: ws.viewed.length, mirrored: [], viewed: ws.viewed, nativeHydrate: hydrate && m.remote.size > 0, digests: undefined, local: 0, pending: ix.chunkCount, hydrating: hydrate, errors: [], abort: new AbortController() };
     held.set(id, h);
     m.child.once('exit', (code, sig) => {
@@ -269,7 +275,7 @@ async function main(home: string): Promise<void> {
     switch (req.op) {
       case 'mount':
         clearTimeout(idleTimer);
-        await mount(req.workspace, req.hydrate);
+        await mount(req.workspace, req.hydrate, req.sources);
         return { ok: true };
       case 'unmount':
         await unmount(req.workspace);
@@ -311,18 +317,9 @@ async function main(home: string): Promise<void> {
     server.once('error', reject);
     server.listen(controlSocket(home), () => resolve());
   });
+  boot.step('control socket listening');
   await writeFile(join(run, 'daemon.ready'), String(process.pid));
   log(`serving ${home}`);
-  // Started by a restore from an s3:// store: load the SDK and its presigner now, while the
-  // restore downloads the manifest and the index, so the mount's presigned URLs cost nothing.
-  const preload = process.env.STRATA_DAEMON_PRELOAD;
-  if (preload?.startsWith('s3://')) {
-    setTimeout(() => {
-      const s = storeFor(preload);
-      if (s instanceof DeferredStore) s.preload();
-      import('@aws-sdk/s3-request-presigner').catch(() => undefined);
-    }, 0);
-  }
   process.on('SIGTERM', () => void shutdown('SIGTERM'));
   process.on('SIGINT', () => void shutdown('SIGINT'));
   // The host's cache budget covers the chunk cache and the blob mirrors strata-fuse fetches into.

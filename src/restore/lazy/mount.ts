@@ -76,6 +76,20 @@ export interface MountLazyOptions {
   hydrate?: boolean;
   /** A verified prefetch record (format/prefetch.ts): strata-fuse fetches its frames first. */
   prefetchPath?: string;
+  /**
+   * URLs for the layers strata-fuse fetches itself, made by the caller (presignSources): the
+   * first sources file is written from them instead of presigning here. A restore makes them
+   * with the store it already has loaded, so a cold daemon does not load the AWS SDK on the
+   * mount's path (~0.2 s); renewals presign with this mount's store. Ignored unless they cover
+   * exactly the layers fetched over HTTP.
+   */
+  presigned?: PresignedSource[];
+}
+
+/** A presigned GET URL of one layer blob (index position in the view's layers). */
+export interface PresignedSource {
+  layer: number;
+  url: string;
 }
 
 /** Presigned URLs live a day and are renewed every hour (R2 and S3 allow up to 7 days). */
@@ -87,9 +101,26 @@ export function mirrorPath(cacheDir: string, digest: string): string {
   return join(cacheDir, 'blobs', parseDigest(digest));
 }
 
+/**
+ * The layers strata-fuse fetches itself over HTTP (presigned URLs): the zstd layers of a store that
+ * is not local and can presign. gzip layers, and everything when `enabled` is off, go through the
+ * fetcher.
+ */
+export function remoteLayers(store: ObjectStore, layers: LayerDescriptor[], enabled = process.env.STRATA_DIRECT !== '0'): number[] {
+  if (!enabled || store instanceof FileStore || !store.presignGet) return [];
+  return layers.flatMap((l, i) => (l.codec === 'zstd' ? [i] : []));
+}
+
+/** Presigned URLs (PRESIGN_SECONDS) of the layers remoteLayers names. */
+export function presignSources(store: ObjectStore, layers: LayerDescriptor[], enabled?: boolean): Promise<PresignedSource[]> {
+  return Promise.all(remoteLayers(store, layers, enabled).map(async (layer) => ({ layer, url: await store.presignGet!(blobKey(layers[layer]!.digest), PRESIGN_SECONDS) })));
+}
+
 /** The sources file: "LAYER SIZE URL" per layer strata-fuse fetches itself (0600: URLs are credentials). */
-async function writeSources(store: ObjectStore, layers: LayerDescriptor[], remote: number[], path: string): Promise<void> {
-  const lines = await Promise.all(remote.map(async (i) => `${i} ${layers[i]!.size} ${await store.presignGet!(blobKey(layers[i]!.digest), PRESIGN_SECONDS)}\n`));
+async function writeSources(store: ObjectStore, layers: LayerDescriptor[], remote: number[], path: string, given?: PresignedSource[]): Promise<void> {
+  const urls = given ?? (await presignSources(store, layers, true));
+  const byLayer = new Map(urls.map((u) => [u.layer, u.url]));
+  const lines = remote.map((i) => `${i} ${layers[i]!.size} ${byLayer.get(i)!}\n`);
   const tmp = `${path}.tmp-${randomBytes(6).toString('hex')}`;
   await writeFile(tmp, lines.join(''), { mode: 0o600, flag: 'wx' });
   await rename(tmp, path);
@@ -217,12 +248,13 @@ export async function mountLazy(o: MountLazyOptions): Promise<LazyMount> {
   const timeoutMs = o.timeoutMs ?? (o.fetcherOptions?.deadlineMs ?? 30_000) + 5_000;
   const directOn = o.direct ?? process.env.STRATA_DIRECT !== '0';
   const blobs = directBlobs(o.store, o.layers, directOn);
-  const remote = directOn && !(o.store instanceof FileStore) && o.store.presignGet ? o.layers.flatMap((l, i) => (l.codec === 'zstd' ? [i] : [])) : [];
+  const remote = remoteLayers(o.store, o.layers, directOn);
   const direct = new Set([...blobs.map((b) => b.layer), ...remote]);
   const nativeArgs: string[] = blobs.flatMap((b) => ['--blob', `${b.layer}=${b.path}`]);
   if (remote.length > 0) {
     try {
-      await writeSources(o.store, o.layers, remote, sourcesPath);
+      const given = o.presigned && o.presigned.length === remote.length && o.presigned.every((p) => remote.includes(p.layer) && /^https?:\/\/\S+$/.test(p.url)) ? o.presigned : undefined;
+      await writeSources(o.store, o.layers, remote, sourcesPath, given);
     } catch (err) {
       await cleanupStart();
       throw new BackupRestoreError(`cannot make presigned URLs for ${o.store.url}: ${(err as Error).message}`, { cause: err });

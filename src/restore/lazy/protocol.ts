@@ -5,6 +5,7 @@
  */
 import { join } from 'node:path';
 import type { FetcherStats } from './fetcher.js';
+import type { PresignedSource } from './mount.js';
 
 export interface MountStatus {
   workspace: string;
@@ -24,10 +25,12 @@ export interface DaemonStatus {
 
 /**
  * mount: serve the workspace's restore index (STRATA_HOME/workspaces/<id>/mount.index, written
- * by the caller) at its lower directory; answered once the mount answers.
+ * by the caller) at its lower directory; answered once the mount answers. `sources`: presigned
+ * URLs of the layers strata-fuse fetches itself, made by the caller with the store it has loaded
+ * (the daemon presigns only to renew them).
  */
 export type DaemonRequest =
-  | { op: 'mount'; workspace: string; hydrate: boolean }
+  | { op: 'mount'; workspace: string; hydrate: boolean; sources?: PresignedSource[] }
   | { op: 'unmount'; workspace: string }
   | { op: 'status' };
 
@@ -61,5 +64,18 @@ export function parseRequest(line: string): DaemonRequest {
   if (v.op === 'status') return { op: 'status' };
   if (typeof v.workspace !== 'string' || !/^[0-9a-f]{12}$/.test(v.workspace)) throw new Error(`bad workspace id ${JSON.stringify(v.workspace)}`);
   if (v.op === 'unmount') return { op: 'unmount', workspace: v.workspace };
-  return { op: 'mount', workspace: v.workspace, hydrate: v.hydrate !== false };
+  const req: Extract<DaemonRequest, { op: 'mount' }> = { op: 'mount', workspace: v.workspace, hydrate: v.hydrate !== false };
+  if (v.sources !== undefined) req.sources = parseSources(v.sources);
+  return req;
+}
+
+const MAX_SOURCES = 4096;
+function parseSources(v: unknown): PresignedSource[] {
+  if (!Array.isArray(v) || v.length > MAX_SOURCES) throw new Error(`sources must be an array of at most ${MAX_SOURCES} entries`);
+  return v.map((s: unknown) => {
+    const o = s as { layer?: unknown; url?: unknown };
+    if (typeof o !== 'object' || o === null || !Number.isInteger(o.layer) || (o.layer as number) < 0 || (o.layer as number) >= MAX_SOURCES) throw new Error('a source needs a layer index');
+    if (typeof o.url !== 'string' || o.url.length > 16384 || !/^https?:\/\/[^\s]+$/.test(o.url)) throw new Error(`source of layer ${String(o.layer)}: not an http(s) URL`);
+    return { layer: o.layer as number, url: o.url };
+  });
 }
