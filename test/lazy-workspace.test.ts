@@ -6,7 +6,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, open, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -237,9 +237,10 @@ describe.runIf(RUN)('lazy workspaces', () => {
     expect(await readFile(join(home, 'run', 'daemon.log'), 'utf8')).toMatch(/no mount within 300 ms/);
   });
 
-  it.each(['strata-fuse', 'daemon'])('when the %s process is killed: errors, not hangs; unmount and restore recover the upper', async (victim) => {
+  it.each(['strata-fuse', 'daemon'])('when the %s process is killed: errors, not hangs; unmount and restore recover the upper', (victim) => withEnv(victim === 'daemon' ? viaFetcher : {}, async () => {
     // The daemon is killed while it hydrates, so cache writes are cut off midway: nothing it
-    // left may be served with wrong bytes afterwards.
+    // left may be served with wrong bytes afterwards. (Through the fetcher: a view strata-fuse
+    // serves alone outlives its daemon, below.)
     const c = await setup({ hydrate: victim === 'daemon' });
     const ws = c.dir('ws');
     await c.strata.restoreBackup(c.base, { dir: ws });
@@ -263,5 +264,46 @@ describe.runIf(RUN)('lazy workspaces', () => {
     const got = await summarize(ws, { skip: (p) => p === 'unsaved.txt' });
     expect(diffTrees(want, got).filter((d) => !d.startsWith('"."'))).toEqual([]);
     await c.strata.unmount(ws, { discard: true });
+  }));
+
+  it('a view strata-fuse serves alone is mounted by the restore itself and outlives its daemon, which a new one adopts', async () => {
+    const c = await setup({ hydrate: false });
+    const ws = c.dir('ws');
+    await c.strata.restoreBackup(c.base, { dir: ws });
+    // Not the daemon's child: started by this process, detached, recorded for adoption.
+    const fuse = pidsOf(`strata-fuse.*${c.strata.home}`);
+    expect(fuse).toHaveLength(1);
+    const daemons = pidsOf(`daemon.js ${c.strata.home}`);
+    expect(daemons).toHaveLength(1);
+    expect(readFileSync(`/proc/${fuse[0]}/stat`, 'utf8').split(') ')[1]!.split(' ')[1]).not.toBe(String(daemons[0]));
+    expect((await lazyOf(c.strata, ws)).served).toBe(true);
+    const mountId = (): string | undefined => readFileSync('/proc/self/mountinfo', 'utf8').split('\n').find((l) => l.split(' ')[4]?.endsWith('/lower') && l.includes(c.strata.home))?.split(' ')[0];
+    const before = mountId();
+    expect(before).toBeDefined();
+    // A reader holds a file open across the daemon's death.
+    const fh = await open(join(ws, 'big.bin'), 'r');
+    try {
+      execFileSync('pkill', ['-9', '-f', `daemon.js ${c.strata.home}`]);
+      await untilGone(daemons);
+      const buf = Buffer.alloc(1024 * 1024);
+      const { bytesRead } = await fh.read(buf, 0, buf.length, 2 * 1024 * 1024);
+      expect(bytesRead).toBe(buf.length);
+      expect(buf).toEqual((await readFile(join(c.src, 'big.bin'))).subarray(2 * 1024 * 1024, 3 * 1024 * 1024));
+    } finally {
+      await fh.close();
+    }
+    // Asking for status starts a daemon, which adopts the view: same mount, same server.
+    const st = await lazyOf(c.strata, ws);
+    expect(st.served).toBe(true);
+    expect(st.errors).toEqual([]);
+    expect(pidsOf(`daemon.js ${c.strata.home}`).filter((p) => !daemons.includes(p))).toHaveLength(1);
+    expect(pidsOf(`strata-fuse.*${c.strata.home}`)).toEqual(fuse);
+    expect(mountId()).toBe(before);
+    const want = await summarize(c.src);
+    expect(diffTrees(want, await summarize(ws)).filter((d) => !d.startsWith('"."'))).toEqual([]);
+    // The new daemon takes it down on unmount: server gone, record gone.
+    await c.strata.unmount(ws, { discard: true });
+    await untilGone(fuse, 10_000);
+    expect(mountId()).toBeUndefined();
   });
 });

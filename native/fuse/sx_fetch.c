@@ -344,11 +344,18 @@ static void *flusher_main(void *arg)
 		pthread_cond_timedwait(&f->touch_cv, &f->mu, &t);
 		if (f->stopping || f->ntouches == 0)
 			continue;
-		uint32_t n = f->ntouches;
-		f->ntouches = 0;
+		/*
+		 * A strata-fuse started before the daemon (a restore on a cold host)
+		 * keeps its first reads until the fetcher listens: they are what
+		 * the access record is for. Past TOUCH_CAP they are dropped (hints).
+		 */
+		if (!f->link)
+			link_connect(f);
 		struct sx_link *l = f->link;
 		if (!l)
-			continue; /* touches are hints: without a fetcher they are dropped */
+			continue;
+		uint32_t n = f->ntouches;
+		f->ntouches = 0;
 		memcpy(batch, f->touches, n * sizeof(*batch));
 		l->refs++;
 		pthread_mutex_unlock(&f->mu);

@@ -3,7 +3,6 @@
  * layer once per host into a layer directory; lazy asks the restore daemon to serve the workspace's
  * restore index with strata-fuse. The workspace service calls only this interface.
  */
-import { readFile } from 'node:fs/promises';
 import { indexMatchesLayers, RestoreIndex } from '../format/restore-index.js';
 import { loadIndex } from '../restore/index-source.js';
 import { relative } from 'node:path';
@@ -11,11 +10,14 @@ import { BackupRestoreError } from '../errors.js';
 import type { Toc, TocEntry } from '../format/toc.js';
 import { topRoot } from '../format/view.js';
 import { ensureLayerDirs } from '../restore/layers.js';
-import { daemonRequest } from '../restore/lazy/client.js';
-import { presignSources, unmountPath, writeIndexFile } from '../restore/lazy/mount.js';
-import { daemonLog } from '../restore/lazy/protocol.js';
+import { access, mkdir, readFile, rm } from 'node:fs/promises';
+import { daemonRequest, ensureDaemon, listening } from '../restore/lazy/client.js';
+import { serveDetached, serverRecordPath } from '../restore/lazy/detached.js';
+import { directBlobs, presignSources, type PresignedSource, serverFetchOptions, unmountPath, writeIndexFile } from '../restore/lazy/mount.js';
+import { daemonLog, fetchSocket, hostCacheDir, runDir } from '../restore/lazy/protocol.js';
+import { mountAt } from '../restore/overlay.js';
 import type { ObjectStore } from '../store/store.js';
-import { lowerDir, mountIndexPath, type Workspace, type WorkspaceMode } from './workspace.js';
+import { lowerDir, mountIndexPath, prefetchPath, type Workspace, type WorkspaceMode } from './workspace.js';
 
 /** What mounting a workspace's lowers gives the overlay. */
 export interface MountedLowers {
@@ -84,12 +86,58 @@ export class LazyLowers implements Lowers {
       this.warn(`cannot presign the layers of ${ws.state.dir} here (the restore daemon will): ${err.message}`);
       return undefined;
     });
-    const r = await daemonRequest(this.home, { op: 'mount', workspace: ws.state.id, hydrate: this.opts.hydrate, ...(presigned?.length ? { sources: presigned } : {}) }, { start: true, env: this.daemonEnv });
-    if (!r?.ok) throw new BackupRestoreError(`lazy mount of ${ws.state.dir} failed: ${r ? r.error : 'no daemon'} (daemon log: ${daemonLog(this.home)})`);
+    if (presigned && this.servesAlone(store, ws, presigned)) await this.serveHere(ws, store, presigned);
+    else {
+      const r = await daemonRequest(this.home, { op: 'mount', workspace: ws.state.id, hydrate: this.opts.hydrate, ...(presigned?.length ? { sources: presigned } : {}) }, { start: true, env: this.daemonEnv });
+      if (!r?.ok) throw new BackupRestoreError(`lazy mount of ${ws.state.dir} failed: ${r ? r.error : 'no daemon'} (daemon log: ${daemonLog(this.home)})`);
+    }
     const view = relative(this.home, lowerDir(ws));
     if (!tail) return { lowers: [view] };
     const t = await tail;
     return { lowers: [...t.lowers, view], tailRoot: topRoot(t.tocs ?? []) };
+  }
+
+  /**
+   * strata-fuse can serve the view without the daemon's fetcher when it reads every layer itself
+   * (zstd layers of a local store, or of an s3:// store with a URL for each).
+   * STRATA_DETACHED=0 keeps the daemon mounting it.
+   */
+  private servesAlone(store: ObjectStore, ws: Workspace, presigned: PresignedSource[]): boolean {
+    if (process.env.STRATA_DETACHED === '0') return false;
+    const local = directBlobs(store, ws.viewed).length;
+    return local + presigned.length === ws.viewed.length && ws.viewed.length > 0;
+  }
+
+  /**
+   * Mount the view with a strata-fuse started here, detached (restore/lazy/detached.ts): the
+   * workspace is usable before a cold host's daemon has booted. The daemon adopts it: at once
+   * when it listens, else from its start-up scan.
+   */
+  private async serveHere(ws: Workspace, store: ObjectStore, presigned: PresignedSource[]): Promise<void> {
+    ensureDaemon(this.home, this.daemonEnv).catch(() => undefined);
+    const mountpoint = lowerDir(ws);
+    if (await mountAt(mountpoint)) await unmountPath(mountpoint); // a dead mount left by a crashed server
+    await mkdir(mountpoint, { recursive: true });
+    await mkdir(runDir(this.home), { recursive: true, mode: 0o700 });
+    await mkdir(hostCacheDir(this.home), { recursive: true, mode: 0o700 });
+    const record = await access(prefetchPath(ws)).then(() => true, () => false);
+    await serveDetached({
+      store,
+      layers: ws.viewed,
+      indexPath: mountIndexPath(ws),
+      mountpoint,
+      cacheDir: hostCacheDir(this.home),
+      socketPath: fetchSocket(this.home),
+      dir: ws.root,
+      logPath: daemonLog(this.home),
+      hydrate: this.opts.hydrate,
+      presigned,
+      ...(record ? { prefetchPath: prefetchPath(ws) } : {}),
+      fetcherOptions: serverFetchOptions(),
+    });
+    if (!(await listening(this.home))) return; // the daemon booting now adopts it when it scans
+    const r = await daemonRequest(this.home, { op: 'adopt', workspace: ws.state.id }, { start: true, env: this.daemonEnv });
+    if (!r?.ok) this.warn(`the restore daemon did not take over ${ws.state.dir} (it is served, but not renewed nor reported): ${r ? r.error : 'no daemon'} (daemon log: ${daemonLog(this.home)})`);
   }
 
   /**
@@ -109,6 +157,8 @@ export class LazyLowers implements Lowers {
 
   async unmount(ws: Workspace): Promise<void> {
     const r = await daemonRequest(this.home, { op: 'unmount', workspace: ws.state.id }).catch(() => null);
-    if (!r) await unmountPath(lowerDir(ws)); // no daemon: clean a dead mount by hand
+    // No daemon: unmount by hand (a detached strata-fuse leaves once its mount is gone).
+    if (!r) await unmountPath(lowerDir(ws));
+    await rm(serverRecordPath(ws.root), { force: true });
   }
 }

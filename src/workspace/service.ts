@@ -242,7 +242,11 @@ export class WorkspaceService {
     const all = dir ? [await this.find(dir)].filter((w): w is Workspace => !!w) : await listWorkspaces(this.home);
     if (dir && all.length === 0) throw new WorkspaceNotFoundError(`${dir} is not a strata workspace`);
     const out: WorkspaceStatus[] = [];
-    const reply = all.some((w) => w.state.mode === 'lazy') ? await daemonRequest(this.home, { op: 'status' }).catch(() => null) : null;
+    const lazy = all.filter((w) => w.state.mode === 'lazy');
+    // A mounted lazy workspace and no daemon: one is starting (a restore on a cold host mounts
+    // before its daemon listens), or died; either way the daemon started now adopts the view.
+    const start = lazy.length > 0 && (await Promise.all(lazy.map((w) => w.isMounted()))).some(Boolean);
+    const reply = lazy.length ? await daemonRequest(this.home, { op: 'status' }, { start, env: this.daemonEnv }).catch(() => null) : null;
     const daemon = reply?.ok ? reply : null;
     for (const w of all) {
       const unsaved = await w.unsavedChanges();

@@ -57,7 +57,7 @@ async function startOnce(home: string, env: Record<string, string>): Promise<voi
 }
 
 /** Is a daemon listening on this home's control socket? (One connect, no request.) */
-function listening(home: string): Promise<boolean> {
+export function listening(home: string): Promise<boolean> {
   return new Promise((res) => {
     const sock = connect(controlSocket(home));
     sock.once('connect', () => {

@@ -16,18 +16,40 @@ import { indexMatchesLayers, RestoreIndex, type ViewChunk } from '../../format/r
 import { DeferredStore } from '../../store/deferred.js';
 import { openStore } from '../../store/index.js';
 import type { ObjectStore } from '../../store/store.js';
-import { type FirstReads, firstReadsPath, lowerDir, mountIndexPath, prefetchPath, Workspace } from '../../workspace/workspace.js';
+import { type FirstReads, firstReadsPath, listWorkspaces, lowerDir, mountIndexPath, prefetchPath, Workspace } from '../../workspace/workspace.js';
 import { Fetcher } from './fetcher.js';
-import { type LazyMount, mirrorPath, mountLazy, type PresignedSource, unmountPath } from './mount.js';
+import { type LazyMount, mirrorPath, mountLazy, type PresignedSource, RENEW_MS, renewSources, unmountPath } from './mount.js';
+import { isServerOf, readServerRecord, serverRecordPath } from './detached.js';
 import { trimMirrors } from './mirrors.js';
 import type { LayerDescriptor } from '../../format/reader.js';
 import { mountAt } from '../overlay.js';
-import { controlSocket, type DaemonRequest, type DaemonStatus, parseRequest, runDir } from './protocol.js';
+import { controlSocket, type DaemonRequest, type DaemonStatus, fetchSocket, hostCacheDir, parseRequest, runDir } from './protocol.js';
 import { pidAlive } from '../../util/process.js';
+import { envCount } from '../../util/env.js';
 import { span } from '../../util/trace.js';
 
+/** A view the daemon supervises: one it mounted (its child) or one it adopted (a detached strata-fuse). */
+interface Served {
+  readonly mountpoint: string;
+  readonly direct: ReadonlySet<number>;
+  readonly remote: ReadonlySet<number>;
+  /** Call fn once if the server dies while served. */
+  onExit(fn: (why: string) => void): void;
+  unmount(): Promise<void>;
+}
+
+function servedBy(m: LazyMount): Served {
+  return {
+    mountpoint: m.mountpoint,
+    direct: m.direct,
+    remote: m.remote,
+    onExit: (fn) => m.child.once('exit', (code, sig) => fn(String(sig ?? code))),
+    unmount: () => m.unmount(),
+  };
+}
+
 interface Held {
-  mount: LazyMount;
+  mount: Served;
   /** The view's frame digests of fetched layers, once decoded (just after the mount answers). */
   digests: string[] | undefined;
   /** Chunks of layers strata-fuse reads straight from local blobs: always local. */
@@ -79,8 +101,8 @@ async function main(home: string): Promise<void> {
   const readahead = envCount('STRATA_READAHEAD', 0);
   const cacheBytes = envCount('STRATA_CACHE_SIZE', 1) ?? 4 * 1024 ** 3;
   const fetcher = await Fetcher.start({
-    socketPath: join(run, 'fetch.sock'),
-    cacheDir: join(home, 'cache', 'chunks'),
+    socketPath: fetchSocket(home),
+    cacheDir: hostCacheDir(home),
     cacheBytes,
     log,
     ...(deadlineMs !== undefined ? { deadlineMs } : {}),
@@ -154,6 +176,80 @@ async function main(home: string): Promise<void> {
       onLog: (l) => log(`strata-fuse ${id}: ${l}`),
     });
     tr.step('strata-fuse ready');
+    supervise(id, ws, ix, servedBy(m), hydrate, record, store);
+  };
+
+  /**
+   * Take over a view a restoring process mounted with a detached strata-fuse (detached.ts): it
+   * serves every layer itself; the daemon renews its URLs, reports it, records its first reads
+   * and takes it down on unmount.
+   */
+  const adopt = async (id: string): Promise<void> => {
+    everMounted = true;
+    if (held.has(id)) return;
+    const ws = await Workspace.load(home, id);
+    const rec = await readServerRecord(ws.root);
+    const mountpoint = lowerDir(ws);
+    if (!rec) throw new Error(`workspace ${id} has no record of a detached strata-fuse (${serverRecordPath(ws.root)})`);
+    if (rec.mountpoint !== mountpoint || !(await isServerOf(rec.pid, mountpoint)) || !(await mountAt(mountpoint))) {
+      throw new Error(`the strata-fuse that served workspace ${id} (pid ${rec.pid}) is gone; run 'strata unmount ${ws.state.dir}' then 'strata restore' to bring it back`);
+    }
+    const ix = RestoreIndex.parse(await readFile(mountIndexPath(ws)));
+    if (!indexMatchesLayers(ix, ws.viewed)) throw new Error(`${mountIndexPath(ws)} does not describe the layers of workspace ${id}`);
+    const record = await readFile(prefetchPath(ws)).catch(() => undefined);
+    const store = storeFor(ws.state.store);
+    let stopped = false;
+    // The URLs the restore made live a day: renewed hourly here (this loads the AWS SDK then).
+    const renew =
+      rec.sources && rec.remote.length
+        ? setInterval(() => {
+            renewSources(store, ws.viewed, rec.remote, rec.sources!).catch((err: Error) => log(`renewing the presigned URLs of workspace ${id}: ${err.message}`));
+          }, RENEW_MS).unref()
+        : undefined;
+    const gone = async (ms: number): Promise<boolean> => {
+      for (const until = Date.now() + ms; Date.now() < until; ) {
+        if (!pidAlive(rec.pid)) return true;
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      return !pidAlive(rec.pid);
+    };
+    let unmounted: Promise<void> | undefined;
+    const served: Served = {
+      mountpoint,
+      direct: new Set(ws.viewed.map((_, i) => i)),
+      remote: new Set(rec.remote),
+      onExit: (fn) => {
+        const t = setInterval(() => {
+          if (stopped) clearInterval(t);
+          else if (!pidAlive(rec.pid)) {
+            clearInterval(t);
+            fn('exited');
+          }
+        }, 1000);
+        t.unref();
+      },
+      unmount: () =>
+        (unmounted ??= (async () => {
+          stopped = true;
+          clearInterval(renew);
+          // Unmounted, strata-fuse leaves by itself; one that does not is stopped.
+          await unmountPath(mountpoint);
+          if (!(await gone(5000)) && (await isServerOf(rec.pid, mountpoint))) {
+            process.kill(rec.pid, 'SIGTERM');
+            if (!(await gone(2000))) process.kill(rec.pid, 'SIGKILL');
+          }
+          await unmountPath(mountpoint);
+          await rm(serverRecordPath(ws.root), { force: true });
+          if (rec.sources) await rm(rec.sources, { force: true });
+        })()),
+    };
+    log(`adopted workspace ${id}: strata-fuse pid ${rec.pid} serves ${mountpoint}`);
+    supervise(id, ws, ix, served, rec.hydrate, record, store);
+  };
+
+  /** What follows a view coming up, whoever mounted it: status, hydration, the access record. */
+  const supervise = (id: string, ws: Workspace, ix: RestoreIndex, m: Served, hydrate: boolean, record: Buffer | undefined, store: ObjectStore): void => {
+    const tr = span(`daemon serve ${id}`);
     // An s3:// store loads the AWS SDK on first use (~0.2 s of this event loop). Layers the
     // fetcher serves need it for their first read: start it once the mount has been answered, not
     // while the mount comes up. Layers strata-fuse fetches itself need it only to renew their
@@ -161,10 +257,10 @@ async function main(home: string): Promise<void> {
     if (store instanceof DeferredStore && m.direct.size < ws.viewed.length) setTimeout(() => (store as DeferredStore).preload(), 0);
     const h: Held = { mount: m, layers: ws.viewed.length, mirrored: [], viewed: ws.viewed, nativeHydrate: hydrate && m.remote.size > 0, digests: undefined, local: 0, pending: ix.chunkCount, hydrating: hydrate, errors: [], abort: new AbortController() };
     held.set(id, h);
-    m.child.once('exit', (code, sig) => {
+    m.onExit((why) => {
       if (held.get(id) === h && !exiting) {
-        h.errors.push(`strata-fuse exited (${sig ?? code}); run 'strata unmount' then 'strata restore' to bring the workspace back`);
-        log(`strata-fuse for ${id} exited (${sig ?? code})`);
+        h.errors.push(`strata-fuse exited (${why}); run 'strata unmount' then 'strata restore' to bring the workspace back`);
+        log(`strata-fuse for ${id} exited (${why})`);
       }
     });
     // After the answer: the chunk list (readahead order, prefetch, hydration, status).
@@ -270,12 +366,19 @@ async function main(home: string): Promise<void> {
     }, 3000);
   };
 
+  /** Requests wait for the start-up scan: a status must see the views it adopts. */
+  let scanned: Promise<void> = Promise.resolve();
   const handle = async (req: DaemonRequest): Promise<unknown> => {
+    await scanned;
     if (exiting) return { ok: false, code: 'EXITING', error: 'the daemon is stopping' };
     switch (req.op) {
       case 'mount':
         clearTimeout(idleTimer);
         await mount(req.workspace, req.hydrate, req.sources);
+        return { ok: true };
+      case 'adopt':
+        clearTimeout(idleTimer);
+        await adopt(req.workspace);
         return { ok: true };
       case 'unmount':
         await unmount(req.workspace);
@@ -318,6 +421,18 @@ async function main(home: string): Promise<void> {
     server.listen(controlSocket(home), () => resolve());
   });
   boot.step('control socket listening');
+  // Views a restore mounted with a detached strata-fuse before this daemon listened (a cold
+  // host), or that a daemon before this one served (it died or was restarted): adopted now.
+  // Scanned after listening, so a restore that found no daemon listening has written its
+  // record before this looks.
+  scanned = (async () => {
+    for (const ws of await listWorkspaces(home)) {
+      if (ws.state.mode !== 'lazy' || !(await readServerRecord(ws.root))) continue;
+      await adopt(ws.state.id).catch((err: Error) => log(`not adopting workspace ${ws.state.id}: ${err.message}`));
+    }
+  })().catch((err: Error) => log(`scanning for views to adopt: ${err.message}`));
+  await scanned;
+  boot.step('views adopted');
   await writeFile(join(run, 'daemon.ready'), String(process.pid));
   log(`serving ${home}`);
   process.on('SIGTERM', () => void shutdown('SIGTERM'));
@@ -449,13 +564,3 @@ if (process.argv[1] && import.meta.url.endsWith(process.argv[1].split('/').pop()
  * A whole number from the daemon's environment (sizes, milliseconds), at least `min`; unset gives
  * undefined (the default applies), and so does a bad value, with a line in the daemon log.
  */
-function envCount(name: string, min: number): number | undefined {
-  const v = process.env[name];
-  if (v === undefined || v === '') return undefined;
-  const n = Number(v);
-  if (!Number.isSafeInteger(n) || n < min) {
-    process.stderr.write(`strata daemon: ignoring ${name}=${JSON.stringify(v)}: not a whole number >= ${min}; using the default\n`);
-    return undefined;
-  }
-  return n;
-}

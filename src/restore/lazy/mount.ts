@@ -13,6 +13,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { BackupRestoreError } from '../../errors.js';
 import { span } from '../../util/trace.js';
+import { envCount } from '../../util/env.js';
 import { blobKey, type LayerDescriptor } from '../../format/reader.js';
 import { FileStore } from '../../store/file.js';
 import { parseDigest, type Toc } from '../../format/toc.js';
@@ -94,7 +95,17 @@ export interface PresignedSource {
 
 /** Presigned URLs live a day and are renewed every hour (R2 and S3 allow up to 7 days). */
 const PRESIGN_SECONDS = 24 * 3600;
-const RENEW_MS = 3600 * 1000;
+export const RENEW_MS = 3600 * 1000;
+
+/**
+ * strata-fuse's fetch settings from the environment (STRATA_FETCH_DEADLINE_MS, STRATA_READAHEAD):
+ * the same for a strata-fuse the daemon starts and one a restoring process starts.
+ */
+export function serverFetchOptions(): FetcherOptions {
+  const deadlineMs = envCount('STRATA_FETCH_DEADLINE_MS', 1);
+  const readahead = envCount('STRATA_READAHEAD', 0);
+  return { ...(deadlineMs !== undefined ? { deadlineMs } : {}), ...(readahead !== undefined ? { readahead } : {}) };
+}
 
 /** Where strata-fuse mirrors a fetched layer blob, under the cache directory. */
 export function mirrorPath(cacheDir: string, digest: string): string {
@@ -204,6 +215,84 @@ export async function writeIndexFile(bytes: Buffer, path: string, opts: { sync?:
   }
 }
 
+export interface ServerArgsOptions {
+  store: ObjectStore;
+  layers: LayerDescriptor[];
+  /** Where the sources file goes (written when some layer is fetched over HTTP). */
+  sourcesPath: string;
+  direct?: boolean | undefined;
+  hydrate?: boolean | undefined;
+  prefetchPath?: string | undefined;
+  presigned?: PresignedSource[] | undefined;
+  fetcherOptions?: FetcherOptions | undefined;
+}
+
+export interface ServerArgs {
+  /** --blob / --sources and the settings of strata-fuse's own fetches. */
+  args: string[];
+  /** Layers strata-fuse serves itself (local blobs and remote ones). */
+  direct: Set<number>;
+  /** Of those, the ones fetched over HTTP (their URLs are in the sources file). */
+  remote: number[];
+}
+
+/**
+ * What strata-fuse needs to serve these layers itself: `--blob` for local blobs, `--sources` (the
+ * file written here, from the caller's URLs when they fit, else presigned now) for remote ones.
+ */
+export async function serverArgs(o: ServerArgsOptions): Promise<ServerArgs> {
+  const directOn = o.direct ?? process.env.STRATA_DIRECT !== '0';
+  const blobs = directBlobs(o.store, o.layers, directOn);
+  const remote = remoteLayers(o.store, o.layers, directOn);
+  const direct = new Set([...blobs.map((b) => b.layer), ...remote]);
+  const args: string[] = blobs.flatMap((b) => ['--blob', `${b.layer}=${b.path}`]);
+  if (remote.length > 0) {
+    try {
+      const given = o.presigned && o.presigned.length === remote.length && o.presigned.every((p) => remote.includes(p.layer) && /^https?:\/\/\S+$/.test(p.url)) ? o.presigned : undefined;
+      await writeSources(o.store, o.layers, remote, o.sourcesPath, given);
+    } catch (err) {
+      throw new BackupRestoreError(`cannot make presigned URLs for ${o.store.url}: ${(err as Error).message}`, { cause: err });
+    }
+    const deadline = o.fetcherOptions?.deadlineMs ?? 30_000;
+    const readaheadKb = Math.ceil((o.fetcherOptions?.demandSpan ?? 256 * 1024) / 1024);
+    const asyncKb = Math.ceil((o.fetcherOptions?.readahead ?? 4 * 1024 * 1024) / 1024);
+    args.push('--sources', o.sourcesPath, '--readahead-kb', String(readaheadKb), '--async-readahead-kb', String(asyncKb), '--deadline-ms', String(deadline), '--stall-ms', String(Math.min(deadline, o.fetcherOptions?.stallTimeoutMs ?? 10_000)));
+    if (o.hydrate) args.push('--hydrate');
+    if (o.prefetchPath) args.push('--prefetch', resolve(o.prefetchPath));
+  }
+  return { args, direct, remote };
+}
+
+/** Presign the remote layers' URLs again into their sources file (strata-fuse re-reads it on 401/403). */
+export function renewSources(store: ObjectStore, layers: LayerDescriptor[], remote: number[], path: string): Promise<void> {
+  return writeSources(store, layers, remote, path);
+}
+
+/** The rest of strata-fuse's command line: index, cache, fetcher socket, mountpoint. */
+export function commonArgs(o: { indexPath: string; cacheDir: string; socketPath: string; timeoutMs: number; threads?: number | undefined; dieWithParent: boolean; mountpoint: string }): string[] {
+  return ['--index', o.indexPath, '--cache', o.cacheDir, '--socket', o.socketPath, '--timeout-ms', String(o.timeoutMs), '--threads', String(o.threads ?? 64), '--ready-fd', '3', '--foreground', ...(o.dieWithParent ? ['--die-with-parent'] : []), o.mountpoint];
+}
+
+/** Null once strata-fuse writes "ready" on fd 3 (its mount is live), else why it is not. */
+export function waitReady(child: ChildProcess, timeoutMs: number): Promise<string | null> {
+  return new Promise<string | null>((resolveReady) => {
+    const readyPipe = child.stdio[3] as Readable;
+    let got = '';
+    const t = setTimeout(() => resolveReady(`not ready after ${timeoutMs} ms`), timeoutMs);
+    const done = (v: string | null): void => {
+      clearTimeout(t);
+      resolveReady(v);
+    };
+    readyPipe.on('data', (b: Buffer) => {
+      got += b.toString();
+      if (got.includes('ready\n')) done(null);
+    });
+    readyPipe.on('error', () => undefined);
+    child.once('error', (err) => done(err.message));
+    child.once('exit', (code, sig) => done(`exited with ${sig ?? code}`));
+  });
+}
+
 export async function mountLazy(o: MountLazyOptions): Promise<LazyMount> {
   const tr = span('mountLazy');
   const mountpoint = resolve(o.mountpoint);
@@ -246,30 +335,20 @@ export async function mountLazy(o: MountLazyOptions): Promise<LazyMount> {
   };
 
   const timeoutMs = o.timeoutMs ?? (o.fetcherOptions?.deadlineMs ?? 30_000) + 5_000;
-  const directOn = o.direct ?? process.env.STRATA_DIRECT !== '0';
-  const blobs = directBlobs(o.store, o.layers, directOn);
-  const remote = remoteLayers(o.store, o.layers, directOn);
-  const direct = new Set([...blobs.map((b) => b.layer), ...remote]);
-  const nativeArgs: string[] = blobs.flatMap((b) => ['--blob', `${b.layer}=${b.path}`]);
+  let served: ServerArgs;
+  try {
+    served = await serverArgs({ ...o, sourcesPath });
+  } catch (err) {
+    await cleanupStart();
+    throw err;
+  }
+  const { direct, remote } = served;
   if (remote.length > 0) {
-    try {
-      const given = o.presigned && o.presigned.length === remote.length && o.presigned.every((p) => remote.includes(p.layer) && /^https?:\/\/\S+$/.test(p.url)) ? o.presigned : undefined;
-      await writeSources(o.store, o.layers, remote, sourcesPath, given);
-    } catch (err) {
-      await cleanupStart();
-      throw new BackupRestoreError(`cannot make presigned URLs for ${o.store.url}: ${(err as Error).message}`, { cause: err });
-    }
-    const deadline = o.fetcherOptions?.deadlineMs ?? 30_000;
-    const readaheadKb = Math.ceil((o.fetcherOptions?.demandSpan ?? 256 * 1024) / 1024);
-    const asyncKb = Math.ceil((o.fetcherOptions?.readahead ?? 4 * 1024 * 1024) / 1024);
-    nativeArgs.push('--sources', sourcesPath, '--readahead-kb', String(readaheadKb), '--async-readahead-kb', String(asyncKb), '--deadline-ms', String(deadline), '--stall-ms', String(Math.min(deadline, o.fetcherOptions?.stallTimeoutMs ?? 10_000)));
-    if (o.hydrate) nativeArgs.push('--hydrate');
-    if (o.prefetchPath) nativeArgs.push('--prefetch', resolve(o.prefetchPath));
     renewTimer = setInterval(() => {
-      writeSources(o.store, o.layers, remote, sourcesPath).catch((err: Error) => (o.onLog ?? ((l: string) => process.stderr.write(l + '\n')))(`strata: renewing presigned URLs for ${o.store.url}: ${err.message}`));
+      renewSources(o.store, o.layers, remote, sourcesPath).catch((err: Error) => (o.onLog ?? ((l: string) => process.stderr.write(l + '\n')))(`strata: renewing presigned URLs for ${o.store.url}: ${err.message}`));
     }, RENEW_MS).unref();
   }
-  const args = [...nativeArgs, '--index', indexPath, '--cache', fetcher.cache.dir, '--socket', fetcher.socketPath, '--timeout-ms', String(timeoutMs), '--threads', String(o.threads ?? 64), '--ready-fd', '3', '--foreground', ...(o.detach ? [] : ['--die-with-parent']), mountpoint];
+  const args = [...served.args, ...commonArgs({ indexPath, cacheDir: fetcher.cache.dir, socketPath: fetcher.socketPath, timeoutMs, threads: o.threads, dieWithParent: !o.detach, mountpoint })];
   let child: ChildProcess;
   try {
     child = spawn(o.binary ?? defaultFuseBinary(), args, { stdio: ['ignore', 'ignore', 'pipe', 'pipe'], detached: !!o.detach });
@@ -293,23 +372,7 @@ export async function mountLazy(o: MountLazyOptions): Promise<LazyMount> {
   });
 
   tr.step('strata-fuse spawned');
-  // Ready when strata-fuse writes "ready" on fd 3 (after the mount succeeded), or failed when it exits first.
-  const ready = await new Promise<string | null>((resolveReady) => {
-    const readyPipe = child.stdio[3] as Readable;
-    let got = '';
-    const t = setTimeout(() => resolveReady(`not ready after ${o.readyTimeoutMs ?? 10_000} ms`), o.readyTimeoutMs ?? 10_000);
-    const done = (v: string | null): void => {
-      clearTimeout(t);
-      resolveReady(v);
-    };
-    readyPipe.on('data', (b: Buffer) => {
-      got += b.toString();
-      if (got.includes('ready\n')) done(null);
-    });
-    readyPipe.on('error', () => undefined);
-    child.once('error', (err) => done(err.message));
-    child.once('exit', (code, sig) => done(`exited with ${sig ?? code}`));
-  });
+  const ready = await waitReady(child, o.readyTimeoutMs ?? 10_000);
   if (ready !== null) {
     child.kill('SIGKILL');
     await waitExit(child, 2000);

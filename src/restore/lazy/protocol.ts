@@ -27,10 +27,12 @@ export interface DaemonStatus {
  * mount: serve the workspace's restore index (STRATA_HOME/workspaces/<id>/mount.index, written
  * by the caller) at its lower directory; answered once the mount answers. `sources`: presigned
  * URLs of the layers strata-fuse fetches itself, made by the caller with the store it has loaded
- * (the daemon presigns only to renew them).
+ * (the daemon presigns only to renew them). adopt: take over the view a restore mounted with a
+ * detached strata-fuse (server.json in the workspace).
  */
 export type DaemonRequest =
   | { op: 'mount'; workspace: string; hydrate: boolean; sources?: PresignedSource[] }
+  | { op: 'adopt'; workspace: string }
   | { op: 'unmount'; workspace: string }
   | { op: 'status' };
 
@@ -55,8 +57,16 @@ export function controlSocket(home: string): string {
 export function daemonLog(home: string): string {
   return join(runDir(home), 'daemon.log');
 }
+/** The daemon's fetcher socket: every strata-fuse of the host connects to it (misses, access notes). */
+export function fetchSocket(home: string): string {
+  return join(runDir(home), 'fetch.sock');
+}
+/** The host cache: the fetcher's chunk files and strata-fuse's blob mirrors (blobs/). */
+export function hostCacheDir(home: string): string {
+  return join(home, 'cache', 'chunks');
+}
 
-const OPS = new Set(['mount', 'unmount', 'status']);
+const OPS = new Set(['mount', 'adopt', 'unmount', 'status']);
 /** A request off the wire, checked: anything else is answered with an error. */
 export function parseRequest(line: string): DaemonRequest {
   const v = JSON.parse(line) as Record<string, unknown>;
@@ -64,6 +74,7 @@ export function parseRequest(line: string): DaemonRequest {
   if (v.op === 'status') return { op: 'status' };
   if (typeof v.workspace !== 'string' || !/^[0-9a-f]{12}$/.test(v.workspace)) throw new Error(`bad workspace id ${JSON.stringify(v.workspace)}`);
   if (v.op === 'unmount') return { op: 'unmount', workspace: v.workspace };
+  if (v.op === 'adopt') return { op: 'adopt', workspace: v.workspace };
   const req: Extract<DaemonRequest, { op: 'mount' }> = { op: 'mount', workspace: v.workspace, hydrate: v.hydrate !== false };
   if (v.sources !== undefined) req.sources = parseSources(v.sources);
   return req;

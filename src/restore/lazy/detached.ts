@@ -1,0 +1,135 @@
+/**
+ * A strata-fuse the restoring process starts itself, detached, for a view whose every layer
+ * strata-fuse serves on its own (local blobs, or presigned URLs): the mount is live before the
+ * restore daemon has booted (~0.1 s of Node start-up on a cold host), and it outlives both the
+ * process that started it and any daemon. The daemon adopts it from the record written here
+ * (server.json in the workspace): it renews the URLs, reports status, keeps the access record,
+ * and takes the mount down on unmount.
+ */
+import { spawn } from 'node:child_process';
+import { open, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { BackupRestoreError } from '../../errors.js';
+import type { LayerDescriptor } from '../../format/reader.js';
+import type { ObjectStore } from '../../store/store.js';
+import { pidAlive } from '../../util/process.js';
+import type { FetcherOptions } from './fetcher.js';
+import { commonArgs, defaultFuseBinary, type PresignedSource, serverArgs, unmountPath, waitReady } from './mount.js';
+
+/** What a workspace's server.json says of the strata-fuse serving its view. */
+export interface ServerRecord {
+  version: 1;
+  pid: number;
+  mountpoint: string;
+  /** The sources file strata-fuse re-reads on 401/403, when some layer is fetched over HTTP. */
+  sources?: string;
+  /** Index positions of the layers fetched over HTTP. */
+  remote: number[];
+  hydrate: boolean;
+  startedAt: string;
+}
+
+export interface ServeDetachedOptions {
+  store: ObjectStore;
+  layers: LayerDescriptor[];
+  indexPath: string;
+  mountpoint: string;
+  /** The host cache (mirrors) and the daemon's fetcher socket, which may not listen yet. */
+  cacheDir: string;
+  socketPath: string;
+  /** Where server.json and the sources file go (the workspace's directory). */
+  dir: string;
+  /** strata-fuse's stderr is appended here (the daemon's log). */
+  logPath: string;
+  hydrate: boolean;
+  prefetchPath?: string | undefined;
+  presigned?: PresignedSource[] | undefined;
+  fetcherOptions?: FetcherOptions | undefined;
+  binary?: string;
+  readyTimeoutMs?: number;
+}
+
+export function serverRecordPath(dir: string): string {
+  return join(dir, 'server.json');
+}
+
+/** The record, if there is a well-formed one. */
+export async function readServerRecord(dir: string): Promise<ServerRecord | undefined> {
+  let v: ServerRecord;
+  try {
+    v = JSON.parse(await readFile(serverRecordPath(dir), 'utf8')) as ServerRecord;
+  } catch {
+    return undefined;
+  }
+  if (v?.version !== 1 || !Number.isSafeInteger(v.pid) || v.pid <= 1 || typeof v.mountpoint !== 'string' || !Array.isArray(v.remote) || !v.remote.every((n) => Number.isSafeInteger(n) && n >= 0)) return undefined;
+  if (v.sources !== undefined && typeof v.sources !== 'string') return undefined;
+  return v;
+}
+
+/**
+ * Is this pid the strata-fuse serving that mountpoint? (A pid in a stale record may have been
+ * reused by anything since.)
+ */
+export async function isServerOf(pid: number, mountpoint: string): Promise<boolean> {
+  if (!pidAlive(pid)) return false;
+  try {
+    const argv = (await readFile(`/proc/${pid}/cmdline`, 'utf8')).split('\0');
+    return argv.some((a) => a.endsWith('strata-fuse')) && argv.includes(mountpoint);
+  } catch {
+    return false;
+  }
+}
+
+/** Start strata-fuse detached at mountpoint; resolves once the mount answers, with its record written. */
+export async function serveDetached(o: ServeDetachedOptions): Promise<ServerRecord> {
+  const mountpoint = resolve(o.mountpoint);
+  const sourcesPath = join(o.dir, 'sources');
+  const served = await serverArgs({ store: o.store, layers: o.layers, sourcesPath, hydrate: o.hydrate, prefetchPath: o.prefetchPath, presigned: o.presigned, fetcherOptions: o.fetcherOptions });
+  if (served.direct.size !== o.layers.length) {
+    await rm(sourcesPath, { force: true });
+    throw new BackupRestoreError(`a detached strata-fuse cannot serve ${mountpoint}: some of its layers need the restore daemon's fetcher`);
+  }
+  const timeoutMs = (o.fetcherOptions?.deadlineMs ?? 30_000) + 5_000;
+  const args = [...served.args, ...commonArgs({ indexPath: o.indexPath, cacheDir: o.cacheDir, socketPath: o.socketPath, timeoutMs, dieWithParent: false, mountpoint })];
+  const log = await open(o.logPath, 'a', 0o600);
+  let child;
+  try {
+    child = spawn(o.binary ?? defaultFuseBinary(), args, { stdio: ['ignore', 'ignore', log.fd, 'pipe'], detached: true });
+  } catch (err) {
+    await log.close();
+    await rm(sourcesPath, { force: true });
+    throw new BackupRestoreError(`cannot start strata-fuse: ${(err as Error).message}`, { cause: err });
+  }
+  await log.close();
+  const ready = await waitReady(child, o.readyTimeoutMs ?? 10_000);
+  const fail = async (why: string): Promise<never> => {
+    child.kill('SIGKILL');
+    await unmountPath(mountpoint);
+    await rm(sourcesPath, { force: true });
+    // Its last words are at the end of the (shared) log.
+    const said = (await readFile(o.logPath, 'utf8').catch(() => '')).split('\n').filter((l) => l.startsWith('strata-fuse')).slice(-3);
+    throw new BackupRestoreError(`strata-fuse could not mount ${mountpoint}: ${why}${said.length ? `\n${said.join('\n')}` : ''} (log: ${o.logPath})`);
+  };
+  if (ready !== null || child.pid === undefined) return fail(ready ?? 'no pid');
+  const record: ServerRecord = {
+    version: 1,
+    pid: child.pid,
+    mountpoint,
+    ...(served.remote.length ? { sources: sourcesPath } : {}),
+    remote: served.remote,
+    hydrate: o.hydrate,
+    startedAt: new Date().toISOString(),
+  };
+  try {
+    const tmp = `${serverRecordPath(o.dir)}.tmp-${randomBytes(6).toString('hex')}`;
+    await writeFile(tmp, JSON.stringify(record), { mode: 0o600, flag: 'wx' });
+    await rename(tmp, serverRecordPath(o.dir));
+  } catch (err) {
+    return fail(`cannot record it: ${(err as Error).message}`);
+  }
+  // It is on its own now: this process may exit at once.
+  (child.stdio[3] as NodeJS.ReadableStream & { destroy(): void }).destroy();
+  child.unref();
+  return record;
+}
