@@ -68,4 +68,4 @@ FUSE_HDRS := native/fuse/sx_format.h native/fuse/sx_index.h native/fuse/sx_fetch
 
 build/strata-fuse: $(FUSE_SRCS) $(FUSE_HDRS) | system-deps
 	@mkdir -p build
-	$(CC) $(CFLAGS) $$(pkg-config --cflags fuse3 libzstd libcrypto libcurl) -pthread -o $@ $(FUSE_SRCS) $$(pkg-config --libs fuse3 libzstd libcrypto libcurl)
+	$(CC) $(CFLAGS) $$(pkg-config --cflags fuse3 libzstd libcrypto libcurl) -pthread -o $@ $(FUSE_SRCS) $$(pkg-config --libs fuse3 libzstd libcrypto) -ldl

@@ -36,7 +36,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <curl/curl.h>
 #include <pthread.h>
 
 #include "sx_fetch.h"
@@ -981,10 +980,6 @@ int main(int argc, char **argv)
 	ctx.debug = debug;
 	atomic_init(&ctx.noatime, true);
 	pthread_mutex_init(&ctx.sources_lock, NULL);
-	if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0) {
-		fprintf(stderr, "strata-fuse: curl_global_init failed\n");
-		return 1;
-	}
 	struct fuse_session *se = NULL;
 	struct fuse_loop_config *cfg = NULL;
 	char *socket_path = NULL;
