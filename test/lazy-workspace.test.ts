@@ -237,6 +237,19 @@ describe.runIf(RUN)('lazy workspaces', () => {
     expect(await readFile(join(home, 'run', 'daemon.log'), 'utf8')).toMatch(/no mount within 300 ms/);
   });
 
+  it('a daemon whose only mount and adoption failed exits on its own too', async () => {
+    const home = join(work, `idle-home-${++n}`);
+    const { daemonRequest } = await import('../src/restore/lazy/client.js');
+    const env = { STRATA_DAEMON_IDLE_MS: '300' };
+    // Workspaces that do not exist: both requests are answered with an error.
+    expect(await daemonRequest(home, { op: 'adopt', workspace: 'aaaaaaaaaaaa' }, { start: true, env })).toMatchObject({ ok: false });
+    expect(await daemonRequest(home, { op: 'mount', workspace: 'bbbbbbbbbbbb', hydrate: false }, { start: true, env })).toMatchObject({ ok: false });
+    const pids = pidsOf(`daemon.js ${home}`);
+    expect(pids.length).toBe(1);
+    await untilGone(pids, 15_000);
+    expect(await readFile(join(home, 'run', 'daemon.log'), 'utf8')).toMatch(/no mount within 300 ms/);
+  });
+
   it.each(['strata-fuse', 'daemon'])('when the %s process is killed: errors, not hangs; unmount and restore recover the upper', (victim) => withEnv(victim === 'daemon' ? viaFetcher : {}, async () => {
     // The daemon is killed while it hydrates, so cache writes are cut off midway: nothing it
     // left may be served with wrong bytes afterwards. (Through the fetcher: a view strata-fuse

@@ -137,13 +137,24 @@ async function main(home: string): Promise<void> {
     process.exit(0);
   };
 
+  /** A view was served since start; `starting`: mounts and adoptions under way. */
   let everMounted = false;
+  let starting = 0;
+  /** Count fn as a mount under way; the view it brings up marks the daemon as used. */
+  const bringingUp = async (fn: () => Promise<void>): Promise<void> => {
+    starting++;
+    try {
+      await fn();
+      everMounted = true;
+    } finally {
+      starting--;
+    }
+  };
   const neverMountedMs = envCount('STRATA_DAEMON_IDLE_MS', 1) ?? 60_000;
   /** Keep the blob mirrors within the cache budget (set below, once the helpers exist). */
   let trimNow = (): void => undefined;
 
-  const mount = async (id: string, hydrate: boolean, sources?: PresignedSource[]): Promise<void> => {
-    everMounted = true;
+  const mount = (id: string, hydrate: boolean, sources?: PresignedSource[]): Promise<void> => bringingUp(async () => {
     if (held.has(id)) return;
     const tr = span(`daemon mount ${id}`);
     const ws = await Workspace.load(home, id);
@@ -177,15 +188,14 @@ async function main(home: string): Promise<void> {
     });
     tr.step('strata-fuse ready');
     supervise(id, ws, ix, servedBy(m), hydrate, record, store);
-  };
+  });
 
   /**
    * Take over a view a restoring process mounted with a detached strata-fuse (detached.ts): it
    * serves every layer itself; the daemon renews its URLs, reports it, records its first reads
    * and takes it down on unmount.
    */
-  const adopt = async (id: string): Promise<void> => {
-    everMounted = true;
+  const adopt = (id: string): Promise<void> => bringingUp(async () => {
     if (held.has(id)) return;
     const ws = await Workspace.load(home, id);
     const rec = await readServerRecord(ws.root);
@@ -245,7 +255,7 @@ async function main(home: string): Promise<void> {
     };
     log(`adopted workspace ${id}: strata-fuse pid ${rec.pid} serves ${mountpoint}`);
     supervise(id, ws, ix, served, rec.hydrate, record, store);
-  };
+  });
 
   /** What follows a view coming up, whoever mounted it: status, hydration, the access record. */
   const supervise = (id: string, ws: Workspace, ix: RestoreIndex, m: Served, hydrate: boolean, record: Buffer | undefined, store: ObjectStore): void => {
@@ -457,9 +467,13 @@ async function main(home: string): Promise<void> {
     })();
   }, 5000).unref();
   // A daemon started for a restore that never mounted (it failed, or was refused) does not stay.
-  setTimeout(() => {
-    if (!everMounted && held.size === 0 && !exiting) void shutdown(`no mount within ${neverMountedMs} ms of starting`);
-  }, neverMountedMs).unref();
+  // (A mount or adoption still under way when the time comes is waited for: checked again.)
+  const unused = (): void => {
+    if (everMounted || held.size > 0 || exiting) return;
+    if (starting > 0) setTimeout(unused, 1000).unref();
+    else void shutdown(`no mount within ${neverMountedMs} ms of starting`);
+  };
+  setTimeout(unused, neverMountedMs).unref();
 }
 
 /** The frames of a prefetch record among these chunks, in the record's order (a bad record: none). */
