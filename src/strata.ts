@@ -28,7 +28,6 @@ import { buildView, type ViewNode } from './format/view.js';
 import { LayerWriter } from './format/writer.js';
 import { extractView, type ExtractStats } from './restore/extract.js';
 import { loadIndex } from './restore/index-source.js';
-import { ensureDaemon } from './restore/lazy/client.js';
 import { defaultFuseBinary } from './restore/lazy/mount.js';
 import { removeLayerDir } from './restore/layers.js';
 import { fetchPrefetch, fetchToc } from './store/blobs.js';
@@ -465,12 +464,10 @@ export class Strata {
     if (mode !== 'lazy' && mode !== 'extract' && mode !== 'copy') {
       throw new InvalidBackupConfigError(`unknown restore mode ${String(mode)}; supported: lazy, extract, copy`);
     }
-    // A cold host: the restore daemon starts now, while the manifest and index download; so does
-    // the presigner that makes the URLs strata-fuse fetches an s3:// store's layers with.
-    if (mode === 'lazy') {
-      ensureDaemon(this.home, this.workspaces.daemonEnv).catch(() => undefined);
-      this.store.warmPresign?.();
-    }
+    // The presigner that makes the URLs strata-fuse fetches an s3:// store's layers with loads
+    // while the manifest and index download. (A cold host's restore daemon is started once the
+    // view is mounted: the restore does not wait for it.)
+    if (mode === 'lazy') this.store.warmPresign?.();
     const { manifest: m } = await this.resolve(ref);
     tr.step('manifest');
     if (isExpired(m)) throw new BackupExpiredError(`backup ${m.id} expired at ${m.expiresAt}`);

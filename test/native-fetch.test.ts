@@ -149,6 +149,31 @@ describe.runIf(RUN)('strata-fuse fetching s3:// layers itself', () => {
     expect(blobGets()).toBe(before);
   });
 
+  it('loads libcurl only to fetch: where it cannot be loaded, reads of remote layers are EIO with the reason, never a hang', async () => {
+    // A libcurl.so.4 that is not a library, first on the loader's path for this strata-fuse.
+    const libs = join(caseDir, 'libs');
+    await mkdir(libs);
+    await writeFile(join(libs, 'libcurl.so.4'), 'not an ELF object\n');
+    const old = process.env.LD_LIBRARY_PATH;
+    process.env.LD_LIBRARY_PATH = libs;
+    const logs: string[] = [];
+    let m: LazyMount;
+    try {
+      // It mounts (libcurl is not needed for that), and the metadata is all there.
+      m = await mount({}, 'mnt', logs);
+    } finally {
+      if (old === undefined) delete process.env.LD_LIBRARY_PATH;
+      else process.env.LD_LIBRARY_PATH = old;
+    }
+    expect((await stat(join(m.mountpoint, 'big.bin'))).size).toBe(9 * MiB + 123);
+    const r = await tryCat(join(m.mountpoint, 'hello.txt'));
+    expect(r.ok).toBe(false);
+    expect(r.err).toMatch(/Input\/output error/);
+    expect(r.ms).toBeLessThan(3000);
+    expect(blobGets()).toBe(0);
+    expect(logs.join('\n')).toMatch(/cannot load libcurl/);
+  });
+
   it('never serves corrupted bytes: a frame damaged in transit is EIO, then read right once the store is sound', async () => {
     const logs: string[] = [];
     const m = await mount({}, 'mnt', logs);

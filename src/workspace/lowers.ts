@@ -114,7 +114,6 @@ export class LazyLowers implements Lowers {
    * when it listens, else from its start-up scan.
    */
   private async serveHere(ws: Workspace, store: ObjectStore, presigned: PresignedSource[]): Promise<void> {
-    ensureDaemon(this.home, this.daemonEnv).catch(() => undefined);
     const mountpoint = lowerDir(ws);
     if (await mountAt(mountpoint)) await unmountPath(mountpoint); // a dead mount left by a crashed server
     await mkdir(mountpoint, { recursive: true });
@@ -135,7 +134,12 @@ export class LazyLowers implements Lowers {
       ...(record ? { prefetchPath: prefetchPath(ws) } : {}),
       fetcherOptions: serverFetchOptions(),
     });
-    if (!(await listening(this.home))) return; // the daemon booting now adopts it when it scans
+    // No daemon yet (a cold host): start one now, after the mount, so its boot (~0.1 s of CPU
+    // and disk) does not compete with it; its start-up scan adopts the view.
+    if (!(await listening(this.home))) {
+      await ensureDaemon(this.home, this.daemonEnv).catch((err: Error) => this.warn(`cannot start the restore daemon (the view is served, but not renewed nor reported until one runs): ${err.message}`));
+      return;
+    }
     const r = await daemonRequest(this.home, { op: 'adopt', workspace: ws.state.id }, { start: true, env: this.daemonEnv });
     if (!r?.ok) this.warn(`the restore daemon did not take over ${ws.state.dir} (it is served, but not renewed nor reported): ${r ? r.error : 'no daemon'} (daemon log: ${daemonLog(this.home)})`);
   }
