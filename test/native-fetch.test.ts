@@ -400,6 +400,19 @@ describe.runIf(RUN)('strata-fuse fetching s3:// layers itself', () => {
     expect(blobGets()).toBe(before);
   });
 
+  it('a read right after the mount goes first: hydration holds its streams until that read is answered', async () => {
+    const m = await mount({ hydrate: true });
+    const k = findNode(buildView(tocs), 'hello.txt')!.entry!.chunks![0]!;
+    expect((await catFile(join(m.mountpoint, 'hello.txt'))).toString()).toBe('hello, world\n');
+    const gets = proxy.log.filter((e) => e.op === 'GetObject' && e.key.includes('/blobs/sha256/'));
+    // The first blob GET is the read's own range (its frame and readahead), not hydration's.
+    expect(gets.length).toBeGreaterThan(0);
+    const first = /^bytes=(\d+)-(\d+)$/.exec(gets[0]!.range ?? '');
+    expect(first, `first GET ${JSON.stringify(gets[0])}`).not.toBeNull();
+    expect(Number(first![1])).toBeLessThanOrEqual(k.blobOffset);
+    expect(Number(first![2])).toBeGreaterThanOrEqual(k.blobOffset + k.blobLength - 1);
+  });
+
   it('hydrates the whole layer in the background when asked, without any read', async () => {
     const m = await mount({ hydrate: true });
     const mirror = mirrorPath(join(caseDir, 'cache'), layers[0]!.digest);

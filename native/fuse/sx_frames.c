@@ -105,7 +105,17 @@ struct sx_frames {
 	pthread_mutex_t lock;
 	pthread_cond_t loaded;
 	uint64_t loads, hits, read_bytes;
+	/*
+	 * Hydration's streams hold back until the first read's fetch is answered (or
+	 * SX_HYDRATE_HOLD_MS pass): right after a restore, that read shares the link and the store
+	 * with nothing but the prefetch record.
+	 */
+	pthread_mutex_t first_lock;
+	pthread_cond_t first_cond; /* CLOCK_MONOTONIC */
+	atomic_bool first_done;
 };
+
+#define SX_HYDRATE_HOLD_MS 200
 
 struct sx_frames *sx_frames_new(const struct sx_index *idx, size_t budget, char *err, size_t errlen)
 {
@@ -126,6 +136,12 @@ struct sx_frames *sx_frames_new(const struct sx_index *idx, size_t budget, char 
 	pthread_cond_init(&f->ra_cond, NULL);
 	pthread_mutex_init(&f->fl_lock, NULL);
 	pthread_cond_init(&f->fl_done, NULL);
+	pthread_mutex_init(&f->first_lock, NULL);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&f->first_cond, &ca);
+	pthread_condattr_destroy(&ca);
 	for (uint32_t i = 0; i < layers; i++)
 		f->fds[i] = -1;
 	if (pthread_mutex_init(&f->lock, NULL) != 0)
@@ -401,7 +417,28 @@ static int fetch_demand(struct sx_frames *f, const struct sx_chunk *ch, bool unl
 	inflight_end(f, slot);
 	if (fetch && rc == 0 && ra < size)
 		readahead_push(f, ch->layer, ra, size - ra < f->ra_span ? size - ra : f->ra_span);
+	if (!atomic_load(&f->first_done)) {
+		pthread_mutex_lock(&f->first_lock);
+		atomic_store(&f->first_done, true);
+		pthread_cond_broadcast(&f->first_cond);
+		pthread_mutex_unlock(&f->first_lock);
+	}
 	return rc;
+}
+
+/* Until the first read's fetch is answered, or SX_HYDRATE_HOLD_MS, or shutdown. */
+static void hold_for_first_read(struct sx_frames *f)
+{
+	struct timespec until;
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_nsec += (long)SX_HYDRATE_HOLD_MS * 1000000L;
+	until.tv_sec += until.tv_nsec / 1000000000L;
+	until.tv_nsec %= 1000000000L;
+	pthread_mutex_lock(&f->first_lock);
+	while (!atomic_load(&f->first_done) && !atomic_load(&f->stop))
+		if (pthread_cond_timedwait(&f->first_cond, &f->first_lock, &until) == ETIMEDOUT)
+			break;
+	pthread_mutex_unlock(&f->first_lock);
 }
 
 static void lru_unlink(struct sx_frames *f, struct sx_entry *e)
@@ -859,6 +896,7 @@ static void *hydrate_main(void *p)
 		}
 	}
 	if (a.whole) {
+		hold_for_first_read(f);
 		/* Several GETs at a time: one stream leaves a high-latency link mostly idle. */
 		_Atomic bool *failed = calloc(n ? n : 1, sizeof(*failed));
 		struct hydrate_worker w[SX_HYDRATE_PARALLEL];
@@ -940,6 +978,9 @@ void sx_frames_free(struct sx_frames *f)
 	if (!f)
 		return;
 	atomic_store(&f->stop, true);
+	pthread_mutex_lock(&f->first_lock);
+	pthread_cond_broadcast(&f->first_cond);
+	pthread_mutex_unlock(&f->first_lock);
 	pthread_mutex_lock(&f->ra_lock);
 	pthread_cond_broadcast(&f->ra_cond);
 	pthread_mutex_unlock(&f->ra_lock);
@@ -968,6 +1009,8 @@ void sx_frames_free(struct sx_frames *f)
 	pthread_mutex_destroy(&f->ra_lock);
 	pthread_cond_destroy(&f->fl_done);
 	pthread_mutex_destroy(&f->fl_lock);
+	pthread_cond_destroy(&f->first_cond);
+	pthread_mutex_destroy(&f->first_lock);
 	for (struct sx_entry *e = f->head; e;) {
 		struct sx_entry *next = e->next;
 		entry_free(e);

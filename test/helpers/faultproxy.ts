@@ -87,6 +87,8 @@ export interface LogEntry {
   key: string;
   /** Status sent to the client, when a status line was sent. */
   status?: number;
+  /** The request's Range header, if any. */
+  range?: string;
   fault?: Fault['kind'];
   bytesIn: number;
   bytesOut: number;
@@ -356,7 +358,7 @@ export async function startFaultProxy(opts: FaultProxyOptions): Promise<FaultPro
     const key = parts.slice(1).map(decodeURIComponent).join('/');
     const method = req.method ?? 'GET';
     const info: RequestInfo = { n: ++n, op: classify(method, key, url.searchParams, req.headers), method, bucket, key, query: url.searchParams, headers: req.headers };
-    const entry: LogEntry = { n: info.n, op: info.op, method, key, bytesIn: 0, bytesOut: 0 };
+    const entry: LogEntry = { n: info.n, op: info.op, method, key, bytesIn: 0, bytesOut: 0, ...(req.headers.range ? { range: String(req.headers.range) } : {}) };
     log.push(entry);
     const fault = pick(info);
     if (fault) entry.fault = fault.kind;
