@@ -13,7 +13,7 @@ import { ensureLayerDirs } from '../restore/layers.js';
 import { access, mkdir, readFile, rm } from 'node:fs/promises';
 import { daemonRequest, ensureDaemon, listening } from '../restore/lazy/client.js';
 import { serveDetached, serverRecordPath } from '../restore/lazy/detached.js';
-import { directBlobs, presignSources, type PresignedSource, serverFetchOptions, unmountPath, writeIndexFile } from '../restore/lazy/mount.js';
+import { presignSources, servesAlone, type PresignedSource, serverFetchOptions, unmountPath, writeIndexFile } from '../restore/lazy/mount.js';
 import { daemonLog, fetchSocket, hostCacheDir, runDir } from '../restore/lazy/protocol.js';
 import { mountAt } from '../restore/overlay.js';
 import type { ObjectStore } from '../store/store.js';
@@ -97,15 +97,9 @@ export class LazyLowers implements Lowers {
     return { lowers: [...t.lowers, view], tailRoot: topRoot(t.tocs ?? []) };
   }
 
-  /**
-   * strata-fuse can serve the view without the daemon's fetcher when it reads every layer itself
-   * (zstd layers of a local store, or of an s3:// store with a URL for each).
-   * STRATA_DETACHED=0 keeps the daemon mounting it.
-   */
+  /** strata-fuse serves the view alone (servesAlone); STRATA_DETACHED=0 keeps the daemon mounting it. */
   private servesAlone(store: ObjectStore, ws: Workspace, presigned: PresignedSource[]): boolean {
-    if (process.env.STRATA_DETACHED === '0') return false;
-    const local = directBlobs(store, ws.viewed).length;
-    return local + presigned.length === ws.viewed.length && ws.viewed.length > 0;
+    return process.env.STRATA_DETACHED !== '0' && servesAlone(store, ws.viewed, presigned);
   }
 
   /**

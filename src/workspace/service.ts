@@ -242,16 +242,17 @@ export class WorkspaceService {
     const all = dir ? [await this.find(dir)].filter((w): w is Workspace => !!w) : await listWorkspaces(this.home);
     if (dir && all.length === 0) throw new WorkspaceNotFoundError(`${dir} is not a strata workspace`);
     const out: WorkspaceStatus[] = [];
-    const lazy = all.filter((w) => w.state.mode === 'lazy');
+    const mountedNow = await Promise.all(all.map((w) => w.isMounted()));
     // A mounted lazy workspace and no daemon: one is starting (a restore on a cold host mounts
     // before its daemon listens), or died; either way the daemon started now adopts the view.
-    const start = lazy.length > 0 && (await Promise.all(lazy.map((w) => w.isMounted()))).some(Boolean);
-    const reply = lazy.length ? await daemonRequest(this.home, { op: 'status' }, { start, env: this.daemonEnv }).catch(() => null) : null;
+    const anyLazy = all.some((w) => w.state.mode === 'lazy');
+    const start = all.some((w, i) => w.state.mode === 'lazy' && mountedNow[i]);
+    const reply = anyLazy ? await daemonRequest(this.home, { op: 'status' }, { start, env: this.daemonEnv }).catch(() => null) : null;
     const daemon = reply?.ok ? reply : null;
-    for (const w of all) {
+    for (const [i, w] of all.entries()) {
       const unsaved = await w.unsavedChanges();
       const lazy = daemon?.mounts.find((x) => x.workspace === w.state.id);
-      const mounted = await w.isMounted();
+      const mounted = mountedNow[i]!;
       out.push({
         ...(w.state.mode === 'lazy' && (mounted || lazy)
           ? {

@@ -83,7 +83,8 @@ export async function daemonRequest<R extends DaemonRequest>(
   opts: { start?: boolean; timeoutMs?: number; env?: Record<string, string> } = {},
 ): Promise<ReplyTo<R> | null> {
   const timeoutMs = opts.timeoutMs ?? 60_000;
-  const until = Date.now() + 15_000;
+  const started = Date.now();
+  const until = started + 15_000;
   for (;;) {
     let answer: ReplyTo<R> | undefined;
     try {
@@ -104,6 +105,6 @@ export async function daemonRequest<R extends DaemonRequest>(
     if (answer && !opts.start) return null;
     // A daemon starting up listens ~0.1 s after it was spawned: ask again soon (a connect to a
     // missing socket costs microseconds), then less often.
-    await new Promise((r) => setTimeout(r, Date.now() < until - 13_000 ? 5 : 50));
+    await new Promise((r) => setTimeout(r, Date.now() - started < 2000 ? 5 : 50));
   }
 }

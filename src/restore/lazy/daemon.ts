@@ -18,7 +18,7 @@ import { openStore } from '../../store/index.js';
 import type { ObjectStore } from '../../store/store.js';
 import { type FirstReads, firstReadsPath, listWorkspaces, lowerDir, mountIndexPath, prefetchPath, Workspace } from '../../workspace/workspace.js';
 import { Fetcher } from './fetcher.js';
-import { type LazyMount, mirrorPath, mountLazy, type PresignedSource, RENEW_MS, renewSources, unmountPath } from './mount.js';
+import { type LazyMount, mirrorPath, mountLazy, type PresignedSource, RENEW_MS, renewSources, serverFetchOptions, unmountPath } from './mount.js';
 import { isServerOf, readServerRecord, serverRecordPath } from './detached.js';
 import { trimMirrors } from './mirrors.js';
 import type { LayerDescriptor } from '../../format/reader.js';
@@ -97,16 +97,15 @@ async function main(home: string): Promise<void> {
     }
   }
   boot.step('pid file taken');
-  const deadlineMs = envCount('STRATA_FETCH_DEADLINE_MS', 1);
-  const readahead = envCount('STRATA_READAHEAD', 0);
+  // The same settings as a strata-fuse a restore starts itself (mount.ts).
+  const fetchOptions = serverFetchOptions();
   const cacheBytes = envCount('STRATA_CACHE_SIZE', 1) ?? 4 * 1024 ** 3;
   const fetcher = await Fetcher.start({
     socketPath: fetchSocket(home),
     cacheDir: hostCacheDir(home),
     cacheBytes,
     log,
-    ...(deadlineMs !== undefined ? { deadlineMs } : {}),
-    ...(readahead !== undefined ? { readahead } : {}),
+    ...fetchOptions,
   });
   boot.step('fetcher listening');
   const stores = new Map<string, ObjectStore>();
@@ -183,7 +182,7 @@ async function main(home: string): Promise<void> {
       runDir: join(ws.root, 'run'),
       fetcher,
       // strata-fuse's own fetches keep the daemon's settings (deadline, readahead).
-      fetcherOptions: { ...(deadlineMs !== undefined ? { deadlineMs } : {}), ...(readahead !== undefined ? { readahead } : {}) },
+      fetcherOptions: fetchOptions,
       onLog: (l) => log(`strata-fuse ${id}: ${l}`),
     });
     tr.step('strata-fuse ready');
@@ -573,8 +572,3 @@ if (process.argv[1] && import.meta.url.endsWith(process.argv[1].split('/').pop()
     process.exit(1);
   });
 }
-
-/**
- * A whole number from the daemon's environment (sizes, milliseconds), at least `min`; unset gives
- * undefined (the default applies), and so does a bad value, with a line in the daemon log.
- */

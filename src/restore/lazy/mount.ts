@@ -122,6 +122,15 @@ export function remoteLayers(store: ObjectStore, layers: LayerDescriptor[], enab
   return layers.flatMap((l, i) => (l.codec === 'zstd' ? [i] : []));
 }
 
+/**
+ * Does strata-fuse serve every layer itself (local blobs, or remote ones with URLs), so that it
+ * needs no fetcher: what lets a restore start it detached (detached.ts).
+ */
+export function servesAlone(store: ObjectStore, layers: LayerDescriptor[], presigned: readonly PresignedSource[], enabled = process.env.STRATA_DIRECT !== '0'): boolean {
+  const remote = remoteLayers(store, layers, enabled);
+  return layers.length > 0 && directBlobs(store, layers, enabled).length + remote.length === layers.length && remote.every((l) => presigned.some((p) => p.layer === l));
+}
+
 /** Presigned URLs (PRESIGN_SECONDS) of the layers remoteLayers names. */
 export function presignSources(store: ObjectStore, layers: LayerDescriptor[], enabled?: boolean): Promise<PresignedSource[]> {
   return Promise.all(remoteLayers(store, layers, enabled).map(async (layer) => ({ layer, url: await store.presignGet!(blobKey(layers[layer]!.digest), PRESIGN_SECONDS) })));
