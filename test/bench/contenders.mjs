@@ -196,7 +196,7 @@ export function strataBackup(ctx, lib) {
         const art = { handle, tag, size: kind === 'full' ? info.size : top.size, layers: info.layers.length, url: state.t.store.url, trace };
         // Called by the harness after the timing, with the store still open.
         const store = state.t.store;
-        if (kind === 'full' && info.index) art.measureIndex = async () => ({ ...(await indexBuildTime(lib, store, info)), rawSize: info.index.rawSize, size: info.index.size, inline: info.index.inline !== undefined, entries: info.layers.reduce((n, l) => n + l.entries, 0) });
+        if (kind === 'full' && info.index) art.measureIndex = async () => ({ ...(await indexBuildTime(lib, store, info)), rawSize: info.index.rawSize, size: info.index.size, inline: info.index.inline, entries: info.layers.reduce((n, l) => n + l.entries, 0) });
         return art;
       } finally {
         // Each measured operation starts with fresh sockets (the old store stays usable for measureIndex).
