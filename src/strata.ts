@@ -27,7 +27,7 @@ import type { CodecName, Toc, TocEntry } from './format/toc.js';
 import { buildView, type ViewNode } from './format/view.js';
 import { LayerWriter } from './format/writer.js';
 import { extractView, type ExtractStats } from './restore/extract.js';
-import { loadIndex } from './restore/index-source.js';
+import { loadIndex, pagedIndex } from './restore/index-source.js';
 import { defaultFuseBinary } from './restore/lazy/mount.js';
 import { removeLayerDir } from './restore/layers.js';
 import { fetchPrefetch, fetchToc } from './store/blobs.js';
@@ -38,8 +38,9 @@ import { type BackupHandle, checkDir, checkId, checkName, handleOf, isExpired, t
 import type { ObjectStore } from './store/store.js';
 import { pidAlive } from './util/process.js';
 import { span } from './util/trace.js';
+import { indexPageSize } from './util/env.js';
 import { WorkspaceService, type WorkspaceStatus } from './workspace/service.js';
-import { chainIndexPath, type Workspace } from './workspace/workspace.js';
+import { chainIndexPath, mountIndexPath, type Workspace } from './workspace/workspace.js';
 
 export type { WorkspaceStatus } from './workspace/service.js';
 
@@ -236,7 +237,7 @@ export class Strata {
         const previous = await incremental.loadCaptured();
         parent = { id: incremental.state.backupId, layers: incremental.state.layers, index: incremental.state.index, prefetch: incremental.state.prefetch };
         const p = parent;
-        base = () => parentChainView(this.store, p, chainIndexPath(incremental));
+        base = () => parentChainView(this.store, p, [chainIndexPath(incremental), mountIndexPath(incremental)]);
         layer = await this.writeLayer(dir, async (w) => {
           const r = await captureUpper({ upper: incremental.upper, merged: dir }, previous, w, { onWarning: (m) => this.warn(m) });
           captured = r.captured;
@@ -358,7 +359,7 @@ export class Strata {
    * refreshed for gc's grace). A small one rides inline in the manifest and is not uploaded.
    */
   private async putIndex(raw: Buffer): Promise<{ raw: Buffer; desc: IndexDescriptor }> {
-    const { blob, desc } = await packIndex(raw);
+    const { blob, desc } = await packIndex(raw, indexPageSize());
     if (desc.inline === undefined) await this.putBlob(blobKey(desc.digest), blob);
     return { raw, desc };
   }
@@ -496,8 +497,11 @@ export class Strata {
       // workspace the base of its next backup; both are fetched at once.
       const tocs = mode === 'extract' ? await Promise.all(m.layers.map((l) => fetchToc(this.store, l))) : undefined;
       // Lazy: the prefetch record too, in parallel (a bad one costs its prefetch only).
+      // Lazy from a paged index: its head (in the manifest) is all the mount needs; strata-fuse
+      // loads the pages.
+      const paged = mode === 'lazy' && m.index?.head !== undefined ? pagedIndex(m) : undefined;
       const [{ raw, index, layers: indexed }, prefetch] = await Promise.all([
-        loadIndex(this.store, m, tocs),
+        paged ?? loadIndex(this.store, m, tocs),
         mode === 'lazy' && m.prefetch
           ? fetchPrefetch(this.store, m.prefetch, m.layers).catch((err: Error) => {
               this.warn(`the prefetch record of backup ${m.id} is not used: ${err.message}`);
@@ -505,7 +509,7 @@ export class Strata {
             })
           : undefined,
       ]);
-      tr.step(`index (${raw.length} bytes)`);
+      tr.step(raw ? `index (${raw.length} bytes)` : 'index head');
       const r = await this.workspaces.prepare({
         backupId: m.id,
         layers: m.layers,
@@ -513,7 +517,7 @@ export class Strata {
         dir,
         mode,
         force: !!options.force,
-        index: { raw, root: index.rootEntry(), desc: m.index, layers: indexed },
+        index: { raw, head: paged?.head, root: paged?.head.root ?? index!.rootEntry(), desc: m.index, layers: indexed },
         ...(m.prefetch ? { prefetch: { desc: m.prefetch, ...(prefetch ? { raw: prefetch } : {}) } } : {}),
         ...(tocs ? { tocs } : {}),
       });

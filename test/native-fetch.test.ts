@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { Strata } from '../src/index.js';
@@ -18,7 +18,9 @@ import type { Toc } from '../src/format/toc.js';
 import { buildView, findNode } from '../src/format/view.js';
 import type { LayerDescriptor } from '../src/format/reader.js';
 import { defaultFuseBinary, type LazyMount, mirrorPath, mountLazy, type MountLazyOptions, unmountPath } from '../src/restore/lazy/mount.js';
-import { fetchToc } from '../src/store/blobs.js';
+import { fetchIndex, fetchToc } from '../src/store/blobs.js';
+import { decodeHead, packIndex, RestoreIndex } from '../src/format/restore-index.js';
+import { putManifest } from '../src/store/catalog.js';
 import type { S3Store } from '../src/store/s3.js';
 import { sys } from '../src/sys/native.js';
 import { need } from './helpers/caps.js';
@@ -345,6 +347,54 @@ describe.runIf(RUN)('strata-fuse fetching s3:// layers itself', () => {
         if (v === undefined) delete process.env[k];
         else process.env[k] = v;
       }
+    }
+  });
+
+  it('a paged index over s3://: strata-fuse GETs its pages with a presigned URL into the host cache, a torn page there is fetched again, and the whole index is written out', async () => {
+    const home = join(caseDir, 'home');
+    const ws = join(caseDir, 'ws');
+    const st0 = store();
+    const s = new Strata({ home, store: st0, mode: 'lazy', hydrate: false });
+    const { manifest: m } = await s.resolve((await s.listBackups())[0]!);
+    // The same backup with its index paged in 4 KiB pages (never inline).
+    const raw = await fetchIndex(st0, m.index!);
+    const { blob, desc } = await packIndex(raw, 4096, 0);
+    await st0.putBytes(blobKey(desc.digest), blob);
+    const id = m.id.slice(0, -4) + 'cccc';
+    await putManifest(st0, { ...m, id, index: desc });
+    const pages = decodeHead(Buffer.from(desc.head!, 'base64'), desc).pages;
+    // A page strata-fuse does not load before the mount (sx_index_warm: two at each section's
+    // start), already in the host cache's mirror but torn: it must be fetched again.
+    const ix = RestoreIndex.parse(raw);
+    const warm = new Set([0, ix.off.dirents, ix.off.xattrs, ix.off.strings].flatMap((o) => [Math.floor(o / 4096), Math.floor(o / 4096) + 1]));
+    const torn = [...pages.keys()].find((p) => !warm.has(p))!;
+    expect(torn).toBeDefined();
+    const mirror = mirrorPath(join(home, 'cache', 'chunks'), desc.digest);
+    await mkdir(dirname(mirror), { recursive: true });
+    const fh = await open(mirror, 'w');
+    await fh.truncate(desc.size);
+    await fh.write(Buffer.alloc(pages[torn]!.blobLength, 0x5a), 0, pages[torn]!.blobLength, pages[torn]!.blobOffset);
+    await fh.close();
+    proxy.reset();
+    try {
+      await s.restoreBackup(id, { dir: ws });
+      expect(diffTrees(await summarize(src), await summarize(ws))).toEqual([]);
+      const indexGets = proxy.log.filter((e) => e.op === 'GetObject' && e.key.endsWith(blobKey(desc.digest)));
+      // Every one a ranged GET, none refused: strata-fuse's, with the URL the restore presigned.
+      expect(indexGets.length).toBeGreaterThan(0);
+      expect(indexGets.every((e) => e.range !== undefined && e.status === 206)).toBe(true);
+      const start = pages[torn]!.blobOffset;
+      expect(indexGets.some((e) => Number(/bytes=(\d+)-(\d+)/.exec(e.range!)![1]) <= start && Number(/bytes=(\d+)-(\d+)/.exec(e.range!)![2]) >= start), 'the torn page fetched again').toBe(true);
+      const wsId = (await s.status(ws))[0]!.workspace;
+      let whole: Buffer | undefined;
+      for (let i = 0; i < 200 && !whole; i++) {
+        whole = await readFile(join(home, 'workspaces', wsId, 'mount.index')).catch(() => undefined);
+        if (!whole) await new Promise((r) => setTimeout(r, 50));
+      }
+      expect(whole?.equals(raw), 'strata-fuse wrote the whole index, verified').toBe(true);
+      expect((await readFile(mirror)).equals(blob), 'the mirror holds the blob').toBe(true);
+    } finally {
+      await s.unmount(ws, { discard: true }).catch(() => undefined);
     }
   });
 

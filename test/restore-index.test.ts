@@ -4,10 +4,10 @@
  * its TOCs give; a lazy restore reads the manifest and the index and nothing else (no TOC, in the
  * library nor in the daemon); a damaged, truncated or hostile index mounts nothing.
  */
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { chmod, cp, mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, cp, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -15,7 +15,8 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Strata, type BackupHandle } from '../src/index.js';
 import { blobKey } from '../src/format/reader.js';
 import { PREFETCH_LAYOUT } from '../src/format/prefetch.js';
-import { DIRENT_SIZE, encodeIndex, LAYOUT, NODE_SIZE, packIndex, RestoreIndex } from '../src/format/restore-index.js';
+import { decodeHead, DIRENT_SIZE, encodeIndex, HEADER_SIZE, LAYOUT, NODE_SIZE, packIndex, RestoreIndex } from '../src/format/restore-index.js';
+import { packSmall } from '../src/format/packed.js';
 import { MSG_HEADER_SIZE, REF_SIZE } from '../src/restore/lazy/fetcher.js';
 import { defaultFuseBinary } from '../src/restore/lazy/mount.js';
 import { indexFromTocs } from '../src/restore/index-source.js';
@@ -76,6 +77,16 @@ async function newCase(): Promise<Case> {
 async function manyFiles(dir: string, count = 1500): Promise<void> {
   for (let d = 0; d < 30; d++) await mkdir(join(dir, `pkg-${d}`, 'lib'), { recursive: true });
   for (let i = 0; i < count; i++) await writeFile(join(dir, `pkg-${i % 30}`, 'lib', `module-${i.toString(36)}-${(i * 7919).toString(16)}.js`), `module.exports = ${i};\n` + prng(i, 4 + (i % 200)).toString('hex'));
+}
+
+/** Backups made inside fn write their restore indexes in pages of kb KiB (STRATA_INDEX_PAGE_KB). */
+async function withPageKb<T>(kb: number, fn: () => Promise<T>): Promise<T> {
+  process.env.STRATA_INDEX_PAGE_KB = String(kb);
+  try {
+    return await fn();
+  } finally {
+    delete process.env.STRATA_INDEX_PAGE_KB;
+  }
 }
 
 async function manifestOf(c: Case, h: BackupHandle): Promise<Manifest> {
@@ -358,13 +369,19 @@ describe.runIf(LAZY)('lazy ready path', () => {
     await s.unmount(c.at('ws'), { discard: true });
   });
 
-  it('a tampered, truncated or missing index blob is refused with a clear error and nothing is mounted', async () => {
+  it('a tampered, truncated or missing single-frame index blob (older backups) is refused with a clear error and nothing is mounted', async () => {
     const c = await newCase();
     await manyFiles(c.at('src'), 1500);
     const s = c.strata({ mode: 'lazy' });
-    const h = await s.createBackup({ dir: c.at('src') });
-    const m = await manifestOf(c, h);
-    const blobPath = join(c.storeDir, ...blobKey(m.index!.digest).split('/'));
+    const h0 = await s.createBackup({ dir: c.at('src') });
+    const m0 = await manifestOf(c, h0);
+    // The index as strata wrote it before paged indexes: one zstd frame, fetched whole.
+    const { blob, desc } = await packSmall(await fetchIndex(c.store, m0.index!), 0);
+    expect(desc.inline).toBeUndefined();
+    await c.store.putBytes(blobKey(desc.digest), blob);
+    const m: Manifest = { ...m0, id: h0.id.slice(0, -4) + 'bbbb', index: desc };
+    await putManifest(c.store, m);
+    const blobPath = join(c.storeDir, ...blobKey(desc.digest).split('/'));
     const good = await readFile(blobPath);
     const flipped = Buffer.from(good);
     flipped[flipped.length >> 1]! ^= 0x01;
@@ -376,16 +393,151 @@ describe.runIf(LAZY)('lazy ready path', () => {
       if (bytes) await writeFile(blobPath, bytes);
       else await rm(blobPath);
       const target = c.at(`ws-${what}`);
-      const err = await s.restoreBackup(h, { dir: target }).catch((e: Error & { code?: string }) => e);
+      const err = await s.restoreBackup(m.id, { dir: target }).catch((e: Error & { code?: string }) => e);
       expect(err, what).toBeInstanceOf(Error);
       expect((err as Error).message, what).toMatch(msg);
       expect(mountsUnder(c.root), what).toEqual([]);
       expect(await s.status(), what).toEqual([]);
     }
     await writeFile(blobPath, good);
-    await s.restoreBackup(h, { dir: c.at('ws-good') });
+    await s.restoreBackup(m.id, { dir: c.at('ws-good') });
     expect(diffTrees(await summarize(c.at('src')), await summarize(c.at('ws-good')))).toEqual([]);
     await s.unmount(c.at('ws-good'), { discard: true });
+  });
+
+  it('a paged index: the restore fetches no page itself; a truncated or missing blob, or a damaged page the root needs, mounts nothing; a damaged page elsewhere fails only the reads that need it, never with wrong bytes', async () => {
+    const c = await newCase();
+    await manyFiles(c.at('src'), 1500);
+    const s = c.strata({ mode: 'lazy' });
+    const h = await withPageKb(4, () => s.createBackup({ dir: c.at('src') }));
+    const m = await manifestOf(c, h);
+    expect(m.index!.head, 'a large index is paged').toBeDefined();
+    const head = decodeHead(Buffer.from(m.index!.head!, 'base64'), m.index!);
+    expect(head.pages.length).toBeGreaterThan(40);
+    const blobPath = join(c.storeDir, ...blobKey(m.index!.digest).split('/'));
+    const good = await readFile(blobPath);
+    const flip = (page: number): Buffer => {
+      const b = Buffer.from(good);
+      const pg = head.pages[page]!;
+      b[pg.blobOffset + (pg.blobLength >> 1)]! ^= 0x01;
+      return b;
+    };
+    // The restoring process reads no byte of the index blob: strata-fuse loads its pages.
+    const probe = new ProbeStore(c.store);
+    await c.strata({ mode: 'lazy', probe }).restoreBackup(h, { dir: c.at('ws-probe') });
+    expect(probe.byteReads.map((g) => g.key)).not.toContain(blobKey(m.index!.digest));
+    expect(diffTrees(await summarize(c.at('src')), await summarize(c.at('ws-probe')))).toEqual([]);
+    await s.unmount(c.at('ws-probe'), { discard: true });
+
+    for (const [what, bytes, msg] of [
+      ['truncated', good.subarray(0, good.length - 1), /index blob is \d+ bytes, its head says \d+: truncated or replaced/],
+      ['missing', null, /index blob .*No such file/],
+      ['page 0 damaged', flip(0), /page 0 of the index does not match its digest/],
+    ] as Array<[string, Buffer | null, RegExp]>) {
+      if (bytes) await writeFile(blobPath, bytes);
+      else await rm(blobPath);
+      const err = await s.restoreBackup(h, { dir: c.at(`ws-${what.replace(/\W+/g, '-')}`) }).catch((e: Error) => e);
+      expect(err, what).toBeInstanceOf(Error);
+      expect((err as Error).message, what).toMatch(msg);
+      expect(mountsUnder(c.root), what).toEqual([]);
+      expect(await s.status(), what).toEqual([]);
+    }
+
+    // A page of nodes in the middle of the tree: the root and most files still serve.
+    const nodesPages = Math.ceil((HEADER_SIZE + head.nodeCount * NODE_SIZE) / head.pageSize);
+    const bad = Math.floor(nodesPages / 2);
+    await writeFile(blobPath, flip(bad));
+    const ws = c.at('ws-one-bad-page');
+    await s.restoreBackup(h, { dir: ws });
+    const src = await summarize(c.at('src'));
+    let failed = 0;
+    let served = 0;
+    // Every file of the source, by its path: a directory whose children sit in the damaged page
+    // fails its lookups too.
+    for (const d of await readdir(c.at('src'))) {
+      for (const f of await readdir(join(c.at('src'), d, 'lib'))) {
+        const got = await readFile(join(ws, d, 'lib', f)).catch((e: NodeJS.ErrnoException) => e);
+        if (got instanceof Error) {
+          expect(got.code, f).toBe('EIO');
+          failed++;
+        } else {
+          expect(createHash('sha256').update(got).digest('hex'), f).toBe(createHash('sha256').update(await readFile(join(c.at('src'), d, 'lib', f))).digest('hex'));
+          served++;
+        }
+      }
+    }
+    expect(failed, 'the damaged page fails the reads that need it').toBeGreaterThan(0);
+    expect(served, 'the others still serve').toBeGreaterThan(0);
+    expect(served + failed).toBe([...src.keys()].filter((k) => k.includes('/lib/')).length);
+    expect(await readFile(join(c.root, 'home', 'run', 'daemon.log'), 'utf8')).toMatch(new RegExp(`page ${bad} of the index does not match its digest`));
+    await s.unmount(ws, { discard: true });
+    await writeFile(blobPath, good);
+  });
+
+  it('a paged index: strata-fuse writes the whole index once it has every page; the daemon adopts the view and reports it; the next backup stacks on it without fetching the index', async () => {
+    const c = await newCase();
+    await manyFiles(c.at('src'), 1500);
+    const s = c.strata({ mode: 'lazy' });
+    const h = await withPageKb(4, () => s.createBackup({ dir: c.at('src') }));
+    const m = await manifestOf(c, h);
+    expect(m.index!.head).toBeDefined();
+    const ws = c.at('ws');
+    await s.restoreBackup(h, { dir: ws });
+    const st = (await s.status(ws))[0]!;
+    const mountIndex = join(c.root, 'home', 'workspaces', st.workspace, 'mount.index');
+    let written: Buffer | undefined;
+    for (let i = 0; i < 200 && !written; i++) {
+      written = await readFile(mountIndex).catch(() => undefined);
+      if (!written) await new Promise((r) => setTimeout(r, 50));
+    }
+    expect(written, 'strata-fuse wrote mount.index').toBeDefined();
+    expect(written!.equals(await fetchIndex(c.store, m.index!)), 'the index its pages make').toBe(true);
+    const lazy = (await s.status(ws))[0]!.lazy!;
+    expect(lazy.errors ?? []).toEqual([]);
+    expect(lazy.chunks).toBe(RestoreIndex.parse(written!).chunkCount);
+    await writeFile(join(ws, 'pkg-1', 'lib', 'edited.js'), 'edited\n');
+    const probe = new ProbeStore(c.store);
+    const next = await withPageKb(4, () => c.strata({ mode: 'lazy', probe }).createBackup({ dir: ws }));
+    expect(probe.gets.map((g) => g.key), 'the base came from mount.index').not.toContain(blobKey(m.index!.digest));
+    await s.restoreBackup(next, { dir: c.at('fork') });
+    expect(diffTrees(await summarize(ws), await summarize(c.at('fork')))).toEqual([]);
+    for (const d of [ws, c.at('fork')]) await s.unmount(d, { discard: true });
+  });
+
+  it('strata-fuse validates a paged index node by node: hostile contents fail the requests that reach them and the whole index is never written out', async () => {
+    const c = await newCase();
+    await makeBaseTree(c.at('src'));
+    const h = await c.strata().createBackup({ dir: c.at('src') });
+    const m = await manifestOf(c, h);
+    const raw = await fetchIndex(c.store, m.index!);
+    const mp = c.at('mnt');
+    await mkdir(mp);
+    await mkdir(c.at('cache'));
+    const layers = RestoreIndex.parse(raw).layerCount;
+    for (const [what, hostile, msg] of hostileIndexes(raw).filter(([w]) => !/header|version/.test(w))) {
+      const { blob, desc } = await packIndex(hostile, 4096, 0);
+      expect(desc.head, what).toBeDefined();
+      await writeFile(c.at('x.blob'), blob);
+      await writeFile(c.at('x.head'), Buffer.from(desc.head!, 'base64'));
+      await rm(c.at('x.index'), { force: true });
+      const child = spawn(defaultFuseBinary(), ['--index-head', c.at('x.head'), '--index-out', c.at('x.index'), '--blob', `${layers}=${c.at('x.blob')}`, '--cache', c.at('cache'), '--socket', c.at('none.sock'), '--ready-fd', '3', '--foreground', mp], { stdio: ['ignore', 'ignore', 'pipe', 'pipe'] });
+      let stderr = '';
+      child.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
+      const ready = await new Promise<boolean>((res) => {
+        child.stdio[3]!.on('data', () => res(true));
+        child.on('exit', () => res(false));
+      });
+      if (ready) {
+        // Mounted: the root passed. Walking everything reaches the hostile node and fails there.
+        const walk = await run('sh', ['-c', `find ${mp} -type f -exec cat {} + > /dev/null`]).then(() => 'ok', () => 'failed');
+        expect(walk, what).toBe('failed');
+        await run('umount', [mp]);
+        await new Promise((res) => (child.exitCode !== null ? res(null) : child.on('exit', res)));
+      }
+      expect(stderr, what).toMatch(msg);
+      expect(mountsUnder(mp), what).toEqual([]);
+      expect(await stat(c.at('x.index')).then(() => true, () => false), `${what}: no whole index written`).toBe(false);
+    }
   });
 
   it('an index whose digest matches but whose contents are hostile is refused by strata-fuse', async () => {

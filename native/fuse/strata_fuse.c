@@ -62,11 +62,30 @@ struct sx_ctx {
 	atomic_bool no_open;        /* the kernel can skip OPEN/RELEASE (FUSE_CAP_NO_OPEN_SUPPORT) */
 	atomic_bool no_opendir;     /* ... and OPENDIR/RELEASEDIR */
 	bool debug;
+	const char *index_out;      /* --index-out: where a paged index is written whole once loaded */
+	atomic_bool loader_done;    /* the paged index's background loader has returned */
 };
 
 static struct sx_ctx *ctx_of(fuse_req_t req)
 {
 	return fuse_req_userdata(req);
+}
+
+/*
+ * The node a request names, validated (a paged index loads its pages first);
+ * NULL once the request is answered with the error.
+ */
+static const struct sx_node *get_node(struct sx_ctx *c, fuse_req_t req, fuse_ino_t ino)
+{
+	const struct sx_node *n;
+	char why[256];
+	int rc = sx_index_get(&c->idx, ino, &n, why, sizeof(why));
+	if (rc == 0)
+		return n;
+	if (rc == -EIO)
+		fprintf(stderr, "strata-fuse: inode %llu: %s\n", (unsigned long long)ino, why);
+	fuse_reply_err(req, -rc);
+	return NULL;
 }
 
 static void fill_stat(const struct sx_ctx *c, fuse_ino_t ino, const struct sx_node *n, struct stat *st)
@@ -120,11 +139,9 @@ static void sx_init(void *userdata, struct fuse_conn_info *conn)
 static void sx_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct sx_ctx *c = ctx_of(req);
-	const struct sx_node *dir = sx_index_node(&c->idx, parent);
-	if (!dir) {
-		fuse_reply_err(req, ENOENT);
+	const struct sx_node *dir = get_node(c, req, parent);
+	if (!dir)
 		return;
-	}
 	if ((dir->mode & S_IFMT) != S_IFDIR) {
 		fuse_reply_err(req, ENOTDIR);
 		return;
@@ -161,11 +178,9 @@ static void sx_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 {
 	(void)fi;
 	struct sx_ctx *c = ctx_of(req);
-	const struct sx_node *n = sx_index_node(&c->idx, ino);
-	if (!n) {
-		fuse_reply_err(req, ENOENT);
+	const struct sx_node *n = get_node(c, req, ino);
+	if (!n)
 		return;
-	}
 	struct stat st;
 	fill_stat(c, ino, n, &st);
 	fuse_reply_attr(req, &st, SX_TTL);
@@ -174,9 +189,11 @@ static void sx_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 static void sx_readlink(fuse_req_t req, fuse_ino_t ino)
 {
 	struct sx_ctx *c = ctx_of(req);
-	const struct sx_node *n = sx_index_node(&c->idx, ino);
-	if (!n || (n->mode & S_IFMT) != S_IFLNK) {
-		fuse_reply_err(req, n ? EINVAL : ENOENT);
+	const struct sx_node *n = get_node(c, req, ino);
+	if (!n)
+		return;
+	if ((n->mode & S_IFMT) != S_IFLNK) {
+		fuse_reply_err(req, EINVAL);
 		return;
 	}
 	fuse_reply_readlink(req, sx_index_str(&c->idx, n->target_off));
@@ -185,9 +202,11 @@ static void sx_readlink(fuse_req_t req, fuse_ino_t ino)
 static void sx_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct sx_ctx *c = ctx_of(req);
-	const struct sx_node *n = sx_index_node(&c->idx, ino);
-	if (!n || (n->mode & S_IFMT) != S_IFDIR) {
-		fuse_reply_err(req, n ? ENOTDIR : ENOENT);
+	const struct sx_node *n = get_node(c, req, ino);
+	if (!n)
+		return;
+	if ((n->mode & S_IFMT) != S_IFDIR) {
+		fuse_reply_err(req, ENOTDIR);
 		return;
 	}
 	if (atomic_load(&c->no_opendir)) {
@@ -207,9 +226,11 @@ static void sx_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus)
 {
 	struct sx_ctx *c = ctx_of(req);
-	const struct sx_node *dir = sx_index_node(&c->idx, ino);
-	if (!dir || (dir->mode & S_IFMT) != S_IFDIR) {
-		fuse_reply_err(req, dir ? ENOTDIR : ENOENT);
+	const struct sx_node *dir = get_node(c, req, ino);
+	if (!dir)
+		return;
+	if ((dir->mode & S_IFMT) != S_IFDIR) {
+		fuse_reply_err(req, ENOTDIR);
 		return;
 	}
 	if (off < 0) {
@@ -277,11 +298,9 @@ static void sx_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 static void sx_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct sx_ctx *c = ctx_of(req);
-	const struct sx_node *n = sx_index_node(&c->idx, ino);
-	if (!n) {
-		fuse_reply_err(req, ENOENT);
+	const struct sx_node *n = get_node(c, req, ino);
+	if (!n)
 		return;
-	}
 	if ((n->mode & S_IFMT) == S_IFDIR) {
 		fuse_reply_err(req, EISDIR);
 		return;
@@ -459,9 +478,11 @@ static void sx_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 {
 	(void)fi;
 	struct sx_ctx *c = ctx_of(req);
-	const struct sx_node *n = sx_index_node(&c->idx, ino);
-	if (!n || (n->mode & S_IFMT) != S_IFREG) {
-		fuse_reply_err(req, n ? EISDIR : ENOENT);
+	const struct sx_node *n = get_node(c, req, ino);
+	if (!n)
+		return;
+	if ((n->mode & S_IFMT) != S_IFREG) {
+		fuse_reply_err(req, EISDIR);
 		return;
 	}
 	if (off < 0) {
@@ -552,9 +573,11 @@ static void sx_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, stru
 {
 	(void)fi;
 	struct sx_ctx *c = ctx_of(req);
-	const struct sx_node *n = sx_index_node(&c->idx, ino);
-	if (!n || (n->mode & S_IFMT) != S_IFREG) {
-		fuse_reply_err(req, n ? EINVAL : ENOENT);
+	const struct sx_node *n = get_node(c, req, ino);
+	if (!n)
+		return;
+	if ((n->mode & S_IFMT) != S_IFREG) {
+		fuse_reply_err(req, EINVAL);
 		return;
 	}
 	if (off < 0 || (whence != SEEK_DATA && whence != SEEK_HOLE)) {
@@ -605,11 +628,9 @@ static void sx_statfs(fuse_req_t req, fuse_ino_t ino)
 static void sx_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 {
 	struct sx_ctx *c = ctx_of(req);
-	const struct sx_node *n = sx_index_node(&c->idx, ino);
-	if (!n) {
-		fuse_reply_err(req, ENOENT);
+	const struct sx_node *n = get_node(c, req, ino);
+	if (!n)
 		return;
-	}
 	size_t len = strlen(name);
 	for (uint32_t k = 0; k < n->xattr_count; k++) {
 		const struct sx_xattr *x = &c->idx.xattrs[n->xattr_first + k];
@@ -629,11 +650,9 @@ static void sx_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 static void sx_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 {
 	struct sx_ctx *c = ctx_of(req);
-	const struct sx_node *n = sx_index_node(&c->idx, ino);
-	if (!n) {
-		fuse_reply_err(req, ENOENT);
+	const struct sx_node *n = get_node(c, req, ino);
+	if (!n)
 		return;
-	}
 	size_t total = 0;
 	for (uint32_t k = 0; k < n->xattr_count; k++)
 		total += c->idx.xattrs[n->xattr_first + k].name_len + 1;
@@ -663,10 +682,8 @@ static void sx_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 static void sx_access(fuse_req_t req, fuse_ino_t ino, int mask)
 {
 	struct sx_ctx *c = ctx_of(req);
-	if (!sx_index_node(&c->idx, ino)) {
-		fuse_reply_err(req, ENOENT);
+	if (!get_node(c, req, ino))
 		return;
-	}
 	/* Permission bits are checked by the kernel (default_permissions); only writes are ours to refuse. */
 	fuse_reply_err(req, (mask & W_OK) ? EROFS : 0);
 }
@@ -730,14 +747,16 @@ static int load_sources(struct sx_ctx *c, char *err, size_t errlen)
 			goto out;
 		}
 		*sp1 = *sp2 = '\0';
+		/* LAYER may be the slot after the last layer: a paged index's own blob. */
+		bool index_blob = c->idx.pager && parse_uint(line, UINT32_MAX, &layer) && layer == SX_INDEX_SLOT(&c->idx);
 		if (!parse_uint(line, UINT32_MAX, &layer) || !parse_uint(sp1 + 1, ULONG_MAX, &size) ||
-		    layer >= c->idx.hdr->layer_count) {
+		    (layer >= c->idx.hdr->layer_count && !index_blob) || (index_blob && size != sx_index_blob_size(&c->idx))) {
 			snprintf(err, errlen, "sources %s line %u: bad layer or size", c->sources, lineno);
 			goto out;
 		}
 		char name[6 + 65];
 		memcpy(name, "blobs/", 6);
-		hex32(c->idx.layers[layer].digest, name + 6);
+		hex32(index_blob ? sx_index_blob_digest(&c->idx) : c->idx.layers[layer].digest, name + 6);
 		if (sx_frames_add_remote(c->frames, (uint32_t)layer, c->cache_fd, name, size, sp2 + 1, err, errlen) < 0)
 			goto out;
 	}
@@ -758,9 +777,34 @@ static void renew_sources(void *user)
 		fprintf(stderr, "strata-fuse: renewing store URLs: %s\n", err);
 }
 
+/* The paged index's pages come from its blob, like a layer's frames (sx_frames_read). */
+static int read_index(void *user, uint64_t off, uint64_t len, void *buf, int flags, char *why, size_t whylen)
+{
+	struct sx_ctx *c = user;
+	return sx_frames_read(c->frames, SX_INDEX_SLOT(&c->idx), off, len, buf, (flags & SX_READ_DEMAND) != 0,
+			      (flags & SX_READ_REFETCH) != 0, why, whylen);
+}
+
+/*
+ * The paged index's background loader (the root's pages are loaded before the
+ * mount, sx_index_warm): every page in order; once all are
+ * loaded and valid, the whole index goes to --index-out for the control plane.
+ * Requests never wait for it: each loads the pages it needs itself.
+ */
+static void *load_index(void *arg)
+{
+	struct sx_ctx *c = arg;
+	char err[512];
+	if (sx_index_load_all(&c->idx, c->index_out, err, sizeof(err)) < 0)
+		fprintf(stderr, "strata-fuse: loading the whole index: %s (pages still load as requests need them)\n", err);
+	atomic_store(&c->loader_done, true);
+	return NULL;
+}
+
 static void usage(FILE *to)
 {
-	fprintf(to, "usage: strata-fuse --index FILE --cache DIR --socket PATH [--timeout-ms N] [--threads N]\n"
+	fprintf(to, "usage: strata-fuse (--index FILE | --index-head FILE [--index-out FILE]) --cache DIR --socket PATH\n"
+		    "                   [--timeout-ms N] [--threads N]\n"
 		    "                   [--blob LAYER=PATH]... [--sources FILE] [--hydrate] [--deadline-ms N]\n"
 		    "                   [--stall-ms N] [--readahead-kb N] [--async-readahead-kb N] [--prefetch FILE]\n"
 		    "                   [--frame-cache-mb N]\n"
@@ -818,6 +862,12 @@ static int print_layout(void)
 	SX_RECORD("layer", sx_layer, false, SX_F(sx_layer, digest), SX_F(sx_layer, prefetch_off),
 		  SX_F(sx_layer, prefetch_len));
 	SX_RECORD("digest", sx_digest, false, SX_F(sx_digest, digest));
+	SX_RECORD("head", sx_head, false, SX_F(sx_head, magic), SX_F(sx_head, version), SX_F(sx_head, head_size),
+		  SX_F(sx_head, page_size), SX_F(sx_head, page_count), SX_F(sx_head, blob_size),
+		  SX_F(sx_head, stored_bytes), SX_F(sx_head, blob_digest), SX_F(sx_head, root_xattrs),
+		  SX_F(sx_head, root_xattr_bytes), SX_F(sx_head, index), SX_F(sx_head, root));
+	SX_RECORD("page", sx_page, false, SX_F(sx_page, digest), SX_F(sx_page, blob_off), SX_F(sx_page, blob_len),
+		  SX_F(sx_page, reserved));
 	SX_RECORD("msg", sx_msg, false, SX_F(sx_msg, magic), SX_F(sx_msg, type), SX_F(sx_msg, id),
 		  SX_F(sx_msg, count), SX_F(sx_msg, flags));
 	SX_RECORD("chunk_ref", sx_chunk_ref, false, SX_F(sx_chunk_ref, layer), SX_F(sx_chunk_ref, digest),
@@ -875,6 +925,7 @@ int main(int argc, char **argv)
 		{ "hydrate", no_argument, NULL, 'H' },          { "deadline-ms", required_argument, NULL, 'D' },
 		{ "stall-ms", required_argument, NULL, 'W' },   { "readahead-kb", required_argument, NULL, 'R' },
 		{ "prefetch", required_argument, NULL, 'p' },  { "async-readahead-kb", required_argument, NULL, 'A' },
+		{ "index-head", required_argument, NULL, 'I' }, { "index-out", required_argument, NULL, 'O' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *sources = NULL, *prefetch = NULL;
@@ -885,13 +936,15 @@ int main(int argc, char **argv)
 	const char *blob_path[SX_MAX_BLOBS];
 	unsigned nblobs = 0;
 	unsigned long frame_cache_mb = 64;
-	const char *index_path = NULL, *cache_dir = NULL, *socket_arg = NULL;
+	const char *index_path = NULL, *head_path = NULL, *index_out = NULL, *cache_dir = NULL, *socket_arg = NULL;
 	unsigned long timeout_ms = 60000, threads = 64, ready_fd = ULONG_MAX;
 	bool foreground = false, debug = false, die_with_parent = false;
 	int opt;
 	while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
 		switch (opt) {
 		case 'i': index_path = optarg; break;
+		case 'I': head_path = optarg; break;
+		case 'O': index_out = optarg; break;
 		case 'c': cache_dir = optarg; break;
 		case 's': socket_arg = optarg; break;
 		case 't':
@@ -958,7 +1011,7 @@ int main(int argc, char **argv)
 		default: usage(stderr); return 2;
 		}
 	}
-	if (!index_path || !cache_dir || !socket_arg || optind != argc - 1) {
+	if (!index_path == !head_path || !cache_dir || !socket_arg || optind != argc - 1 || (index_out && !head_path)) {
 		usage(stderr);
 		return 2;
 	}
@@ -992,10 +1045,13 @@ int main(int argc, char **argv)
 		if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
 			fprintf(stderr, "strata-fuse: cannot raise the open file limit: %s\n", strerror(errno));
 	}
-	if (sx_index_open(&ctx.idx, index_path, err, sizeof(err)) < 0) {
+	if ((index_path ? sx_index_open(&ctx.idx, index_path, err, sizeof(err))
+			: sx_index_open_paged(&ctx.idx, head_path, err, sizeof(err))) < 0) {
 		fprintf(stderr, "strata-fuse: %s\n", err);
 		return 1;
 	}
+	ctx.index_out = index_out;
+	atomic_init(&ctx.loader_done, true);
 	ctx.touched = calloc(ctx.idx.hdr->digest_count ? ctx.idx.hdr->digest_count : 1, sizeof(*ctx.touched));
 	socket_path = absolute(socket_arg);
 	if (!ctx.touched || !socket_path) {
@@ -1045,6 +1101,26 @@ int main(int argc, char **argv)
 			fprintf(stderr, "strata-fuse: %s; no prefetch\n", err);
 	}
 
+	if (ctx.idx.pager) {
+		if (!ctx.frames || !sx_frames_direct_slot(ctx.frames, SX_INDEX_SLOT(&ctx.idx))) {
+			fprintf(stderr, "strata-fuse: a paged index needs its blob: --blob %u=PATH or a sources line for slot %u\n",
+				SX_INDEX_SLOT(&ctx.idx), SX_INDEX_SLOT(&ctx.idx));
+			goto out;
+		}
+		sx_index_set_reader(&ctx.idx, read_index, &ctx);
+		uint32_t slot = SX_INDEX_SLOT(&ctx.idx);
+		if (sx_frames_blob_size(ctx.frames, slot) != sx_index_blob_size(&ctx.idx)) {
+			fprintf(stderr, "strata-fuse: the index blob is %llu bytes, its head says %llu: truncated or replaced\n",
+				(unsigned long long)sx_frames_blob_size(ctx.frames, slot),
+				(unsigned long long)sx_index_blob_size(&ctx.idx));
+			goto out;
+		}
+		if (sx_index_warm(&ctx.idx, err, sizeof(err)) < 0) {
+			fprintf(stderr, "strata-fuse: loading the index: %s\n", err);
+			goto out;
+		}
+	}
+
 	char opts[256];
 	snprintf(opts, sizeof(opts), "ro,default_permissions,fsname=strata,subtype=strata%s",
 		 geteuid() == 0 ? ",allow_other" : "");
@@ -1071,6 +1147,15 @@ int main(int argc, char **argv)
 	}
 
 	/* After daemonizing: a thread started before fork would not exist in the child. */
+	pthread_t loader;
+	if (ctx.idx.pager) {
+		atomic_store(&ctx.loader_done, false);
+		if (pthread_create(&loader, NULL, load_index, &ctx) != 0) {
+			atomic_store(&ctx.loader_done, true);
+			fprintf(stderr, "strata-fuse: cannot start the index loader: pages load on demand only\n");
+		} else
+			pthread_detach(loader);
+	}
 	if (ctx.http && sx_frames_hydrate(ctx.frames, 4u << 20, hydrate, err, sizeof(err)) < 0) {
 		fprintf(stderr, "strata-fuse: %s\n", err);
 		goto out;
@@ -1095,6 +1180,8 @@ out:
 	if (se)
 		fuse_session_destroy(se);
 	sx_fetch_free(ctx.fetch);
+	if (!atomic_load(&ctx.loader_done))
+		return status; /* the loader still reads through frames and the index: both go with the process */
 	sx_frames_free(ctx.frames);
 	sx_http_free(ctx.http);
 	if (ctx.cache_fd >= 0)

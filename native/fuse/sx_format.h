@@ -121,6 +121,51 @@ _Static_assert(offsetof(struct sx_chunk, size) == 20 && offsetof(struct sx_chunk
 	       "chunk layout");
 _Static_assert(offsetof(struct sx_layer, prefetch_off) == 32, "layer layout");
 
+/* ---- paged index blob and its head ------------------------------------- */
+
+/*
+ * A restore index too large to ride in its manifest is stored paged: the index
+ * file above, cut into pages of page_size raw bytes (the last one shorter),
+ * each compressed as a zstd frame of its own, the frames back to back (so the
+ * blob still decompresses, as one stream, to the whole file). The head, which
+ * the manifest carries, says where each page's frame lies and what its raw
+ * bytes hash to: strata-fuse mounts with the head alone and loads a page when
+ * a request first needs it. Layout of the head: struct sx_head, then
+ * layer_count struct sx_layer (the index's own layer table), then page_count
+ * struct sx_page, then root_xattr_bytes of the root's xattrs (for the control
+ * plane: u32 name_len, u32 value_len, name, value, each record padded to 8).
+ */
+#define SX_HEAD_MAGIC "STRATAPG" /* 8 bytes, no NUL */
+#define SX_HEAD_VERSION 1u
+#define SX_PAGE_MIN 4096u
+#define SX_PAGE_MAX (16u << 20)
+
+struct sx_head {
+	char magic[8];
+	uint32_t version;
+	uint32_t head_size;        /* sizeof(struct sx_head) */
+	uint32_t page_size;        /* raw bytes per page: a power of two in [SX_PAGE_MIN, SX_PAGE_MAX] */
+	uint32_t page_count;
+	uint64_t blob_size;        /* the paged blob: every page's frame, back to back */
+	uint64_t stored_bytes;     /* sum of the chunk sizes (statfs) */
+	uint8_t blob_digest[32];   /* sha256 of the blob (its name in the store and the host cache) */
+	uint32_t root_xattrs;      /* records in the root xattr area */
+	uint32_t root_xattr_bytes;
+	struct sx_header index;    /* the index's header (the first bytes of page 0) */
+	struct sx_node root;       /* its node 0 (the root directory) */
+};
+
+struct sx_page {
+	uint8_t digest[32];        /* sha256 of the page's raw bytes */
+	uint64_t blob_off;         /* its zstd frame in the blob */
+	uint32_t blob_len;
+	uint32_t reserved;
+};
+
+_Static_assert(sizeof(struct sx_head) == 280, "head layout");
+_Static_assert(sizeof(struct sx_page) == 48, "page layout");
+_Static_assert(offsetof(struct sx_head, index) == 80 && offsetof(struct sx_head, root) == 192, "head layout");
+
 /* ---- fetcher socket ---------------------------------------------------- */
 
 #define SX_MSG_MAGIC 0x31465853u  /* "SXF1" */

@@ -120,15 +120,16 @@ struct sx_frames {
 struct sx_frames *sx_frames_new(const struct sx_index *idx, size_t budget, char *err, size_t errlen)
 {
 	struct sx_frames *f = calloc(1, sizeof(*f));
-	uint32_t layers = idx->hdr->layer_count, digests = idx->hdr->digest_count;
+	/* One slot past the layers: a paged index's own blob (SX_INDEX_SLOT). */
+	uint32_t layers = idx->hdr->layer_count + 1, digests = idx->hdr->digest_count;
 	if (!f)
 		goto nomem;
 	f->idx = idx;
 	f->budget = budget;
-	f->fds = malloc((layers ? layers : 1) * sizeof(*f->fds));
-	f->sizes = calloc(layers ? layers : 1, sizeof(*f->sizes));
+	f->fds = malloc(layers * sizeof(*f->fds));
+	f->sizes = calloc(layers, sizeof(*f->sizes));
 	f->table = calloc(digests ? digests : 1, sizeof(*f->table));
-	f->remote = calloc(layers ? layers : 1, sizeof(*f->remote));
+	f->remote = calloc(layers, sizeof(*f->remote));
 	if (!f->fds || !f->sizes || !f->table || !f->remote)
 		goto nomem;
 	pthread_mutex_init(&f->url_lock, NULL);
@@ -163,16 +164,25 @@ nomem:
 	return NULL;
 }
 
+/* A layer, or (paged index) SX_INDEX_SLOT: the index's blob. */
+static bool slot_ok(const struct sx_frames *f, uint32_t layer)
+{
+	return layer < f->idx->hdr->layer_count || (layer == SX_INDEX_SLOT(f->idx) && f->idx->pager);
+}
+
 int sx_frames_add_blob(struct sx_frames *f, uint32_t layer, const char *path, char *err, size_t errlen)
 {
-	if (layer >= f->idx->hdr->layer_count) {
+	if (!slot_ok(f, layer)) {
 		snprintf(err, errlen, "--blob %u=%s: the index has %u layers", layer, path, f->idx->hdr->layer_count);
 		return -1;
 	}
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	struct stat st;
 	if (fd < 0 || fstat(fd, &st) != 0) {
-		snprintf(err, errlen, "layer %u blob %s: %s", layer, path, strerror(errno));
+		if (layer == SX_INDEX_SLOT(f->idx))
+			snprintf(err, errlen, "the index blob %s: %s", path, strerror(errno));
+		else
+			snprintf(err, errlen, "layer %u blob %s: %s", layer, path, strerror(errno));
 		if (fd >= 0)
 			close(fd);
 		return -1;
@@ -182,6 +192,16 @@ int sx_frames_add_blob(struct sx_frames *f, uint32_t layer, const char *path, ch
 	f->fds[layer] = fd;
 	f->sizes[layer] = (uint64_t)st.st_size;
 	return 0;
+}
+
+uint64_t sx_frames_blob_size(const struct sx_frames *f, uint32_t slot)
+{
+	return f && slot_ok(f, slot) && f->fds[slot] >= 0 ? f->sizes[slot] : 0;
+}
+
+bool sx_frames_direct_slot(const struct sx_frames *f, uint32_t slot)
+{
+	return f && slot_ok(f, slot) && f->fds[slot] >= 0;
 }
 
 int sx_frames_direct(const struct sx_frames *f, uint32_t layer)
@@ -221,7 +241,7 @@ void sx_frames_on_refused(struct sx_frames *f, void (*renew)(void *user), void *
 int sx_frames_add_remote(struct sx_frames *f, uint32_t layer, int dirfd, const char *mirror, uint64_t size, const char *url,
 			 char *err, size_t errlen)
 {
-	if (layer >= f->idx->hdr->layer_count) {
+	if (!slot_ok(f, layer)) {
 		snprintf(err, errlen, "remote layer %u: the index has %u layers", layer, f->idx->hdr->layer_count);
 		return -1;
 	}
@@ -379,6 +399,7 @@ static int fetch_absent(struct sx_frames *f, uint32_t layer, uint64_t off, uint6
 }
 
 static int decode(struct sx_frames *f, const struct sx_chunk *ch, uint8_t **out, char *why, size_t whylen);
+static void first_fetch_done(struct sx_frames *f);
 
 /*
  * A read's fetch: its frame and up to readahead bytes after it, stopping at
@@ -417,13 +438,64 @@ static int fetch_demand(struct sx_frames *f, const struct sx_chunk *ch, bool unl
 	inflight_end(f, slot);
 	if (fetch && rc == 0 && ra < size)
 		readahead_push(f, ch->layer, ra, size - ra < f->ra_span ? size - ra : f->ra_span);
+	first_fetch_done(f);
+	return rc;
+}
+
+static void first_fetch_done(struct sx_frames *f)
+{
 	if (!atomic_load(&f->first_done)) {
 		pthread_mutex_lock(&f->first_lock);
 		atomic_store(&f->first_done, true);
 		pthread_cond_broadcast(&f->first_cond);
 		pthread_mutex_unlock(&f->first_lock);
 	}
-	return rc;
+}
+
+int sx_frames_read(struct sx_frames *f, uint32_t layer, uint64_t off, uint64_t len, void *buf, bool demand, bool refetch,
+		   char *why, size_t whylen)
+{
+	if (!slot_ok(f, layer) || f->fds[layer] < 0) {
+		snprintf(why, whylen, "no blob for slot %u", layer);
+		return -EIO;
+	}
+	int fd = f->fds[layer];
+	if (len > f->sizes[layer] || off > f->sizes[layer] - len) {
+		snprintf(why, whylen, "bytes %llu+%llu lie past the end of the %llu-byte blob", (unsigned long long)off,
+			 (unsigned long long)len, (unsigned long long)f->sizes[layer]);
+		return -EIO;
+	}
+	if (f->remote[layer].remote) {
+		int rc = 0;
+		if (demand) {
+			/* Like a read's frame: under the range's lock, so forks fetch it once. */
+			int slot = inflight_begin(f, layer, off, len, true);
+			if (lock_range(fd, off, len, F_WRLCK) != 0) {
+				snprintf(why, whylen, "locking the cache mirror: %s", strerror(errno));
+				inflight_end(f, slot);
+				return -EIO;
+			}
+			if (refetch || !present(fd, off, len))
+				rc = fetch_into_mirror(f, layer, off, len, why, whylen);
+			lock_range(fd, off, len, F_UNLCK);
+			inflight_end(f, slot);
+		} else
+			rc = refetch ? fetch_into_mirror(f, layer, off, len, why, whylen) : fetch_absent(f, layer, off, len, why, whylen);
+		if (rc < 0)
+			return rc;
+	}
+	size_t got = 0;
+	while (got < len) {
+		ssize_t r = pread(fd, (char *)buf + got, (size_t)(len - got), (off_t)(off + got));
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0) {
+			snprintf(why, whylen, "reading the blob: %s", r < 0 ? strerror(errno) : "shorter than it should be");
+			return -EIO;
+		}
+		got += (size_t)r;
+	}
+	return 0;
 }
 
 /* Until the first read's fetch is answered, or SX_HYDRATE_HOLD_MS, or shutdown. */
@@ -1000,7 +1072,7 @@ void sx_frames_free(struct sx_frames *f)
 			return; /* left to the exit */
 		pthread_join(f->hydrator, NULL);
 	}
-	for (uint32_t i = 0; i < f->idx->hdr->layer_count; i++)
+	for (uint32_t i = 0; i <= f->idx->hdr->layer_count; i++)
 		free(f->remote[i].url);
 	free(f->remote);
 	free(f->spans);
@@ -1016,7 +1088,7 @@ void sx_frames_free(struct sx_frames *f)
 		entry_free(e);
 		e = next;
 	}
-	for (uint32_t i = 0; i < f->idx->hdr->layer_count; i++)
+	for (uint32_t i = 0; i <= f->idx->hdr->layer_count; i++)
 		if (f->fds[i] >= 0)
 			close(f->fds[i]);
 	for (size_t i = 0; i < f->dctx.n; i++)

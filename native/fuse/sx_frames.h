@@ -36,6 +36,10 @@ struct sx_frames *sx_frames_new(const struct sx_index *idx, size_t budget, char 
  */
 int sx_frames_add_blob(struct sx_frames *f, uint32_t layer, const char *path, char *err, size_t errlen);
 int sx_frames_direct(const struct sx_frames *f, uint32_t layer);
+/* The size of a slot's blob (a local file's, or the remote size given), 0 if none. */
+uint64_t sx_frames_blob_size(const struct sx_frames *f, uint32_t slot);
+/* Like sx_frames_direct, for any slot (a layer or SX_INDEX_SLOT). */
+bool sx_frames_direct_slot(const struct sx_frames *f, uint32_t slot);
 
 /*
  * Serve layer `layer` from a remote blob of `size` bytes, fetched with ranged
@@ -80,6 +84,21 @@ int sx_frames_hydrate(struct sx_frames *f, size_t span, bool whole, char *err, s
  */
 int sx_frames_get(struct sx_frames *f, uint32_t ci, const struct sx_frame **out, char *why, size_t whylen);
 void sx_frames_put(struct sx_frames *f, const struct sx_frame *fr);
+
+/*
+ * A paged index's blob takes the slot after the last layer: sx_frames_add_blob
+ * or sx_frames_add_remote with SX_INDEX_SLOT(idx), read with sx_frames_read.
+ */
+#define SX_INDEX_SLOT(idx) ((idx)->hdr->layer_count)
+/*
+ * Bytes [off, off+len) of a blob (a layer or SX_INDEX_SLOT) into buf, fetched
+ * into the mirror first if it is remote and does not hold them (`refetch`:
+ * fetched even if it does, as what it holds did not verify). `demand`: a
+ * request waits for it (a read's class; else the background's). Unverified:
+ * the caller checks what it reads. 0, or -errno with a reason in why.
+ */
+int sx_frames_read(struct sx_frames *f, uint32_t layer, uint64_t off, uint64_t len, void *buf, bool demand, bool refetch,
+		   char *why, size_t whylen);
 
 /* Counters for the log line at exit: frames loaded, hits, bytes read from blobs. */
 void sx_frames_stats(struct sx_frames *f, uint64_t *loads, uint64_t *hits, uint64_t *bytes);

@@ -52,10 +52,11 @@ export function keptIndex(parent: Chain, added: LayerDescriptor): IndexDescripto
 }
 
 /** The parent chain's view for an incremental backup, by the cheapest way that is still exact. */
-export async function parentChainView(store: ObjectStore, parent: Chain, localIndex?: string): Promise<ChainView> {
+export async function parentChainView(store: ObjectStore, parent: Chain, localIndexes: string[] = []): Promise<ChainView> {
   const k = indexedLayers(parent.index, parent.layers.length);
   let base: ChainView | undefined;
-  if (localIndex) {
+  for (const localIndex of localIndexes) {
+    if (base) break;
     const raw = await readFile(localIndex).catch(() => undefined);
     if (raw) {
       try {

@@ -39,6 +39,23 @@ export const MAX_INDEX_SIZE = 1024 ** 3;
 export const MAX_FRAME_SIZE = 64 * 1024 * 1024;
 /** Indexes up to this many compressed bytes ride inside the manifest: no extra round trip. */
 export const INLINE_INDEX_MAX = 16 * 1024;
+/**
+ * Larger ones are stored paged (docs/format.md "Paged index"): pages of this many raw bytes, each
+ * its own zstd frame, and a head in the manifest that lets strata-fuse mount before any page is
+ * fetched. 256 KiB: about 1,200 entries and 60-80 kB over the wire per page; the head costs 48
+ * bytes per page (4 KiB for 100k entries). Measured in docs/format.md.
+ */
+export const INDEX_PAGE_SIZE = 256 * 1024;
+/** A page size to test or tune with: a power of two from 4 KiB to 16 MiB. */
+export function validPageSize(n: number): boolean {
+  return Number.isSafeInteger(n) && n >= 4096 && n <= 16 * 1024 * 1024 && (n & (n - 1)) === 0;
+}
+export const HEAD_MAGIC = 'STRATAPG';
+export const HEAD_VERSION = 1;
+export const HEAD_SIZE = 280;
+export const PAGE_SIZE = 48;
+/** The largest head a manifest may carry (base64 aside): ~1.3M pages, a 340 GB index. */
+export const MAX_HEAD_SIZE = 64 * 1024 * 1024;
 
 /**
  * Field offsets of every record, as the C side must have them: test/format.test.ts compares this
@@ -64,7 +81,13 @@ export const LAYOUT = {
   xattr: { size: XATTR_SIZE, offsets: { name_off: 0, value_off: 8, name_len: 16, value_len: 20 } },
   layer: { size: LAYER_SIZE, offsets: { digest: 0, prefetch_off: 32, prefetch_len: 40 } },
   digest: { size: DIGEST_SIZE, offsets: { digest: 0 } },
+  head: {
+    size: HEAD_SIZE,
+    offsets: { magic: 0, version: 8, head_size: 12, page_size: 16, page_count: 20, blob_size: 24, stored_bytes: 32, blob_digest: 40, root_xattrs: 72, root_xattr_bytes: 76, index: 80, root: 192 },
+  },
+  page: { size: PAGE_SIZE, offsets: { digest: 0, blob_off: 32, blob_len: 40, reserved: 44 } },
 } as const;
+const HD = LAYOUT.head.offsets;
 const H = LAYOUT.header.offsets;
 const N = LAYOUT.node.offsets;
 const C = LAYOUT.chunk.offsets;
@@ -329,7 +352,7 @@ export class RestoreIndex {
   readonly xattrCount: number;
   readonly layerCount: number;
   readonly digestCount: number;
-  private readonly off: { nodes: number; dirents: number; chunks: number; xattrs: number; layers: number; digests: number; strings: number; stringsSize: number };
+  readonly off: { nodes: number; dirents: number; chunks: number; xattrs: number; layers: number; digests: number; strings: number; stringsSize: number };
 
   private constructor(readonly buf: Buffer) {
     const b = buf;
@@ -481,6 +504,13 @@ export class RestoreIndex {
     return e;
   }
 
+  /** Bytes of file data the chunks hold (what statfs reports as used). */
+  storedBytes(): number {
+    let n = 0;
+    for (let k = 0; k < this.chunkCount; k++) n += this.buf.readUInt32LE(this.off.chunks + k * CHUNK_SIZE + C.size);
+    return n;
+  }
+
   /** The root directory's metadata (the workspace's upper root takes it). */
   rootEntry(): TocEntry {
     const { parent: _p, first: _f, count: _c, typeBits: _t, ...e } = this.node(0);
@@ -554,6 +584,11 @@ export interface IndexDescriptor {
   /** The compressed blob itself (base64), for small indexes: no extra round trip. */
   inline?: string;
   /**
+   * A paged blob's head (base64; sx_format.h struct sx_head and what follows it): where each page
+   * lies and its digest. A lazy restore mounts with it and fetches no page first.
+   */
+  head?: string;
+  /**
    * How many layers of the chain (bottom first) the index covers; absent: all. The layers above
    * (the tail: small incremental layers) are not in it; a lazy restore unpacks them whole.
    */
@@ -565,9 +600,166 @@ export function indexedLayers(desc: IndexDescriptor | undefined, chainLength: nu
   return desc?.layers ?? chainLength;
 }
 
-/** Compress an encoded index into its blob (one zstd frame). */
-export function packIndex(raw: Buffer): Promise<{ blob: Buffer; desc: IndexDescriptor }> {
-  return packSmall(raw, INLINE_INDEX_MAX);
+/**
+ * Compress an encoded index into its blob: one zstd frame inline in the manifest when that small,
+ * else paged (pages of INDEX_PAGE_SIZE raw bytes, a frame each, back to back) with its head.
+ */
+export async function packIndex(raw: Buffer, pageSize = INDEX_PAGE_SIZE, inlineMax = INLINE_INDEX_MAX): Promise<{ blob: Buffer; desc: IndexDescriptor }> {
+  if (!validPageSize(pageSize)) throw new InvalidLayerError(`index page size ${pageSize} is not a power of two from 4 KiB to 16 MiB`);
+  // Past 1 MiB raw nothing compresses to the inline limit: do not try.
+  if (raw.length <= 1024 * 1024 && inlineMax > 0) {
+    const small = await packSmall(raw, inlineMax);
+    if (small.desc.inline !== undefined) return small;
+  }
+  const zstd = codecFor('zstd', 3);
+  const frames: Buffer[] = [];
+  for (let off = 0; off < raw.length; off += pageSize) frames.push(await zstd.compress(raw.subarray(off, Math.min(raw.length, off + pageSize))));
+  const blob = Buffer.concat(frames);
+  const digest = createHash('sha256').update(blob).digest();
+  const ix = RestoreIndex.parse(raw);
+  const layerBytes = raw.subarray(ix.off.layers, ix.off.layers + ix.layerCount * LAYER_SIZE);
+  const root = ix.rootEntry();
+  const xattrs = (root.xattrs ?? []).map(([name, value]) => {
+    const n = Buffer.from(name, 'latin1');
+    const r = Buffer.alloc(align8(8 + n.length + value.length));
+    r.writeUInt32LE(n.length, 0);
+    r.writeUInt32LE(value.length, 4);
+    n.copy(r, 8);
+    value.copy(r, 8 + n.length);
+    return r;
+  });
+  const xattrBytes = xattrs.reduce((a, r) => a + r.length, 0);
+  const head = Buffer.alloc(HEAD_SIZE + layerBytes.length + frames.length * PAGE_SIZE + xattrBytes);
+  head.write(HEAD_MAGIC, 0, 'latin1');
+  head.writeUInt32LE(HEAD_VERSION, HD.version);
+  head.writeUInt32LE(HEAD_SIZE, HD.head_size);
+  head.writeUInt32LE(pageSize, HD.page_size);
+  head.writeUInt32LE(frames.length, HD.page_count);
+  head.writeBigUInt64LE(BigInt(blob.length), HD.blob_size);
+  head.writeBigUInt64LE(BigInt(ix.storedBytes()), HD.stored_bytes);
+  digest.copy(head, HD.blob_digest);
+  head.writeUInt32LE(xattrs.length, HD.root_xattrs);
+  head.writeUInt32LE(xattrBytes, HD.root_xattr_bytes);
+  raw.copy(head, HD.index, 0, HEADER_SIZE);
+  raw.copy(head, HD.root, ix.off.nodes, ix.off.nodes + NODE_SIZE);
+  let at = HEAD_SIZE;
+  layerBytes.copy(head, at);
+  at += layerBytes.length;
+  let blobOff = 0;
+  frames.forEach((f, p) => {
+    createHash('sha256').update(raw.subarray(p * pageSize, Math.min(raw.length, (p + 1) * pageSize))).digest().copy(head, at);
+    head.writeBigUInt64LE(BigInt(blobOff), at + 32);
+    head.writeUInt32LE(f.length, at + 40);
+    at += PAGE_SIZE;
+    blobOff += f.length;
+  });
+  for (const r of xattrs) {
+    r.copy(head, at);
+    at += r.length;
+  }
+  return { blob, desc: { digest: 'sha256:' + digest.toString('hex'), size: blob.length, rawSize: raw.length, head: head.toString('base64') } };
+}
+
+/** A paged index's head, decoded and checked (strata-fuse checks it again, in C). */
+export interface IndexHead {
+  pageSize: number;
+  /** Per page: its frame in the blob and the sha256 of its raw bytes. */
+  pages: Array<{ blobOffset: number; blobLength: number; digest: Buffer }>;
+  blobSize: number;
+  blobDigest: string;
+  rawSize: number;
+  nodeCount: number;
+  /** Chunk records of the index (what the daemon's status counts). */
+  chunkCount: number;
+  layers: IndexLayer[];
+  /** The root directory's metadata (the workspace's upper root takes it). */
+  root: TocEntry;
+  /** The head as strata-fuse reads it (--index-head). */
+  raw: Buffer;
+}
+
+/** desc: the manifest's descriptor the head must agree with (absent: a local copy, checked alone). */
+export function decodeHead(raw: Buffer, desc?: Pick<IndexDescriptor, 'digest' | 'size' | 'rawSize'>): IndexHead {
+  const bad = (why: string): never => {
+    throw new InvalidLayerError(`the restore index head in this manifest is damaged: ${why}`);
+  };
+  if (raw.length < HEAD_SIZE || raw.length > MAX_HEAD_SIZE || raw.toString('latin1', 0, 8) !== HEAD_MAGIC) bad('not an index head');
+  if (raw.readUInt32LE(HD.version) !== HEAD_VERSION || raw.readUInt32LE(HD.head_size) !== HEAD_SIZE) bad(`version ${raw.readUInt32LE(HD.version)}, expected ${HEAD_VERSION}`);
+  const pageSize = raw.readUInt32LE(HD.page_size);
+  const pageCount = raw.readUInt32LE(HD.page_count);
+  const blobSize = Number(raw.readBigUInt64LE(HD.blob_size));
+  const blobDigest = 'sha256:' + hexAt(raw, HD.blob_digest);
+  if (pageSize < 4096 || pageSize > 16 * 1024 * 1024 || (pageSize & (pageSize - 1)) !== 0) bad(`page size ${pageSize}`);
+  if (desc && (blobSize !== desc.size || blobDigest !== desc.digest)) bad('it names another blob than the manifest does');
+  // The index header, as page 0 starts: its own checks (sections inside rawSize).
+  const header = Buffer.alloc(HEADER_SIZE);
+  raw.copy(header, 0, HD.index, HD.index + HEADER_SIZE);
+  const rawSize = Number(header.readBigUInt64LE(H.total_size));
+  if ((desc && rawSize !== desc.rawSize) || rawSize > MAX_INDEX_SIZE || pageCount !== Math.ceil(rawSize / pageSize)) bad(`${pageCount} pages of ${pageSize} bytes for an index of ${rawSize}`);
+  const layerCount = header.readUInt32LE(H.layer_count);
+  const nodeCount = header.readUInt32LE(H.node_count);
+  const xattrCount = raw.readUInt32LE(HD.root_xattrs);
+  const xattrBytes = raw.readUInt32LE(HD.root_xattr_bytes);
+  const pagesAt = HEAD_SIZE + layerCount * LAYER_SIZE;
+  if (raw.length !== pagesAt + pageCount * PAGE_SIZE + xattrBytes) bad(`${raw.length} bytes`);
+  const layers: IndexLayer[] = [];
+  for (let i = 0; i < layerCount; i++) {
+    const r = HEAD_SIZE + i * LAYER_SIZE;
+    const blobLength = Number(raw.readBigUInt64LE(r + 40));
+    layers.push({ digest: 'sha256:' + hexAt(raw, r), ...(blobLength > 0 ? { prefetch: { blobOffset: Number(raw.readBigUInt64LE(r + 32)), blobLength } } : {}) });
+  }
+  const pages: IndexHead['pages'] = [];
+  let off = 0;
+  for (let p = 0; p < pageCount; p++) {
+    const r = pagesAt + p * PAGE_SIZE;
+    const blobOffset = Number(raw.readBigUInt64LE(r + 32));
+    const blobLength = raw.readUInt32LE(r + 40);
+    if (blobOffset !== off || blobLength === 0) bad(`page ${p} is not where the page before it ends`);
+    pages.push({ blobOffset, blobLength, digest: raw.subarray(r, r + 32) });
+    off += blobLength;
+  }
+  if (off !== blobSize) bad(`its pages add up to ${off} bytes, the blob has ${blobSize}`);
+  // The root: its node (with no strings) and the xattrs the head carries for it.
+  const rootNode = raw.subarray(HD.root, HD.root + NODE_SIZE);
+  const mode = rootNode.readUInt32LE(N.mode);
+  if ((mode & S_IFMT) !== S_IFDIR || rootNode.readUInt32LE(N.parent) !== 1) bad('its root is not a directory');
+  const root: TocEntry = {
+    path: '.',
+    type: 'dir',
+    mode: mode & 0o7777,
+    uid: rootNode.readUInt32LE(N.uid),
+    gid: rootNode.readUInt32LE(N.gid),
+    mtime: [Number(rootNode.readBigInt64LE(N.mtime_sec)), rootNode.readUInt32LE(N.mtime_nsec)],
+    size: 0,
+    headerOffset: 0,
+  };
+  const xattrs: Array<[string, Buffer]> = [];
+  let x = pagesAt + pageCount * PAGE_SIZE;
+  for (let k = 0; k < xattrCount; k++) {
+    if (x + 8 > raw.length) bad('its root xattrs are truncated');
+    const nl = raw.readUInt32LE(x);
+    const vl = raw.readUInt32LE(x + 4);
+    if (x + 8 + nl + vl > raw.length || nl === 0) bad('its root xattrs are truncated');
+    xattrs.push([raw.toString('latin1', x + 8, x + 8 + nl), Buffer.from(raw.subarray(x + 8 + nl, x + 8 + nl + vl))]);
+    x += align8(8 + nl + vl);
+  }
+  if (x !== raw.length) bad('bytes after its root xattrs');
+  if (xattrs.length !== rootNode.readUInt32LE(N.xattr_count)) bad('its root xattrs disagree with its root');
+  if (xattrs.length > 0) root.xattrs = xattrs;
+  return { pageSize, pages, blobSize, blobDigest, rawSize, nodeCount, chunkCount: header.readUInt32LE(H.chunk_count), layers, root, raw };
+}
+
+/** The whole index of a paged blob (verified page by page), for the control plane's own use. */
+export async function unpackPages(blob: Buffer, head: IndexHead, where: string): Promise<Buffer> {
+  const zstd = codecFor('zstd');
+  const raw = Buffer.allocUnsafe(head.rawSize);
+  for (const [p, pg] of head.pages.entries()) {
+    const len = Math.min(head.pageSize, head.rawSize - p * head.pageSize);
+    const page = await zstd.decompress(blob.subarray(pg.blobOffset, pg.blobOffset + pg.blobLength), len);
+    if (!createHash('sha256').update(page).digest().equals(pg.digest)) throw new DigestMismatchError(`page ${p} of restore index ${where} does not match its digest; the store holds a damaged or tampered index`);
+    page.copy(raw, p * head.pageSize);
+  }
+  return raw;
 }
 
 /**
@@ -579,7 +771,7 @@ export async function unpackIndex(blob: Buffer, desc: IndexDescriptor, where: st
   const got = 'sha256:' + createHash('sha256').update(blob).digest('hex');
   if (got !== desc.digest) throw new DigestMismatchError(`restore index ${where} has digest ${got}, expected ${desc.digest}; the store holds a damaged or tampered index`);
   if (desc.rawSize > MAX_INDEX_SIZE) throw new InvalidLayerError(`restore index ${where} claims ${desc.rawSize} bytes, more than the ${MAX_INDEX_SIZE} limit`);
-  const raw = await codecFor('zstd').decompress(blob, desc.rawSize);
+  const raw = desc.head !== undefined ? await unpackPages(blob, decodeHead(Buffer.from(desc.head, 'base64'), desc), where) : await codecFor('zstd').decompress(blob, desc.rawSize);
   RestoreIndex.parse(raw);
   return raw;
 }

@@ -4,7 +4,7 @@
  */
 import { InvalidLayerError } from '../errors.js';
 import type { LayerDescriptor } from '../format/reader.js';
-import { encodeIndex, type IndexDescriptor, indexedLayers, indexMatchesLayers, RestoreIndex } from '../format/restore-index.js';
+import { decodeHead, encodeIndex, type IndexDescriptor, type IndexHead, indexedLayers, indexMatchesLayers, RestoreIndex } from '../format/restore-index.js';
 import type { Toc } from '../format/toc.js';
 import { buildView } from '../format/view.js';
 import { fetchIndex, fetchToc } from '../store/blobs.js';
@@ -25,6 +25,20 @@ export function indexFromTocs(tocs: Toc[], layers: LayerDescriptor[]): Buffer {
     buildView(tocs),
     layers.map((l, i) => ({ digest: l.digest, prefetch: tocs[i]?.prefetch })),
   );
+}
+
+/**
+ * A paged index as a lazy restore takes it: the head the manifest carries, checked against the
+ * manifest's chain; nothing fetched (strata-fuse loads the pages).
+ */
+export function pagedIndex(chain: { layers: LayerDescriptor[]; index?: IndexDescriptor | undefined }): { raw: undefined; index: undefined; head: IndexHead; layers: number; from: 'manifest' } {
+  const desc = chain.index;
+  if (desc?.head === undefined) throw new InvalidLayerError('this backup has no paged restore index');
+  const head = decodeHead(Buffer.from(desc.head, 'base64'), desc);
+  const k = indexedLayers(desc, chain.layers.length);
+  const want = chain.layers.slice(0, k);
+  if (head.layers.length !== want.length || head.layers.some((l, i) => l.digest !== want[i]!.digest)) throw new InvalidLayerError('the restore index names other layers than its manifest; the store holds a damaged or tampered backup');
+  return { raw: undefined, index: undefined, head, layers: k, from: 'manifest' };
 }
 
 export async function loadIndex(store: ObjectStore, chain: { layers: LayerDescriptor[]; index?: IndexDescriptor | undefined }, tocs?: Toc[]): Promise<LoadedIndex> {

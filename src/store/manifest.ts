@@ -140,7 +140,7 @@ export function decodeManifest(buf: Buffer): Manifest {
     if (m.index.layers !== undefined && (m.index.layers < 1 || m.index.layers > m.layers.length)) bad(`index covers ${m.index.layers} layers of a chain of ${m.layers.length}`);
   }
   if (r.prefetch !== undefined) {
-    const { layers: _l, ...d } = indexDescriptor(r.prefetch);
+    const { layers: _l, head: _h, ...d } = indexDescriptor(r.prefetch);
     m.prefetch = d;
   }
   return m;
@@ -154,6 +154,12 @@ function indexDescriptor(v: unknown): IndexDescriptor {
   if (o.inline !== undefined) {
     if (typeof o.inline !== 'string' || !/^[A-Za-z0-9+/]*={0,2}$/.test(o.inline) || Buffer.from(o.inline, 'base64').length !== d.size) bad('index inline is not the base64 of size bytes');
     d.inline = o.inline;
+  }
+  if (o.head !== undefined) {
+    // Decoded and checked where it is used (decodeHead); here only its shape.
+    if (typeof o.head !== 'string' || o.head.length === 0 || !/^[A-Za-z0-9+/]*={0,2}$/.test(o.head)) bad('index head is not base64');
+    if (d.inline !== undefined) bad('an index is inline or paged, not both');
+    d.head = o.head;
   }
   if (o.layers !== undefined) d.layers = nat(o.layers, 'index layers');
   return d;

@@ -3,7 +3,7 @@
  * layer once per host into a layer directory; lazy asks the restore daemon to serve the workspace's
  * restore index with strata-fuse. The workspace service calls only this interface.
  */
-import { indexMatchesLayers, RestoreIndex } from '../format/restore-index.js';
+import { decodeHead, type IndexHead, indexMatchesLayers, RestoreIndex } from '../format/restore-index.js';
 import { loadIndex } from '../restore/index-source.js';
 import { relative } from 'node:path';
 import { BackupRestoreError } from '../errors.js';
@@ -13,11 +13,12 @@ import { ensureLayerDirs } from '../restore/layers.js';
 import { access, mkdir, readFile, rm } from 'node:fs/promises';
 import { daemonRequest, ensureDaemon, listening } from '../restore/lazy/client.js';
 import { serveDetached, serverRecordPath } from '../restore/lazy/detached.js';
-import { presignSources, servesAlone, type PresignedSource, serverFetchOptions, unmountPath, writeIndexFile } from '../restore/lazy/mount.js';
+import { type IndexBlob, presignSources, servesAlone, type PresignedSource, serverFetchOptions, unmountPath, writeIndexFile } from '../restore/lazy/mount.js';
 import { daemonLog, fetchSocket, hostCacheDir, runDir } from '../restore/lazy/protocol.js';
 import { mountAt } from '../restore/overlay.js';
+import { fetchIndex } from '../store/blobs.js';
 import type { ObjectStore } from '../store/store.js';
-import { lowerDir, mountIndexPath, prefetchPath, type Workspace, type WorkspaceMode } from './workspace.js';
+import { lowerDir, mountHeadPath, mountIndexPath, prefetchPath, type Workspace, type WorkspaceMode } from './workspace.js';
 
 /** What mounting a workspace's lowers gives the overlay. */
 export interface MountedLowers {
@@ -79,15 +80,16 @@ export class LazyLowers implements Lowers {
     tail?.catch(() => undefined);
     // The URLs strata-fuse fetches remote layers with, made here with the store this process has
     // loaded: the daemon need not load the AWS SDK before it can mount.
-    const sources = presignSources(store, ws.viewed);
-    sources.catch(() => undefined);
-    if (!opts.fresh) await this.checkIndex(ws, store);
-    const presigned = await sources.catch((err: Error) => {
+    const head = await this.viewIndex(ws, store, !!opts.fresh);
+    const indexBlob = head ? { digest: head.blobDigest, size: head.blobSize } : undefined;
+    const presigned = await presignSources(store, ws.viewed, undefined, indexBlob).catch((err: Error) => {
       this.warn(`cannot presign the layers of ${ws.state.dir} here (the restore daemon will): ${err.message}`);
       return undefined;
     });
-    if (presigned && this.servesAlone(store, ws, presigned)) await this.serveHere(ws, store, presigned);
+    if (presigned && this.servesAlone(store, ws, presigned, indexBlob)) await this.serveHere(ws, store, presigned, head);
     else {
+      // The daemon's strata-fuse serves from the whole index: a paged one is fetched whole first.
+      if (head) await this.wholeIndex(ws, store, head);
       const r = await daemonRequest(this.home, { op: 'mount', workspace: ws.state.id, hydrate: this.opts.hydrate, ...(presigned?.length ? { sources: presigned } : {}) }, { start: true, env: this.daemonEnv });
       if (!r?.ok) throw new BackupRestoreError(`lazy mount of ${ws.state.dir} failed: ${r ? r.error : 'no daemon'} (daemon log: ${daemonLog(this.home)})`);
     }
@@ -98,8 +100,8 @@ export class LazyLowers implements Lowers {
   }
 
   /** strata-fuse serves the view alone (servesAlone); STRATA_DETACHED=0 keeps the daemon mounting it. */
-  private servesAlone(store: ObjectStore, ws: Workspace, presigned: PresignedSource[]): boolean {
-    return process.env.STRATA_DETACHED !== '0' && servesAlone(store, ws.viewed, presigned);
+  private servesAlone(store: ObjectStore, ws: Workspace, presigned: PresignedSource[], indexBlob?: IndexBlob): boolean {
+    return process.env.STRATA_DETACHED !== '0' && servesAlone(store, ws.viewed, presigned, undefined, indexBlob);
   }
 
   /**
@@ -107,7 +109,7 @@ export class LazyLowers implements Lowers {
    * workspace is usable before a cold host's daemon has booted. The daemon adopts it: at once
    * when it listens, else from its start-up scan.
    */
-  private async serveHere(ws: Workspace, store: ObjectStore, presigned: PresignedSource[]): Promise<void> {
+  private async serveHere(ws: Workspace, store: ObjectStore, presigned: PresignedSource[], head?: IndexHead): Promise<void> {
     const mountpoint = lowerDir(ws);
     if (await mountAt(mountpoint)) await unmountPath(mountpoint); // a dead mount left by a crashed server
     await mkdir(mountpoint, { recursive: true });
@@ -118,6 +120,7 @@ export class LazyLowers implements Lowers {
       store,
       layers: ws.viewed,
       indexPath: mountIndexPath(ws),
+      ...(head ? { headPath: mountHeadPath(ws), indexBlob: { digest: head.blobDigest, size: head.blobSize } } : {}),
       mountpoint,
       cacheDir: hostCacheDir(this.home),
       socketPath: fetchSocket(this.home),
@@ -139,18 +142,41 @@ export class LazyLowers implements Lowers {
   }
 
   /**
-   * The workspace's mount.index must describe its mounted chain. A copy that is missing, torn (it
-   * is written unsynced) or from an older strata is rebuilt from the chain's TOCs.
+   * The index the view is served from: the whole one (mount.index; undefined is returned), or the
+   * head of a paged one (mount.head), whose strata-fuse loads the pages. A fresh workspace has the
+   * one its restore wrote. Otherwise mount.index wins when it describes the mounted chain (a
+   * strata-fuse wrote it once it had every page); a copy that is missing, torn (it is written
+   * unsynced) or from an older strata, with no usable head, is rebuilt from the chain's TOCs.
    */
-  private async checkIndex(ws: Workspace, store: ObjectStore): Promise<void> {
+  private async viewIndex(ws: Workspace, store: ObjectStore, fresh: boolean): Promise<IndexHead | undefined> {
+    const readHead = async (): Promise<IndexHead | undefined> => {
+      const raw = await readFile(mountHeadPath(ws)).catch(() => undefined);
+      if (!raw) return undefined;
+      try {
+        const head = decodeHead(raw);
+        return head.layers.length === ws.viewed.length && head.layers.every((l, i) => l.digest === ws.viewed[i]!.digest) ? head : undefined;
+      } catch {
+        return undefined;
+      }
+    };
+    if (fresh) return readHead();
     const path = mountIndexPath(ws);
     try {
-      if (indexMatchesLayers(RestoreIndex.parse(await readFile(path)), ws.viewed)) return;
+      if (indexMatchesLayers(RestoreIndex.parse(await readFile(path)), ws.viewed)) return undefined;
     } catch {
-      // rebuilt below
+      // the head, else rebuilt below
     }
+    const head = await readHead();
+    if (head) return head;
     const { raw } = await loadIndex(store, { layers: ws.viewed });
     await writeIndexFile(raw, path, { sync: false });
+    return undefined;
+  }
+
+  /** A paged index fetched whole (verified) into mount.index, for a view the daemon serves. */
+  private async wholeIndex(ws: Workspace, store: ObjectStore, head: IndexHead): Promise<void> {
+    const raw = await fetchIndex(store, { digest: head.blobDigest, size: head.blobSize, rawSize: head.rawSize, head: head.raw.toString('base64') });
+    await writeIndexFile(raw, mountIndexPath(ws), { sync: false });
   }
 
   async unmount(ws: Workspace): Promise<void> {

@@ -5,13 +5,13 @@
  * drop it), status. What lies below the upper comes from a Lowers implementation: extract (layer
  * directories) or lazy (the restore daemon); nothing else here knows the difference.
  */
-import { link, lstat, mkdir, writeFile } from 'node:fs/promises';
+import { link, lstat, mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { TargetNotEmptyError, UnsavedChangesError, WorkspaceNotFoundError } from '../errors.js';
 import type { Captured } from '../capture/upper.js';
 import type { LayerDescriptor } from '../format/reader.js';
 import type { PrefetchDescriptor } from '../format/prefetch.js';
-import type { IndexDescriptor } from '../format/restore-index.js';
+import type { IndexDescriptor, IndexHead } from '../format/restore-index.js';
 import type { Toc, TocEntry } from '../format/toc.js';
 import { daemonRequest } from '../restore/lazy/client.js';
 import type { FetcherStats } from '../restore/lazy/fetcher.js';
@@ -21,7 +21,7 @@ import { checkTarget, swapInto } from '../restore/target.js';
 import type { ObjectStore } from '../store/store.js';
 import { span } from '../util/trace.js';
 import { ExtractLowers, LazyLowers, type Lowers } from './lowers.js';
-import { chainIndexPath, findWorkspace, listWorkspaces, mountIndexPath, prefetchPath, Workspace, type WorkspaceMode } from './workspace.js';
+import { chainIndexPath, findWorkspace, listWorkspaces, mountHeadPath, mountIndexPath, prefetchPath, Workspace, type WorkspaceMode } from './workspace.js';
 
 export interface WorkspaceStatus {
   /** Lazy workspaces: what the restore daemon reports. */
@@ -58,11 +58,25 @@ export interface PrepareSpec {
    * The chain's restore index (bytes) and its descriptor, when the manifest has one, and how many
    * layers of the chain it covers (the rest is the chain's tail).
    */
-  index: { raw: Buffer; root: TocEntry; desc?: IndexDescriptor | undefined; layers: number };
+  index: { raw?: Buffer | undefined; head?: IndexHead | undefined; root: TocEntry; desc?: IndexDescriptor | undefined; layers: number };
   /** Extract: the layers' TOCs (layer directories are unpacked from them). */
   tocs?: Toc[];
   /** The backup's prefetch record: its descriptor, and (lazy) its verified bytes. */
   prefetch?: { desc: PrefetchDescriptor; raw?: Buffer };
+}
+
+/**
+ * The view's index as the restore has it: the whole index (mount.index), or a paged index's head
+ * (mount.head), whose strata-fuse writes mount.index once it has every page.
+ */
+async function writeIndex(ws: Workspace, ix: PrepareSpec['index']): Promise<void> {
+  if (ix.raw) {
+    await rm(mountHeadPath(ws), { force: true });
+    await writeIndexFile(ix.raw, mountIndexPath(ws), { sync: false });
+  } else if (ix.head) {
+    await rm(mountIndexPath(ws), { force: true });
+    await writeIndexFile(ix.head.raw, mountHeadPath(ws), { sync: false });
+  } else throw new Error('a restore needs the index or its head');
 }
 
 const sameLayers = (a: LayerDescriptor[], b: LayerDescriptor[]): boolean => a.length === b.length && a.every((l, i) => l.digest === b[i]!.digest);
@@ -117,7 +131,7 @@ export class WorkspaceService {
         // The index just fetched and verified replaces the local copy (unsynced, so a crash may
         // have torn it) when it describes the mounted chain; after a backup of the workspace the
         // mounted chain is the one it was restored from, and the lazy seam checks its copy.
-        if (sameLayers(old.state.mounted, spec.layers)) await writeIndexFile(spec.index.raw, mountIndexPath(old), { sync: false });
+        if (sameLayers(old.state.mounted, spec.layers)) await writeIndex(old, spec.index);
         await this.mounts(old, spec.store);
         return { recovered: true, mode: old.state.mode };
       }
@@ -152,8 +166,8 @@ export class WorkspaceService {
       // Not synced: a torn copy after a crash is refused by strata-fuse and rewritten by the
       // restore that recovers the workspace; a torn chain.index makes the next backup read the
       // parent's index from the store instead.
-      await writeIndexFile(spec.index.raw, mountIndexPath(ws), { sync: false });
-      await link(mountIndexPath(ws), chainIndexPath(ws));
+      await writeIndex(ws, spec.index);
+      if (spec.index.raw) await link(mountIndexPath(ws), chainIndexPath(ws));
       // Verified by the caller; strata-fuse and the daemon fetch its frames first.
       if (spec.prefetch?.raw) await writeFile(prefetchPath(ws), spec.prefetch.raw);
       tr.step('workspace created, index written');

@@ -263,6 +263,15 @@ export function mountIndexPath(ws: Workspace): string {
 }
 
 /**
+ * The head of the view's paged restore index (sx_format.h struct sx_head), when the view was
+ * restored from one: strata-fuse serves with it alone and writes mount.index once it has loaded
+ * every page.
+ */
+export function mountHeadPath(ws: Workspace): string {
+  return join(ws.root, 'mount.head');
+}
+
+/**
  * The restore index of the workspace's current chain (state.layers): the base its next backup
  * stacks the new layer on, so an incremental backup fetches no TOC of its parents.
  */

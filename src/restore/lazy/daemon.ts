@@ -12,13 +12,14 @@ import { open as openFile, mkdir, readFile, rm, writeFile } from 'node:fs/promis
 import { createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { decodePrefetch, MAX_PREFETCH_REFS, type PrefetchRef } from '../../format/prefetch.js';
-import { indexMatchesLayers, RestoreIndex, type ViewChunk } from '../../format/restore-index.js';
+import { decodeHead, indexMatchesLayers, RestoreIndex, type ViewChunk } from '../../format/restore-index.js';
 import { DeferredStore } from '../../store/deferred.js';
 import { openStore } from '../../store/index.js';
 import type { ObjectStore } from '../../store/store.js';
-import { type FirstReads, firstReadsPath, listWorkspaces, lowerDir, mountIndexPath, prefetchPath, Workspace } from '../../workspace/workspace.js';
+import { fetchIndex } from '../../store/blobs.js';
+import { type FirstReads, firstReadsPath, listWorkspaces, lowerDir, mountHeadPath, mountIndexPath, prefetchPath, Workspace } from '../../workspace/workspace.js';
 import { Fetcher } from './fetcher.js';
-import { type LazyMount, mirrorPath, mountLazy, type PresignedSource, RENEW_MS, renewSources, serverFetchOptions, unmountPath } from './mount.js';
+import { type LazyMount, mirrorPath, mountLazy, type PresignedSource, RENEW_MS, renewSources, serverFetchOptions, unmountPath, writeIndexFile } from './mount.js';
 import { isServerOf, readServerRecord, serverRecordPath } from './detached.js';
 import { trimMirrors } from './mirrors.js';
 import type { LayerDescriptor } from '../../format/reader.js';
@@ -203,16 +204,15 @@ async function main(home: string): Promise<void> {
     if (rec.mountpoint !== mountpoint || !(await isServerOf(rec.pid, mountpoint)) || !(await mountAt(mountpoint))) {
       throw new Error(`the strata-fuse that served workspace ${id} (pid ${rec.pid}) is gone; run 'strata unmount ${ws.state.dir}' then 'strata restore' to bring it back`);
     }
-    const ix = RestoreIndex.parse(await readFile(mountIndexPath(ws)));
-    if (!indexMatchesLayers(ix, ws.viewed)) throw new Error(`${mountIndexPath(ws)} does not describe the layers of workspace ${id}`);
-    const record = await readFile(prefetchPath(ws)).catch(() => undefined);
     const store = storeFor(ws.state.store);
+    const ix = await adoptedIndex(ws, store);
+    const record = await readFile(prefetchPath(ws)).catch(() => undefined);
     let stopped = false;
     // The URLs the restore made live a day: renewed hourly here (this loads the AWS SDK then).
     const renew =
-      rec.sources && rec.remote.length
+      rec.sources && (rec.remote.length || rec.indexBlob)
         ? setInterval(() => {
-            renewSources(store, ws.viewed, rec.remote, rec.sources!).catch((err: Error) => log(`renewing the presigned URLs of workspace ${id}: ${err.message}`));
+            renewSources(store, ws.viewed, rec.remote, rec.sources!, rec.indexBlob).catch((err: Error) => log(`renewing the presigned URLs of workspace ${id}: ${err.message}`));
           }, RENEW_MS).unref()
         : undefined;
     const gone = async (ms: number): Promise<boolean> => {
@@ -257,14 +257,15 @@ async function main(home: string): Promise<void> {
   });
 
   /** What follows a view coming up, whoever mounted it: status, hydration, the access record. */
-  const supervise = (id: string, ws: Workspace, ix: RestoreIndex, m: Served, hydrate: boolean, record: Buffer | undefined, store: ObjectStore): void => {
+  const supervise = (id: string, ws: Workspace, index: RestoreIndex | LoadingIndex, m: Served, hydrate: boolean, record: Buffer | undefined, store: ObjectStore): void => {
+    const ixReady = index instanceof RestoreIndex ? Promise.resolve(index) : index.ready;
     const tr = span(`daemon serve ${id}`);
     // An s3:// store loads the AWS SDK on first use (~0.2 s of this event loop). Layers the
     // fetcher serves need it for their first read: start it once the mount has been answered, not
     // while the mount comes up. Layers strata-fuse fetches itself need it only to renew their
     // URLs (hourly), which loads it then.
     if (store instanceof DeferredStore && m.direct.size < ws.viewed.length) setTimeout(() => (store as DeferredStore).preload(), 0);
-    const h: Held = { mount: m, layers: ws.viewed.length, mirrored: [], viewed: ws.viewed, nativeHydrate: hydrate && m.remote.size > 0, digests: undefined, local: 0, pending: ix.chunkCount, hydrating: hydrate, errors: [], abort: new AbortController() };
+    const h: Held = { mount: m, layers: ws.viewed.length, mirrored: [], viewed: ws.viewed, nativeHydrate: hydrate && m.remote.size > 0, digests: undefined, local: 0, pending: index.chunkCount, hydrating: hydrate, errors: [], abort: new AbortController() };
     held.set(id, h);
     m.onExit((why) => {
       if (held.get(id) === h && !exiting) {
@@ -289,6 +290,7 @@ async function main(home: string): Promise<void> {
         }, 250).unref();
       });
       await firstRead;
+      const ix = await ixReady;
       await new Promise((r) => setTimeout(r, 5));
       await fetcher.whenNoDemand();
       const chunks: ViewChunk[] = [];
@@ -334,7 +336,7 @@ async function main(home: string): Promise<void> {
       h.errors.push(`chunk list: ${err.message}`);
       h.hydrating = false;
     });
-    recordFirstReads(ws, ix, fetcher);
+    recordFirstReads(ws, ixReady, fetcher);
     trimNow();
   };
 
@@ -535,7 +537,51 @@ async function mirroredFrames(cacheDir: string, layers: LayerDescriptor[], frame
  * 10 s), in order, into first-reads.json; the workspace's next backup stores them as its prefetch
  * record (format/prefetch.ts), and a restore of it fetches them first.
  */
-function recordFirstReads(ws: Workspace, ix: RestoreIndex, fetcher: Fetcher): void {
+/** The index of a view whose strata-fuse is still loading it (a paged index): known in size only. */
+interface LoadingIndex {
+  chunkCount: number;
+  ready: Promise<RestoreIndex>;
+}
+
+/** How long an adoption waits for strata-fuse to write the whole index before fetching it itself. */
+const INDEX_WAIT_MS = 15_000;
+
+/**
+ * The index of a view being adopted: mount.index when it describes the view; else (a paged index
+ * whose strata-fuse has not loaded every page yet) the head's counts at once and the index once
+ * strata-fuse writes it, or, if it does not within INDEX_WAIT_MS, as fetched from the store.
+ * Answered without waiting: the restore that asked for the adoption is not held up by it.
+ */
+async function adoptedIndex(ws: Workspace, store: ObjectStore): Promise<RestoreIndex | LoadingIndex> {
+  const flat = async (): Promise<RestoreIndex | undefined> => {
+    try {
+      const ix = RestoreIndex.parse(await readFile(mountIndexPath(ws)));
+      return indexMatchesLayers(ix, ws.viewed) ? ix : undefined;
+    } catch {
+      return undefined;
+    }
+  };
+  const now = await flat();
+  if (now) return now;
+  const raw = await readFile(mountHeadPath(ws)).catch(() => undefined);
+  if (!raw) throw new Error(`${mountIndexPath(ws)} is missing or does not describe the layers of workspace ${ws.state.id}`);
+  const head = decodeHead(raw);
+  if (head.layers.length !== ws.viewed.length || head.layers.some((l, i) => l.digest !== ws.viewed[i]!.digest)) throw new Error(`${mountHeadPath(ws)} does not describe the layers of workspace ${ws.state.id}`);
+  const ready = (async () => {
+    for (const until = Date.now() + INDEX_WAIT_MS; Date.now() < until; ) {
+      await new Promise((r) => setTimeout(r, 50));
+      const ix = await flat();
+      if (ix) return ix;
+    }
+    const whole = await fetchIndex(store, { digest: head.blobDigest, size: head.blobSize, rawSize: head.rawSize, head: raw.toString('base64') });
+    await writeIndexFile(whole, mountIndexPath(ws), { sync: false });
+    return RestoreIndex.parse(whole);
+  })();
+  ready.catch(() => undefined);
+  return { chunkCount: head.chunkCount, ready };
+}
+
+function recordFirstReads(ws: Workspace, ixReady: Promise<RestoreIndex>, fetcher: Fetcher): void {
   const windowMs = envCount('STRATA_PRIORITY_WINDOW_MS', 1) ?? 10_000;
   // Digests are kept as they arrive; where they live is looked up only when the window closes, so
   // no walk of the index runs while the workload starts.
@@ -547,9 +593,11 @@ function recordFirstReads(ws: Workspace, ix: RestoreIndex, fetcher: Fetcher): vo
       order.push(hex);
     }
   });
-  setTimeout(() => {
+  setTimeout(async () => {
     off();
     if (order.length === 0) return;
+    const ix = await ixReady.catch(() => undefined);
+    if (!ix) return;
     const where = new Map<string, ViewChunk>();
     for (const c of ix.chunks()) {
       const hex = c.chunk.digest.slice(7);

@@ -15,7 +15,7 @@ import type { LayerDescriptor } from '../../format/reader.js';
 import type { ObjectStore } from '../../store/store.js';
 import { pidAlive } from '../../util/process.js';
 import type { FetcherOptions } from './fetcher.js';
-import { commonArgs, defaultFuseBinary, type PresignedSource, serverArgs, unmountPath, waitReady } from './mount.js';
+import { commonArgs, defaultFuseBinary, type IndexBlob, type PresignedSource, serverArgs, unmountPath, waitReady } from './mount.js';
 
 /** What a workspace's server.json says of the strata-fuse serving its view. */
 export interface ServerRecord {
@@ -28,12 +28,18 @@ export interface ServerRecord {
   remote: number[];
   hydrate: boolean;
   startedAt: string;
+  /** A paged index's blob, when strata-fuse loads the index's pages from it (renewed with the layers). */
+  indexBlob?: IndexBlob;
 }
 
 export interface ServeDetachedOptions {
   store: ObjectStore;
   layers: LayerDescriptor[];
+  /** Where the whole index is (flat), or, with headPath, where strata-fuse writes it once loaded. */
   indexPath: string;
+  /** A paged index: its head, and the blob its pages come from. */
+  headPath?: string | undefined;
+  indexBlob?: IndexBlob | undefined;
   mountpoint: string;
   /** The host cache (mirrors) and the daemon's fetcher socket, which may not listen yet. */
   cacheDir: string;
@@ -64,6 +70,7 @@ export async function readServerRecord(dir: string): Promise<ServerRecord | unde
   }
   if (v?.version !== 1 || !Number.isSafeInteger(v.pid) || v.pid <= 1 || typeof v.mountpoint !== 'string' || !Array.isArray(v.remote) || !v.remote.every((n) => Number.isSafeInteger(n) && n >= 0)) return undefined;
   if (v.sources !== undefined && typeof v.sources !== 'string') return undefined;
+  if (v.indexBlob !== undefined && (typeof v.indexBlob?.digest !== 'string' || !/^sha256:[0-9a-f]{64}$/.test(v.indexBlob.digest) || !Number.isSafeInteger(v.indexBlob.size))) return undefined;
   return v;
 }
 
@@ -85,13 +92,13 @@ export async function isServerOf(pid: number, mountpoint: string): Promise<boole
 export async function serveDetached(o: ServeDetachedOptions): Promise<ServerRecord> {
   const mountpoint = resolve(o.mountpoint);
   const sourcesPath = join(o.dir, 'sources');
-  const served = await serverArgs({ store: o.store, layers: o.layers, sourcesPath, hydrate: o.hydrate, prefetchPath: o.prefetchPath, presigned: o.presigned, fetcherOptions: o.fetcherOptions });
+  const served = await serverArgs({ store: o.store, layers: o.layers, sourcesPath, hydrate: o.hydrate, prefetchPath: o.prefetchPath, presigned: o.presigned, fetcherOptions: o.fetcherOptions, indexBlob: o.indexBlob });
   if (served.direct.size !== o.layers.length) {
     await rm(sourcesPath, { force: true });
     throw new BackupRestoreError(`a detached strata-fuse cannot serve ${mountpoint}: some of its layers need the restore daemon's fetcher`);
   }
   const timeoutMs = (o.fetcherOptions?.deadlineMs ?? 30_000) + 5_000;
-  const args = [...served.args, ...commonArgs({ indexPath: o.indexPath, cacheDir: o.cacheDir, socketPath: o.socketPath, timeoutMs, dieWithParent: false, mountpoint })];
+  const args = [...served.args, ...commonArgs({ indexPath: o.indexPath, headPath: o.headPath, cacheDir: o.cacheDir, socketPath: o.socketPath, timeoutMs, dieWithParent: false, mountpoint })];
   const log = await open(o.logPath, 'a', 0o600);
   let child;
   try {
@@ -120,6 +127,7 @@ export async function serveDetached(o: ServeDetachedOptions): Promise<ServerReco
     remote: served.remote,
     hydrate: o.hydrate,
     startedAt: new Date().toISOString(),
+    ...(o.indexBlob ? { indexBlob: o.indexBlob } : {}),
   };
   try {
     const tmp = `${serverRecordPath(o.dir)}.tmp-${randomBytes(6).toString('hex')}`;

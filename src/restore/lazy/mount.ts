@@ -87,10 +87,24 @@ export interface MountLazyOptions {
   presigned?: PresignedSource[];
 }
 
-/** A presigned GET URL of one layer blob (index position in the view's layers). */
+/**
+ * A presigned GET URL of one layer blob (index position in the view's layers), or of a paged
+ * index's blob (position: the view's layer count, the slot after its last layer).
+ */
 export interface PresignedSource {
   layer: number;
   url: string;
+}
+
+/** A paged restore index's blob: strata-fuse reads the pages from it (slot: the layer count). */
+export interface IndexBlob {
+  digest: string;
+  size: number;
+}
+
+/** Does strata-fuse fetch the index blob of this store over HTTP (else it reads the local file)? */
+function indexRemote(store: ObjectStore): boolean {
+  return !(store instanceof FileStore) && !!store.presignGet;
 }
 
 /** Presigned URLs live a day and are renewed every hour (R2 and S3 allow up to 7 days). */
@@ -126,21 +140,28 @@ export function remoteLayers(store: ObjectStore, layers: LayerDescriptor[], enab
  * Does strata-fuse serve every layer itself (local blobs, or remote ones with URLs), so that it
  * needs no fetcher: what lets a restore start it detached (detached.ts).
  */
-export function servesAlone(store: ObjectStore, layers: LayerDescriptor[], presigned: readonly PresignedSource[], enabled = process.env.STRATA_DIRECT !== '0'): boolean {
+export function servesAlone(store: ObjectStore, layers: LayerDescriptor[], presigned: readonly PresignedSource[], enabled = process.env.STRATA_DIRECT !== '0', index?: IndexBlob): boolean {
   const remote = remoteLayers(store, layers, enabled);
-  return layers.length > 0 && directBlobs(store, layers, enabled).length + remote.length === layers.length && remote.every((l) => presigned.some((p) => p.layer === l));
+  const indexServed = !index || (enabled && (store instanceof FileStore || (indexRemote(store) && presigned.some((p) => p.layer === layers.length))));
+  return layers.length > 0 && indexServed && directBlobs(store, layers, enabled).length + remote.length === layers.length && remote.every((l) => presigned.some((p) => p.layer === l));
 }
 
-/** Presigned URLs (PRESIGN_SECONDS) of the layers remoteLayers names. */
-export function presignSources(store: ObjectStore, layers: LayerDescriptor[], enabled?: boolean): Promise<PresignedSource[]> {
-  return Promise.all(remoteLayers(store, layers, enabled).map(async (layer) => ({ layer, url: await store.presignGet!(blobKey(layers[layer]!.digest), PRESIGN_SECONDS) })));
+/** Presigned URLs (PRESIGN_SECONDS) of the layers remoteLayers names, and of a paged index's blob. */
+export function presignSources(store: ObjectStore, layers: LayerDescriptor[], enabled?: boolean, index?: IndexBlob): Promise<PresignedSource[]> {
+  const layerUrls = remoteLayers(store, layers, enabled).map(async (layer) => ({ layer, url: await store.presignGet!(blobKey(layers[layer]!.digest), PRESIGN_SECONDS) }));
+  const indexUrl = index && (enabled ?? process.env.STRATA_DIRECT !== '0') && indexRemote(store) ? [store.presignGet!(blobKey(index.digest), PRESIGN_SECONDS).then((url) => ({ layer: layers.length, url }))] : [];
+  return Promise.all([...layerUrls, ...indexUrl]);
 }
 
-/** The sources file: "LAYER SIZE URL" per layer strata-fuse fetches itself (0600: URLs are credentials). */
-async function writeSources(store: ObjectStore, layers: LayerDescriptor[], remote: number[], path: string, given?: PresignedSource[]): Promise<void> {
-  const urls = given ?? (await presignSources(store, layers, true));
+/**
+ * The sources file: "LAYER SIZE URL" per layer strata-fuse fetches itself, and the paged index's
+ * blob at the slot after the last layer (0600: URLs are credentials).
+ */
+async function writeSources(store: ObjectStore, layers: LayerDescriptor[], remote: number[], path: string, given?: PresignedSource[], index?: IndexBlob): Promise<void> {
+  const urls = given ?? (await presignSources(store, layers, true, index));
   const byLayer = new Map(urls.map((u) => [u.layer, u.url]));
   const lines = remote.map((i) => `${i} ${layers[i]!.size} ${byLayer.get(i)!}\n`);
+  if (index && indexRemote(store)) lines.push(`${layers.length} ${index.size} ${byLayer.get(layers.length)!}\n`);
   const tmp = `${path}.tmp-${randomBytes(6).toString('hex')}`;
   await writeFile(tmp, lines.join(''), { mode: 0o600, flag: 'wx' });
   await rename(tmp, path);
@@ -234,6 +255,8 @@ export interface ServerArgsOptions {
   prefetchPath?: string | undefined;
   presigned?: PresignedSource[] | undefined;
   fetcherOptions?: FetcherOptions | undefined;
+  /** A paged index: strata-fuse reads its pages from this blob. */
+  indexBlob?: IndexBlob | undefined;
 }
 
 export interface ServerArgs {
@@ -255,10 +278,14 @@ export async function serverArgs(o: ServerArgsOptions): Promise<ServerArgs> {
   const remote = remoteLayers(o.store, o.layers, directOn);
   const direct = new Set([...blobs.map((b) => b.layer), ...remote]);
   const args: string[] = blobs.flatMap((b) => ['--blob', `${b.layer}=${b.path}`]);
-  if (remote.length > 0) {
+  const ix = o.indexBlob;
+  if (ix && o.store instanceof FileStore) args.push('--blob', `${o.layers.length}=${o.store.localPath(blobKey(ix.digest))}`);
+  const remoteIndex = !!ix && indexRemote(o.store);
+  if (remote.length > 0 || remoteIndex) {
     try {
-      const given = o.presigned && o.presigned.length === remote.length && o.presigned.every((p) => remote.includes(p.layer) && /^https?:\/\/\S+$/.test(p.url)) ? o.presigned : undefined;
-      await writeSources(o.store, o.layers, remote, o.sourcesPath, given);
+      const slots = remoteIndex ? [...remote, o.layers.length] : remote;
+      const given = o.presigned && o.presigned.length === slots.length && o.presigned.every((p) => slots.includes(p.layer) && /^https?:\/\/\S+$/.test(p.url)) ? o.presigned : undefined;
+      await writeSources(o.store, o.layers, remote, o.sourcesPath, given, ix);
     } catch (err) {
       throw new BackupRestoreError(`cannot make presigned URLs for ${o.store.url}: ${(err as Error).message}`, { cause: err });
     }
@@ -273,13 +300,15 @@ export async function serverArgs(o: ServerArgsOptions): Promise<ServerArgs> {
 }
 
 /** Presign the remote layers' URLs again into their sources file (strata-fuse re-reads it on 401/403). */
-export function renewSources(store: ObjectStore, layers: LayerDescriptor[], remote: number[], path: string): Promise<void> {
-  return writeSources(store, layers, remote, path);
+export function renewSources(store: ObjectStore, layers: LayerDescriptor[], remote: number[], path: string, index?: IndexBlob): Promise<void> {
+  return writeSources(store, layers, remote, path, undefined, index);
 }
 
 /** The rest of strata-fuse's command line: index, cache, fetcher socket, mountpoint. */
-export function commonArgs(o: { indexPath: string; cacheDir: string; socketPath: string; timeoutMs: number; threads?: number | undefined; dieWithParent: boolean; mountpoint: string }): string[] {
-  return ['--index', o.indexPath, '--cache', o.cacheDir, '--socket', o.socketPath, '--timeout-ms', String(o.timeoutMs), '--threads', String(o.threads ?? 64), '--ready-fd', '3', '--foreground', ...(o.dieWithParent ? ['--die-with-parent'] : []), o.mountpoint];
+export function commonArgs(o: { indexPath: string; headPath?: string | undefined; cacheDir: string; socketPath: string; timeoutMs: number; threads?: number | undefined; dieWithParent: boolean; mountpoint: string }): string[] {
+  // A paged index: the head, and where strata-fuse writes the whole index once it has every page.
+  const index = o.headPath ? ['--index-head', o.headPath, '--index-out', o.indexPath] : ['--index', o.indexPath];
+  return [...index, '--cache', o.cacheDir, '--socket', o.socketPath, '--timeout-ms', String(o.timeoutMs), '--threads', String(o.threads ?? 64), '--ready-fd', '3', '--foreground', ...(o.dieWithParent ? ['--die-with-parent'] : []), o.mountpoint];
 }
 
 /** Null once strata-fuse writes "ready" on fd 3 (its mount is live), else why it is not. */
