@@ -501,18 +501,19 @@ describe.runIf(LAZY)('lazy ready path', () => {
     expect(probe.gets.map((g) => g.key), 'the base came from mount.index').not.toContain(blobKey(m.index!.digest));
     await s.restoreBackup(next, { dir: c.at('fork') });
     expect(diffTrees(await summarize(ws), await summarize(c.at('fork')))).toEqual([]);
-    for (const d of [ws, c.at('fork')]) await s.unmount(d, { discard: true });
+    // A view the daemon serves (STRATA_DETACHED=0): the paged index is fetched whole first.
+    process.env.STRATA_DETACHED = '0';
+    try {
+      await s.restoreBackup(h, { dir: c.at('daemon-served') });
+    } finally {
+      delete process.env.STRATA_DETACHED;
+    }
+    expect(diffTrees(await summarize(c.at('src')), await summarize(c.at('daemon-served')))).toEqual([]);
+    for (const d of [ws, c.at('fork'), c.at('daemon-served')]) await s.unmount(d, { discard: true });
   });
 
   it('strata-fuse validates a paged index node by node: hostile contents fail the requests that reach them and the whole index is never written out', async () => {
-    const c = await newCase();
-    await makeBaseTree(c.at('src'));
-    const h = await c.strata().createBackup({ dir: c.at('src') });
-    const m = await manifestOf(c, h);
-    const raw = await fetchIndex(c.store, m.index!);
-    const mp = c.at('mnt');
-    await mkdir(mp);
-    await mkdir(c.at('cache'));
+    const { c, raw, mp } = await hostileCase();
     const layers = RestoreIndex.parse(raw).layerCount;
     for (const [what, hostile, msg] of hostileIndexes(raw).filter(([w]) => !/header|version/.test(w))) {
       const { blob, desc } = await packIndex(hostile, 4096, 0);
@@ -562,14 +563,7 @@ describe.runIf(LAZY)('lazy ready path', () => {
   });
 
   it('strata-fuse refuses hostile indexes before mounting: loops, bad names, out-of-range references, bad frames', async () => {
-    const c = await newCase();
-    await makeBaseTree(c.at('src'));
-    const h = await c.strata().createBackup({ dir: c.at('src') });
-    const m = await manifestOf(c, h);
-    const raw = await fetchIndex(c.store, m.index!);
-    const mp = c.at('mnt');
-    await mkdir(mp);
-    await mkdir(c.at('cache'));
+    const { c, raw, mp } = await hostileCase();
     for (const [what, hostile, msg] of hostileIndexes(raw)) {
       await writeFile(c.at('x.index'), hostile);
       const r = await run(defaultFuseBinary(), ['--index', c.at('x.index'), '--cache', c.at('cache'), '--socket', c.at('none.sock'), '--foreground', mp]).catch((e: { code: number; stderr: string }) => e);
@@ -579,6 +573,18 @@ describe.runIf(LAZY)('lazy ready path', () => {
     }
   });
 });
+
+/** A backup's index, a mountpoint and a cache directory, for strata-fuse to be handed hostile variants. */
+async function hostileCase(): Promise<{ c: Case; raw: Buffer; mp: string }> {
+  const c = await newCase();
+  await makeBaseTree(c.at('src'));
+  const h = await c.strata().createBackup({ dir: c.at('src') });
+  const raw = await fetchIndex(c.store, (await manifestOf(c, h)).index!);
+  const mp = c.at('mnt');
+  await mkdir(mp);
+  await mkdir(c.at('cache'));
+  return { c, raw, mp };
+}
 
 /** Variants of a valid index, each broken in one way a hostile store could choose. */
 function hostileIndexes(raw: Buffer): Array<[string, Buffer, RegExp]> {

@@ -795,7 +795,8 @@ static void *load_index(void *arg)
 {
 	struct sx_ctx *c = arg;
 	char err[512];
-	if (sx_index_load_all(&c->idx, c->index_out, err, sizeof(err)) < 0)
+	bool remote = sx_frames_remote(c->frames, SX_INDEX_SLOT(&c->idx));
+	if (sx_index_load_all(&c->idx, c->index_out, remote, err, sizeof(err)) < 0)
 		fprintf(stderr, "strata-fuse: loading the whole index: %s (pages still load as requests need them)\n", err);
 	atomic_store(&c->loader_done, true);
 	return NULL;

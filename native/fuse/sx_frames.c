@@ -199,6 +199,11 @@ uint64_t sx_frames_blob_size(const struct sx_frames *f, uint32_t slot)
 	return f && slot_ok(f, slot) && f->fds[slot] >= 0 ? f->sizes[slot] : 0;
 }
 
+bool sx_frames_remote(const struct sx_frames *f, uint32_t slot)
+{
+	return f && slot_ok(f, slot) && f->remote[slot].remote;
+}
+
 bool sx_frames_direct_slot(const struct sx_frames *f, uint32_t slot)
 {
 	return f && slot_ok(f, slot) && f->fds[slot] >= 0;

@@ -38,6 +38,8 @@ int sx_frames_add_blob(struct sx_frames *f, uint32_t layer, const char *path, ch
 int sx_frames_direct(const struct sx_frames *f, uint32_t layer);
 /* The size of a slot's blob (a local file's, or the remote size given), 0 if none. */
 uint64_t sx_frames_blob_size(const struct sx_frames *f, uint32_t slot);
+/* Is a slot's blob fetched over HTTP (a mirror), rather than a local file? */
+bool sx_frames_remote(const struct sx_frames *f, uint32_t slot);
 /* Like sx_frames_direct, for any slot (a layer or SX_INDEX_SLOT). */
 bool sx_frames_direct_slot(const struct sx_frames *f, uint32_t slot);
 

@@ -27,7 +27,7 @@
 #define SX_MAX_HEAD (64u << 20)
 #define SX_RUN_PAGES 32u            /* pages loaded with one read */
 #define SX_RUN_THREADS 8u           /* runs of one request loaded at once */
-#define SX_WARM_PAGES 8u            /* an index of at most this many pages is loaded whole before the mount */
+#define SX_WARM_PAGES 12u           /* an index of at most this many pages is loaded whole before the mount */
 
 enum { PG_ABSENT = 0, PG_LOADING = 1, PG_READY = 2 };
 enum { ND_UNKNOWN = 0, ND_VALID = 1, ND_BAD = 2 };
@@ -596,7 +596,7 @@ static int ensure_pages(struct sx_index *idx, uint32_t *list, size_t n, int flag
 		pthread_t tids[SX_RUN_THREADS];
 		bool started[SX_RUN_THREADS] = { false };
 		/* The first run on this thread, the others on threads of their own: one round trip for all. */
-		for (unsigned k = 1; k < njobs && (flags & SX_READ_DEMAND); k++)
+		for (unsigned k = 1; k < njobs && (flags & (SX_READ_DEMAND | SX_READ_PARALLEL)); k++)
 			started[k] = pthread_create(&tids[k], NULL, run_thread, &jobs[k]) == 0;
 		if (njobs > 0)
 			run_thread(&jobs[0]);
@@ -673,14 +673,21 @@ static void need_node(struct need *nd, const struct sx_index *idx, uint64_t ino)
 		need_bytes(nd, idx, idx->hdr->nodes_off + (ino - 1) * sizeof(struct sx_node), sizeof(struct sx_node));
 }
 
-static int flush_need(struct sx_index *idx, struct need *nd, char *why, size_t whylen)
+/* present_only: load nothing; 1 if a page is missing (the caller gives up), else 0. */
+static int flush_need(struct sx_index *idx, struct need *nd, bool present_only, char *why, size_t whylen)
 {
 	if (nd->oom) {
 		nd->oom = false;
 		nd->n = 0;
 		return fail(why, whylen, "out of memory");
 	}
-	int rc = ensure_pages(idx, nd->pages, nd->n, SX_READ_DEMAND, why, whylen);
+	int rc = 0;
+	if (present_only) {
+		for (size_t k = 0; k < nd->n && rc == 0; k++)
+			if (atomic_load(&idx->pager->pstate[nd->pages[k]]) != PG_READY)
+				rc = 1;
+	} else
+		rc = ensure_pages(idx, nd->pages, nd->n, SX_READ_DEMAND, why, whylen);
 	nd->n = 0;
 	return rc;
 }
@@ -690,13 +697,13 @@ static int flush_need(struct sx_index *idx, struct need *nd, char *why, size_t w
  * runs at once): the node; its parent and its xattr, dirent or chunk records;
  * the names, children and digests those records point to.
  */
-static int load_node(struct sx_index *idx, uint32_t i, char *why, size_t whylen)
+static int load_node(struct sx_index *idx, uint32_t i, bool present_only, char *why, size_t whylen)
 {
 	const struct sx_header *h = idx->hdr;
 	struct need nd = { 0 };
 	int rc;
 	need_node(&nd, idx, (uint64_t)i + 1);
-	if ((rc = flush_need(idx, &nd, why, whylen)) < 0)
+	if ((rc = flush_need(idx, &nd, present_only, why, whylen)) != 0)
 		goto out;
 	const struct sx_node *n = &idx->nodes[i];
 	uint32_t type = n->mode & S_IFMT;
@@ -714,7 +721,7 @@ static int load_node(struct sx_index *idx, uint32_t i, char *why, size_t whylen)
 			   (uint64_t)n->count * sizeof(struct sx_chunk));
 	else if (type == S_IFLNK)
 		need_string(&nd, idx, n->target_off, n->target_len);
-	if ((rc = flush_need(idx, &nd, why, whylen)) < 0)
+	if ((rc = flush_need(idx, &nd, present_only, why, whylen)) != 0)
 		goto out;
 	for (uint32_t k = 0; xa && k < n->xattr_count; k++) {
 		const struct sx_xattr *x = &idx->xattrs[n->xattr_first + k];
@@ -731,13 +738,14 @@ static int load_node(struct sx_index *idx, uint32_t i, char *why, size_t whylen)
 		if (dg < h->digest_count)
 			need_bytes(&nd, idx, h->digests_off + (uint64_t)dg * sizeof(struct sx_digest), sizeof(struct sx_digest));
 	}
-	rc = flush_need(idx, &nd, why, whylen);
+	rc = flush_need(idx, &nd, present_only, why, whylen);
 out:
 	free(nd.pages);
 	return rc;
 }
 
-int sx_index_get(struct sx_index *idx, uint64_t ino, const struct sx_node **out, char *why, size_t whylen)
+/* sx_index_get; present_only: validate only if every page the node needs is loaded (1 if not). */
+static int get_node(struct sx_index *idx, uint64_t ino, bool present_only, const struct sx_node **out, char *why, size_t whylen)
 {
 	if (ino == 0 || ino > idx->hdr->node_count)
 		return -ENOENT;
@@ -751,9 +759,9 @@ int sx_index_get(struct sx_index *idx, uint64_t ino, const struct sx_node **out,
 		fail(why, whylen, "node %u of the index breaks its rules (logged when first found)", i + 1);
 		return -EIO;
 	}
-	int rc = load_node(idx, i, why, whylen);
-	if (rc < 0)
-		return -EIO;
+	int rc = load_node(idx, i, present_only, why, whylen);
+	if (rc != 0)
+		return rc > 0 ? 1 : -EIO;
 	pthread_mutex_lock(&pg->vlock);
 	if (atomic_load(&pg->nstate[i]) == ND_UNKNOWN) {
 		rc = check_node(idx, i, pg->named, why, whylen);
@@ -785,11 +793,12 @@ int sx_index_warm(struct sx_index *idx, char *err, size_t errlen)
 			list[n++] = p;
 	} else {
 		/*
-		 * The encoder writes the root first in every section: its node and its children's
-		 * (nodes come breadth first), its dirents, their names. Two pages at each start.
+		 * The encoder writes the root and its children first in every section (nodes come
+		 * breadth first, records in node order, names and digests as first met): two pages
+		 * at each section's start hold the root, its children and theirs.
 		 */
 		uint32_t shift = (uint32_t)__builtin_ctz(pg->page_size);
-		uint64_t starts[] = { 0, h->dirents_off, h->xattrs_off, h->strings_off };
+		uint64_t starts[] = { 0, h->dirents_off, h->chunks_off, h->xattrs_off, h->digests_off, h->strings_off };
 		for (size_t k = 0; k < sizeof(starts) / sizeof(starts[0]); k++)
 			for (uint64_t p = starts[k] >> shift; p < pg->page_count && p <= (starts[k] >> shift) + 1; p++)
 				list[n++] = (uint32_t)p;
@@ -797,7 +806,24 @@ int sx_index_warm(struct sx_index *idx, char *err, size_t errlen)
 	if (ensure_pages(idx, list, n, SX_READ_DEMAND, err, errlen) < 0)
 		return -1;
 	const struct sx_node *root;
-	return sx_index_get(idx, 1, &root, err, errlen) < 0 ? -1 : 0;
+	if (sx_index_get(idx, 1, &root, err, errlen) < 0)
+		return -1;
+	/*
+	 * The root's children too, where the pages above hold all they need (nothing more is
+	 * loaded for them here): a first read of a file at the top waits for its data only.
+	 */
+	for (uint32_t k = 0; k < root->count; k++) {
+		const struct sx_node *n;
+		char why[256];
+		if (get_node(idx, idx->dirents[root->first + k].ino, true, &n, why, sizeof(why)) < 0)
+			fprintf(stderr, "strata-fuse: the index is refused below the root: %s\n", why);
+	}
+	return 0;
+}
+
+int sx_index_get(struct sx_index *idx, uint64_t ino, const struct sx_node **out, char *why, size_t whylen)
+{
+	return get_node(idx, ino, false, out, why, whylen);
 }
 
 static int write_all(int fd, const void *buf, size_t len)
@@ -814,7 +840,7 @@ static int write_all(int fd, const void *buf, size_t len)
 	return 0;
 }
 
-int sx_index_load_all(struct sx_index *idx, const char *out, char *err, size_t errlen)
+int sx_index_load_all(struct sx_index *idx, const char *out, bool parallel, char *err, size_t errlen)
 {
 	struct sx_pager *pg = idx->pager;
 	if (!pg)
@@ -824,7 +850,7 @@ int sx_index_load_all(struct sx_index *idx, const char *out, char *err, size_t e
 		size_t n = 0;
 		for (; p < pg->page_count && n < sizeof(list) / sizeof(list[0]); p++)
 			list[n++] = p;
-		if (ensure_pages(idx, list, n, 0, err, errlen) < 0)
+		if (ensure_pages(idx, list, n, parallel ? SX_READ_PARALLEL : 0, err, errlen) < 0)
 			return -1;
 	}
 	for (uint64_t ino = 1; ino <= idx->hdr->node_count; ino++) {

@@ -24,6 +24,8 @@
 /* Reader flags: DEMAND, a request waits for it (else background); REFETCH, the bytes held did not verify. */
 #define SX_READ_DEMAND 1
 #define SX_READ_REFETCH 2
+/* (ensure_pages only, never passed to the reader) separate runs on threads of their own. */
+#define SX_READ_PARALLEL 4
 /* Read [off, off+len) of the index blob into buf: 0, or -errno with a reason in why. */
 typedef int (*sx_index_read_fn)(void *user, uint64_t off, uint64_t len, void *buf, int flags, char *why, size_t whylen);
 
@@ -80,11 +82,12 @@ uint32_t sx_index_chunk_at(const struct sx_index *idx, const struct sx_node *fil
  */
 int sx_index_warm(struct sx_index *idx, char *err, size_t errlen);
 /*
- * Paged: load every page (background reads) and validate every node; then,
+ * Paged: load every page (background reads; `parallel`: runs at once, for a
+ * remote blob, where round trips and not the CPU bound it) and validate every node; then,
  * when out is set, write the whole index file there (atomically: a temporary
  * file renamed into place) for the control plane. 0, or -1 with a reason.
  */
-int sx_index_load_all(struct sx_index *idx, const char *out, char *err, size_t errlen);
+int sx_index_load_all(struct sx_index *idx, const char *out, bool parallel, char *err, size_t errlen);
 /* Paged: pages loaded so far, and in all. */
 void sx_index_pages(const struct sx_index *idx, uint32_t *loaded, uint32_t *total);
 

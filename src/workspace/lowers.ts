@@ -90,7 +90,9 @@ export class LazyLowers implements Lowers {
     else {
       // The daemon's strata-fuse serves from the whole index: a paged one is fetched whole first.
       if (head) await this.wholeIndex(ws, store, head);
-      const r = await daemonRequest(this.home, { op: 'mount', workspace: ws.state.id, hydrate: this.opts.hydrate, ...(presigned?.length ? { sources: presigned } : {}) }, { start: true, env: this.daemonEnv });
+      // The layers' URLs only: the daemon's strata-fuse reads the whole index from its file.
+      const layerUrls = presigned?.filter((p) => p.layer < ws.viewed.length);
+      const r = await daemonRequest(this.home, { op: 'mount', workspace: ws.state.id, hydrate: this.opts.hydrate, ...(layerUrls?.length ? { sources: layerUrls } : {}) }, { start: true, env: this.daemonEnv });
       if (!r?.ok) throw new BackupRestoreError(`lazy mount of ${ws.state.dir} failed: ${r ? r.error : 'no daemon'} (daemon log: ${daemonLog(this.home)})`);
     }
     const view = relative(this.home, lowerDir(ws));

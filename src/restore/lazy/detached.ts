@@ -100,6 +100,8 @@ export async function serveDetached(o: ServeDetachedOptions): Promise<ServerReco
   const timeoutMs = (o.fetcherOptions?.deadlineMs ?? 30_000) + 5_000;
   const args = [...served.args, ...commonArgs({ indexPath: o.indexPath, headPath: o.headPath, cacheDir: o.cacheDir, socketPath: o.socketPath, timeoutMs, dieWithParent: false, mountpoint })];
   const log = await open(o.logPath, 'a', 0o600);
+  // The log is shared: this strata-fuse's last words are what it writes after this offset.
+  const logFrom = (await log.stat()).size;
   let child;
   try {
     child = spawn(o.binary ?? defaultFuseBinary(), args, { stdio: ['ignore', 'ignore', log.fd, 'pipe'], detached: true });
@@ -114,8 +116,8 @@ export async function serveDetached(o: ServeDetachedOptions): Promise<ServerReco
     child.kill('SIGKILL');
     await unmountPath(mountpoint);
     await rm(sourcesPath, { force: true });
-    // Its last words are at the end of the (shared) log.
-    const said = (await readFile(o.logPath, 'utf8').catch(() => '')).split('\n').filter((l) => l.startsWith('strata-fuse')).slice(-3);
+    // Its last words: what strata-fuse processes wrote to the (shared) log since it started.
+    const said = (await readFile(o.logPath).catch(() => Buffer.alloc(0))).subarray(logFrom).toString('utf8').split('\n').filter((l) => l.startsWith('strata-fuse')).slice(-6);
     throw new BackupRestoreError(`strata-fuse could not mount ${mountpoint}: ${why}${said.length ? `\n${said.join('\n')}` : ''} (log: ${o.logPath})`);
   };
   if (ready !== null || child.pid === undefined) return fail(ready ?? 'no pid');
