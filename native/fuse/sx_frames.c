@@ -504,7 +504,7 @@ int sx_frames_read(struct sx_frames *f, uint32_t layer, uint64_t off, uint64_t l
 }
 
 /* Until the first read's fetch is answered, or SX_HYDRATE_HOLD_MS, or shutdown. */
-static void hold_for_first_read(struct sx_frames *f)
+void sx_frames_hold_for_first_read(struct sx_frames *f)
 {
 	struct timespec until;
 	clock_gettime(CLOCK_MONOTONIC, &until);
@@ -973,7 +973,7 @@ static void *hydrate_main(void *p)
 		}
 	}
 	if (a.whole) {
-		hold_for_first_read(f);
+		sx_frames_hold_for_first_read(f);
 		/* Several GETs at a time: one stream leaves a high-latency link mostly idle. */
 		_Atomic bool *failed = calloc(n ? n : 1, sizeof(*failed));
 		struct hydrate_worker w[SX_HYDRATE_PARALLEL];

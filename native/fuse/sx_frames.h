@@ -102,6 +102,13 @@ void sx_frames_put(struct sx_frames *f, const struct sx_frame *fr);
 int sx_frames_read(struct sx_frames *f, uint32_t layer, uint64_t off, uint64_t len, void *buf, bool demand, bool refetch,
 		   char *why, size_t whylen);
 
+/*
+ * Wait until the first read's fetch is answered (or SX_HYDRATE_HOLD_MS pass,
+ * or the frames stop): background transfers that would share the link with it
+ * (hydration, a paged index's background load) start after it.
+ */
+void sx_frames_hold_for_first_read(struct sx_frames *f);
+
 /* Counters for the log line at exit: frames loaded, hits, bytes read from blobs. */
 void sx_frames_stats(struct sx_frames *f, uint64_t *loads, uint64_t *hits, uint64_t *bytes);
 
