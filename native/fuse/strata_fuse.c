@@ -796,9 +796,12 @@ static void *load_index(void *arg)
 	struct sx_ctx *c = arg;
 	char err[512];
 	bool remote = sx_frames_remote(c->frames, SX_INDEX_SLOT(&c->idx));
-	/* Over a link, the first read's fetch goes alone (what a request needs it loads itself). */
-	if (remote)
-		sx_frames_hold_for_first_read(c->frames);
+	/*
+	 * Not while the restore finishes and the first reads run: over a link the first read's
+	 * fetch goes alone, and on two cores ~80 ms of decompressing, hashing and writing a large
+	 * index would compete with them (what a request needs, it loads itself meanwhile).
+	 */
+	sx_frames_hold_for_first_read(c->frames);
 	if (sx_index_load_all(&c->idx, c->index_out, remote, err, sizeof(err)) < 0)
 		fprintf(stderr, "strata-fuse: loading the whole index: %s (pages still load as requests need them)\n", err);
 	atomic_store(&c->loader_done, true);
