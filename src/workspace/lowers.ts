@@ -62,6 +62,9 @@ export class ExtractLowers implements Lowers {
  * mount.index; the chain's tail (small layers above the index) unpacked whole into layer
  * directories over it, fetched while the view mounts.
  */
+/** How long a cold host's daemon waits before it boots, after a restore mounted a view. */
+const DAEMON_DEFER_MS = 250;
+
 export class LazyLowers implements Lowers {
   readonly mode = 'lazy' as const;
   constructor(
@@ -133,10 +136,10 @@ export class LazyLowers implements Lowers {
       ...(record ? { prefetchPath: prefetchPath(ws) } : {}),
       fetcherOptions: serverFetchOptions(),
     });
-    // No daemon yet (a cold host): start one now, after the mount, so its boot (~0.1 s of CPU
-    // and disk) does not compete with it; its start-up scan adopts the view.
+    // No daemon yet (a cold host): start one after the mount, its boot (~0.1 s of CPU and disk)
+    // deferred past the first reads; its start-up scan adopts the view.
     if (!(await listening(this.home))) {
-      await ensureDaemon(this.home, this.daemonEnv).catch((err: Error) => this.warn(`cannot start the restore daemon (the view is served, but not renewed nor reported until one runs): ${err.message}`));
+      await ensureDaemon(this.home, this.daemonEnv, { deferMs: DAEMON_DEFER_MS }).catch((err: Error) => this.warn(`cannot start the restore daemon (the view is served, but not renewed nor reported until one runs): ${err.message}`));
       return;
     }
     const r = await daemonRequest(this.home, { op: 'adopt', workspace: ws.state.id }, { start: true, env: this.daemonEnv });

@@ -34,7 +34,7 @@ function request<R extends DaemonRequest>(home: string, msg: R, timeoutMs: numbe
 }
 
 /** Start the daemon for this home, detached (it outlives the caller), and wait for its socket. */
-async function startDaemon(home: string, env: Record<string, string>): Promise<void> {
+async function startDaemon(home: string, env: Record<string, string>, deferMs = 0): Promise<void> {
   await mkdir(runDir(home), { recursive: true, mode: 0o700 });
   const logFile = await open(join(runDir(home), 'daemon.log'), 'a');
   // Always the compiled daemon (dist/ and src/ sit at the same depth below the repo root).
@@ -42,7 +42,11 @@ async function startDaemon(home: string, env: Record<string, string>): Promise<v
   // STRATA_DAEMON_PROF=DIR: a CPU profile of the daemon, written to DIR when it exits.
   const prof = process.env.STRATA_DAEMON_PROF;
   const nodeArgs = prof ? ['--cpu-prof', `--cpu-prof-dir=${prof}`] : [];
-  const child = spawn(process.execPath, [...nodeArgs, script, home], { detached: true, stdio: ['ignore', logFile.fd, logFile.fd], env: { ...process.env, ...env } });
+  const argv = [process.execPath, ...nodeArgs, script, home];
+  // deferMs: a shell that sleeps, then becomes the daemon: its Node boot (~0.1 s of CPU and cold
+  // disk) comes after the first reads of the workspace just mounted, not during them.
+  const [cmd, ...args] = deferMs > 0 ? ['/bin/sh', '-c', `sleep ${(deferMs / 1000).toFixed(3)}; exec "$@"`, 'sh', ...argv] : argv;
+  const child = spawn(cmd!, args, { detached: true, stdio: ['ignore', logFile.fd, logFile.fd], env: { ...process.env, ...env } });
   child.unref();
   await logFile.close();
 }
@@ -50,10 +54,10 @@ async function startDaemon(home: string, env: Record<string, string>): Promise<v
 /** When this process last started a daemon for a home: a second start within a second is skipped. */
 const startedAt = new Map<string, number>();
 
-async function startOnce(home: string, env: Record<string, string>): Promise<void> {
-  if (Date.now() - (startedAt.get(home) ?? 0) <= 1000) return;
+async function startOnce(home: string, env: Record<string, string>, deferMs = 0): Promise<void> {
+  if (Date.now() - (startedAt.get(home) ?? 0) <= 1000 + deferMs) return;
   startedAt.set(home, Date.now());
-  await startDaemon(home, env);
+  await startDaemon(home, env, deferMs);
 }
 
 /** Is a daemon listening on this home's control socket? (One connect, no request.) */
@@ -72,8 +76,8 @@ export function listening(home: string): Promise<boolean> {
  * Start the daemon now if none runs, without waiting for it: a lazy restore calls this first, so
  * the daemon's own start-up overlaps the manifest and index downloads.
  */
-export async function ensureDaemon(home: string, env: Record<string, string> = {}): Promise<void> {
-  if (!(await listening(home))) await startOnce(home, env);
+export async function ensureDaemon(home: string, env: Record<string, string> = {}, opts: { deferMs?: number } = {}): Promise<void> {
+  if (!(await listening(home))) await startOnce(home, env, opts.deferMs ?? 0);
 }
 
 /** Send a request, starting the daemon first when `start` and nothing answers. */
