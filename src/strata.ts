@@ -22,7 +22,7 @@ import {
 import { codecFor, DEFAULT_CODEC } from './format/codec.js';
 import { blobKey, type LayerDescriptor } from './format/reader.js';
 import { encodePrefetch, packPrefetch, type PrefetchDescriptor, prefetchRefCount, type PrefetchRef } from './format/prefetch.js';
-import { encodeIndex, type IndexDescriptor, packIndex } from './format/restore-index.js';
+import { encodeIndex, type IndexDescriptor, packIndex, validPageSize } from './format/restore-index.js';
 import type { CodecName, Toc, TocEntry } from './format/toc.js';
 import { buildView, type ViewNode } from './format/view.js';
 import { LayerWriter } from './format/writer.js';
@@ -38,7 +38,7 @@ import { type BackupHandle, checkDir, checkId, checkName, handleOf, isExpired, t
 import type { ObjectStore } from './store/store.js';
 import { pidAlive } from './util/process.js';
 import { span } from './util/trace.js';
-import { indexPageSize } from './util/env.js';
+import { envCount } from './util/env.js';
 import { WorkspaceService, type WorkspaceStatus } from './workspace/service.js';
 import { chainIndexPath, mountIndexPath, type Workspace } from './workspace/workspace.js';
 
@@ -180,6 +180,15 @@ function infoOf(r: ManifestRecord, now = Date.now()): BackupInfo {
   if (m.prefetch) info.prefetch = { digest: m.prefetch.digest, size: m.prefetch.size, refs: prefetchRefCount(m.prefetch.rawSize), inline: m.prefetch.inline !== undefined };
   if (m.parent) info.parent = m.parent;
   return info;
+}
+
+/** STRATA_INDEX_PAGE_KB: the page size of the restore indexes backups write (tests make it small). */
+function indexPageSize(): number | undefined {
+  const kb = envCount('STRATA_INDEX_PAGE_KB', 4);
+  if (kb === undefined) return undefined;
+  if (validPageSize(kb * 1024)) return kb * 1024;
+  process.stderr.write(`strata: ignoring STRATA_INDEX_PAGE_KB=${kb}: not a power of two from 4 to 16384; using the default\n`);
+  return undefined;
 }
 
 export class Strata {

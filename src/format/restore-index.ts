@@ -777,7 +777,12 @@ export async function unpackIndex(blob: Buffer, desc: IndexDescriptor, where: st
 }
 
 /** The layer table an index must carry for a manifest's chain: same blobs, same order. */
-export function indexMatchesLayers(ix: RestoreIndex, layers: Array<{ digest: string }>): boolean {
-  const have = ix.layers();
+export function indexMatchesLayers(ix: RestoreIndex | IndexHead, layers: Array<{ digest: string }>): boolean {
+  const have = ix instanceof RestoreIndex ? ix.layers() : ix.layers;
   return have.length === layers.length && have.every((l, i) => l.digest === layers[i]!.digest);
+}
+
+/** The manifest descriptor a paged index's head stands for (to fetch the whole index by it). */
+export function headDescriptor(head: IndexHead): IndexDescriptor {
+  return { digest: head.blobDigest, size: head.blobSize, rawSize: head.rawSize, head: head.raw.toString('base64') };
 }

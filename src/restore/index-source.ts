@@ -2,6 +2,7 @@
  * The restore index for a backup's chain: the one its backup wrote (inline in the manifest or one
  * GET, verified), else, for backups made before indexes existed, built from the layers' TOCs.
  */
+import { readFile } from 'node:fs/promises';
 import { InvalidLayerError } from '../errors.js';
 import type { LayerDescriptor } from '../format/reader.js';
 import { decodeHead, encodeIndex, type IndexDescriptor, type IndexHead, indexedLayers, indexMatchesLayers, RestoreIndex } from '../format/restore-index.js';
@@ -36,9 +37,28 @@ export function pagedIndex(chain: { layers: LayerDescriptor[]; index?: IndexDesc
   if (desc?.head === undefined) throw new InvalidLayerError('this backup has no paged restore index');
   const head = decodeHead(Buffer.from(desc.head, 'base64'), desc);
   const k = indexedLayers(desc, chain.layers.length);
-  const want = chain.layers.slice(0, k);
-  if (head.layers.length !== want.length || head.layers.some((l, i) => l.digest !== want[i]!.digest)) throw new InvalidLayerError('the restore index names other layers than its manifest; the store holds a damaged or tampered backup');
+  if (!indexMatchesLayers(head, chain.layers.slice(0, k))) throw new InvalidLayerError('the restore index names other layers than its manifest; the store holds a damaged or tampered backup');
   return { raw: undefined, index: undefined, head, layers: k, from: 'manifest' };
+}
+
+/** A workspace's local copy of its view's whole index (mount.index), if it describes these layers. */
+export async function readIndexFile(path: string, layers: Array<{ digest: string }>): Promise<RestoreIndex | undefined> {
+  try {
+    const ix = RestoreIndex.parse(await readFile(path));
+    return indexMatchesLayers(ix, layers) ? ix : undefined;
+  } catch {
+    return undefined; // missing, torn (written unsynced) or of an older strata
+  }
+}
+
+/** A workspace's copy of its view's paged index head (mount.head), if it describes these layers. */
+export async function readHeadFile(path: string, layers: Array<{ digest: string }>): Promise<IndexHead | undefined> {
+  try {
+    const head = decodeHead(await readFile(path));
+    return indexMatchesLayers(head, layers) ? head : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 export async function loadIndex(store: ObjectStore, chain: { layers: LayerDescriptor[]; index?: IndexDescriptor | undefined }, tocs?: Toc[]): Promise<LoadedIndex> {

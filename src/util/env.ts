@@ -12,13 +12,3 @@ export function envCount(name: string, min: number): number | undefined {
   return n;
 }
 
-/** STRATA_INDEX_PAGE_KB: the page size of the restore indexes backups write (tests make it small). */
-export function indexPageSize(): number | undefined {
-  const kb = envCount('STRATA_INDEX_PAGE_KB', 4);
-  if (kb === undefined) return undefined;
-  if (kb > 16384 || (kb & (kb - 1)) !== 0) {
-    process.stderr.write(`strata: ignoring STRATA_INDEX_PAGE_KB=${kb}: not a power of two from 4 to 16384; using the default\n`);
-    return undefined;
-  }
-  return kb * 1024;
-}

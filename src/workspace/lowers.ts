@@ -3,14 +3,14 @@
  * layer once per host into a layer directory; lazy asks the restore daemon to serve the workspace's
  * restore index with strata-fuse. The workspace service calls only this interface.
  */
-import { decodeHead, type IndexHead, indexMatchesLayers, RestoreIndex } from '../format/restore-index.js';
-import { loadIndex } from '../restore/index-source.js';
+import { headDescriptor, type IndexHead } from '../format/restore-index.js';
+import { loadIndex, readHeadFile, readIndexFile } from '../restore/index-source.js';
 import { relative } from 'node:path';
 import { BackupRestoreError } from '../errors.js';
 import type { Toc, TocEntry } from '../format/toc.js';
 import { topRoot } from '../format/view.js';
 import { ensureLayerDirs } from '../restore/layers.js';
-import { access, mkdir, readFile, rm } from 'node:fs/promises';
+import { access, mkdir, rm } from 'node:fs/promises';
 import { daemonRequest, ensureDaemon, listening } from '../restore/lazy/client.js';
 import { serveDetached, serverRecordPath } from '../restore/lazy/detached.js';
 import { type IndexBlob, presignSources, servesAlone, type PresignedSource, serverFetchOptions, unmountPath, writeIndexFile } from '../restore/lazy/mount.js';
@@ -154,33 +154,19 @@ export class LazyLowers implements Lowers {
    * unsynced) or from an older strata, with no usable head, is rebuilt from the chain's TOCs.
    */
   private async viewIndex(ws: Workspace, store: ObjectStore, fresh: boolean): Promise<IndexHead | undefined> {
-    const readHead = async (): Promise<IndexHead | undefined> => {
-      const raw = await readFile(mountHeadPath(ws)).catch(() => undefined);
-      if (!raw) return undefined;
-      try {
-        const head = decodeHead(raw);
-        return head.layers.length === ws.viewed.length && head.layers.every((l, i) => l.digest === ws.viewed[i]!.digest) ? head : undefined;
-      } catch {
-        return undefined;
-      }
-    };
-    if (fresh) return readHead();
-    const path = mountIndexPath(ws);
-    try {
-      if (indexMatchesLayers(RestoreIndex.parse(await readFile(path)), ws.viewed)) return undefined;
-    } catch {
-      // the head, else rebuilt below
-    }
-    const head = await readHead();
-    if (head) return head;
+    const head = (): Promise<IndexHead | undefined> => readHeadFile(mountHeadPath(ws), ws.viewed);
+    if (fresh) return head();
+    if (await readIndexFile(mountIndexPath(ws), ws.viewed)) return undefined;
+    const h = await head();
+    if (h) return h;
     const { raw } = await loadIndex(store, { layers: ws.viewed });
-    await writeIndexFile(raw, path, { sync: false });
+    await writeIndexFile(raw, mountIndexPath(ws), { sync: false });
     return undefined;
   }
 
   /** A paged index fetched whole (verified) into mount.index, for a view the daemon serves. */
   private async wholeIndex(ws: Workspace, store: ObjectStore, head: IndexHead): Promise<void> {
-    const raw = await fetchIndex(store, { digest: head.blobDigest, size: head.blobSize, rawSize: head.rawSize, head: head.raw.toString('base64') });
+    const raw = await fetchIndex(store, headDescriptor(head));
     await writeIndexFile(raw, mountIndexPath(ws), { sync: false });
   }
 

@@ -12,7 +12,8 @@ import { open as openFile, mkdir, readFile, rm, writeFile } from 'node:fs/promis
 import { createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { decodePrefetch, MAX_PREFETCH_REFS, type PrefetchRef } from '../../format/prefetch.js';
-import { decodeHead, indexMatchesLayers, RestoreIndex, type ViewChunk } from '../../format/restore-index.js';
+import { headDescriptor, indexMatchesLayers, RestoreIndex, type ViewChunk } from '../../format/restore-index.js';
+import { readHeadFile, readIndexFile } from '../index-source.js';
 import { DeferredStore } from '../../store/deferred.js';
 import { openStore } from '../../store/index.js';
 import type { ObjectStore } from '../../store/store.js';
@@ -553,27 +554,18 @@ const INDEX_WAIT_MS = 15_000;
  * Answered without waiting: the restore that asked for the adoption is not held up by it.
  */
 async function adoptedIndex(ws: Workspace, store: ObjectStore): Promise<RestoreIndex | LoadingIndex> {
-  const flat = async (): Promise<RestoreIndex | undefined> => {
-    try {
-      const ix = RestoreIndex.parse(await readFile(mountIndexPath(ws)));
-      return indexMatchesLayers(ix, ws.viewed) ? ix : undefined;
-    } catch {
-      return undefined;
-    }
-  };
+  const flat = (): Promise<RestoreIndex | undefined> => readIndexFile(mountIndexPath(ws), ws.viewed);
   const now = await flat();
   if (now) return now;
-  const raw = await readFile(mountHeadPath(ws)).catch(() => undefined);
-  if (!raw) throw new Error(`${mountIndexPath(ws)} is missing or does not describe the layers of workspace ${ws.state.id}`);
-  const head = decodeHead(raw);
-  if (head.layers.length !== ws.viewed.length || head.layers.some((l, i) => l.digest !== ws.viewed[i]!.digest)) throw new Error(`${mountHeadPath(ws)} does not describe the layers of workspace ${ws.state.id}`);
+  const head = await readHeadFile(mountHeadPath(ws), ws.viewed);
+  if (!head) throw new Error(`neither ${mountIndexPath(ws)} nor ${mountHeadPath(ws)} describes the layers of workspace ${ws.state.id}`);
   const ready = (async () => {
     for (const until = Date.now() + INDEX_WAIT_MS; Date.now() < until; ) {
       await new Promise((r) => setTimeout(r, 50));
       const ix = await flat();
       if (ix) return ix;
     }
-    const whole = await fetchIndex(store, { digest: head.blobDigest, size: head.blobSize, rawSize: head.rawSize, head: raw.toString('base64') });
+    const whole = await fetchIndex(store, headDescriptor(head));
     await writeIndexFile(whole, mountIndexPath(ws), { sync: false });
     return RestoreIndex.parse(whole);
   })();
