@@ -270,6 +270,25 @@ describe.skipIf(!RUN)('lazy restore through strata-fuse', () => {
       expect((await cacheFiles(join(caseDir, 'cache'))).size).toBe(0);
     });
 
+    it('answers xattrs from the index, and a view without any as a filesystem without xattrs', async () => {
+      const getfattr = (path: string, name: string) =>
+        run('getfattr', ['--only-values', '-n', name, path]).then(
+          (r) => ({ value: r.stdout, error: '' }),
+          (e: { stderr?: string }) => ({ value: '', error: e.stderr ?? String(e) }),
+        );
+      // A view with xattrs: values served, an absent name is ENODATA.
+      const withX = await mount({ store: new FileStore(base.storeDir), layers: base.layers, view: buildView(base.tocs) }, 'with');
+      expect(await getfattr(join(withX.mountpoint, 'xattrs'), 'user.comment')).toEqual({ value: 'a comment', error: '' });
+      expect((await getfattr(join(withX.mountpoint, 'xattrs'), 'user.absent')).error).toMatch(/No such attribute/);
+      // The upper tree holds none: every getxattr is refused by the kernel itself from the first
+      // one on (no round trip per overlayfs probe), and listing shows none.
+      const noX = await mount({ store: new FileStore(upper.storeDir), layers: upper.layers, view: buildView(upper.tocs) }, 'without');
+      for (const f of ['upper-a.txt', 'many/f1', 'many'])
+        expect((await getfattr(join(noX.mountpoint, f), 'user.absent')).error).toMatch(/Operation not supported/);
+      expect((await run('getfattr', ['-d', '-m', '-', join(noX.mountpoint, 'upper-a.txt')])).stdout).toBe('');
+      expect(await readFile(join(noX.mountpoint, 'upper-a.txt'), 'utf8')).toBe('from the upper layer\n');
+    });
+
     it('fails a read of a corrupted frame with EIO, every time, and names the frame; the rest still reads', async () => {
       const storeDir = await copyStore(base, 'direct-corrupt');
       const view = buildView(base.tocs);

@@ -631,6 +631,16 @@ static void sx_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 	const struct sx_node *n = get_node(c, req, ino);
 	if (!n)
 		return;
+	/*
+	 * A view without a single xattr (most npm trees and checkouts): ENOSYS makes the kernel
+	 * answer every later getxattr on this mount itself (EOPNOTSUPP, which overlayfs takes as
+	 * "absent"), so its per-file probes (trusted.overlay.metacopy, .origin) cost no round
+	 * trip. listxattr still answers, with an empty list.
+	 */
+	if (c->idx.hdr->xattr_count == 0) {
+		fuse_reply_err(req, ENOSYS);
+		return;
+	}
 	size_t len = strlen(name);
 	for (uint32_t k = 0; k < n->xattr_count; k++) {
 		const struct sx_xattr *x = &c->idx.xattrs[n->xattr_first + k];
