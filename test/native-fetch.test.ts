@@ -463,6 +463,30 @@ describe.runIf(RUN)('strata-fuse fetching s3:// layers itself', () => {
     expect(Number(first![2])).toBeGreaterThanOrEqual(k.blobOffset + k.blobLength - 1);
   });
 
+  it('hydrates small files before large ones: every module is local before a GET of big.bin', async () => {
+    const m = await mount({ hydrate: true });
+    const view = buildView(tocs);
+    const big = findNode(view, 'big.bin')!.entry!.chunks!.map((k) => [k.blobOffset, k.blobOffset + k.blobLength] as const);
+    const modules = Array.from({ length: 200 }, (_, i) => findNode(view, `lib/m${i}.js`)!.entry!.chunks![0]!);
+    // big.bin was captured first: blob order would fetch its 9 MiB before any module.
+    expect(Math.max(...big.map(([, e]) => e))).toBeLessThanOrEqual(Math.min(...modules.map((k) => k.blobOffset)) + 4096);
+    const mirror = mirrorPath(join(caseDir, 'cache'), layers[0]!.digest);
+    const whole = async (): Promise<boolean> => (await stat(mirror)).blocks * 512 >= layers[0]!.size - 4096;
+    for (let i = 0; i < 300 && !(await whole()); i++) await new Promise((r) => setTimeout(r, 50));
+    const gets = proxy.log
+      .filter((e) => e.op === 'GetObject' && e.key.includes('/blobs/sha256/'))
+      .map((e) => /^bytes=(\d+)-(\d+)$/.exec(e.range ?? '')!)
+      .map((r) => [Number(r[1]), Number(r[2]) + 1] as const);
+    // A GET "of big.bin" holds more than the 4 KiB a block-aligned run may take of its edge.
+    const ofBig = (g: readonly [number, number]) => big.some(([a, b]) => Math.min(b, g[1]) - Math.max(a, g[0]) > 4096);
+    const firstBig = gets.findIndex(ofBig);
+    expect(firstBig).toBeGreaterThan(0);
+    const before = gets.slice(0, firstBig);
+    for (const k of modules) expect(before.some(([a, b]) => a <= k.blobOffset && k.blobOffset + k.blobLength <= b)).toBe(true);
+    // And the layer still ends up whole, every file exact.
+    expect(diffTrees(await summarize(src), await summarize(m.mountpoint))).toEqual([]);
+  });
+
   it('hydrates the whole layer in the background when asked, without any read', async () => {
     const m = await mount({ hydrate: true });
     const mirror = mirrorPath(join(caseDir, 'cache'), layers[0]!.digest);
