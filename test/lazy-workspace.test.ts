@@ -4,11 +4,12 @@
  * fully local; a dead server or daemon gives errors, not hangs, and unmount + restore bring the
  * workspace back with its unsaved changes.
  */
-import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
-import { mkdtemp, open, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { execFileSync, spawn } from 'node:child_process';
+import { closeSync, openSync, readFileSync } from 'node:fs';
+import { mkdir, mkdtemp, open, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Strata, type BackupHandle } from '../src/index.js';
 import { assertBuilt } from './helpers/built.js';
@@ -235,6 +236,34 @@ describe.runIf(RUN)('lazy workspaces', () => {
     expect(pids.length).toBe(1);
     await untilGone(pids, 15_000);
     expect(await readFile(join(home, 'run', 'daemon.log'), 'utf8')).toMatch(/no mount within 300 ms/);
+  });
+
+  it('one daemon per home, however many start at once; a new one starts once it is gone', async () => {
+    const home = join(work, `race-home-${++n}`);
+    const script = fileURLToPath(new URL('../dist/restore/lazy/daemon.js', import.meta.url));
+    const env = { ...process.env, STRATA_DAEMON_IDLE_MS: '4000' };
+    await mkdir(join(home, 'run'), { recursive: true });
+    const start = () => {
+      const log = openSync(join(home, 'run', 'daemon.log'), 'a');
+      const k = spawn(process.execPath, [script, home], { stdio: ['ignore', log, log], env });
+      closeSync(log);
+      return k;
+    };
+    // Started together, twice: exactly one may stay, the one its pid file names.
+    for (let round = 0; round < 2; round++) {
+      const kids = Array.from({ length: 6 }, start);
+      const exited = kids.map((k) => new Promise<void>((res) => k.once('exit', () => res())));
+      const alive = () => kids.filter((k) => k.exitCode === null && k.signalCode === null);
+      for (let i = 0; i < 200 && alive().length > 1; i++) await new Promise((r) => setTimeout(r, 25));
+      expect(alive().length).toBe(1);
+      const pid = alive()[0]!.pid;
+      expect(Number(await readFile(join(home, 'run', 'daemon.pid'), 'utf8'))).toBe(pid);
+      expect((await readFile(join(home, 'run', 'daemon.log'), 'utf8')).match(/another daemon \(pid \d+\) serves/g)!.length).toBe(5 * (round + 1));
+      // It serves, then leaves on its own (nothing mounted); the lock goes with it.
+      const { daemonRequest } = await import('../src/restore/lazy/client.js');
+      expect(await daemonRequest(home, { op: 'status' })).toMatchObject({ ok: true });
+      await Promise.all(exited);
+    }
   });
 
   it('a daemon whose only mount and adoption failed exits on its own too', async () => {

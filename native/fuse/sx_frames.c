@@ -394,6 +394,27 @@ static int lock_range(int fd, uint64_t off, uint64_t len, short type)
 	return rc;
 }
 
+/*
+ * A read's claim on [off, off+len) of a mirror: first this process's table of reads in flight,
+ * then the range's OFD lock (forks). Returns the table slot for release_read, or -EIO.
+ */
+static int claim_read(struct sx_frames *f, uint32_t layer, uint64_t off, uint64_t len, char *why, size_t whylen)
+{
+	int slot = inflight_begin(f, layer, off, len, true);
+	if (lock_range(f->fds[layer], off, len, F_WRLCK) != 0) {
+		snprintf(why, whylen, "locking the cache mirror: %s", strerror(errno));
+		inflight_end(f, slot);
+		return -EIO;
+	}
+	return slot;
+}
+
+static void release_read(struct sx_frames *f, uint32_t layer, uint64_t off, uint64_t len, int slot)
+{
+	lock_range(f->fds[layer], off, len, F_UNLCK);
+	inflight_end(f, slot);
+}
+
 /* A background fetch of [off, off+len), unless the mirror holds it once no other is in flight. */
 static int fetch_absent(struct sx_frames *f, uint32_t layer, uint64_t off, uint64_t len, char *why, size_t whylen)
 {
@@ -424,12 +445,9 @@ static int fetch_demand(struct sx_frames *f, const struct sx_chunk *ch, bool unl
 	off_t d = lseek(fd, (off_t)end, SEEK_DATA);
 	if (d >= 0 && (uint64_t)d < ra)
 		ra = (uint64_t)d > end ? (uint64_t)d : end;
-	int slot = inflight_begin(f, ch->layer, off, ra - off, true);
-	if (lock_range(fd, off, ra - off, F_WRLCK) != 0) {
-		snprintf(why, whylen, "locking the cache mirror: %s", strerror(errno));
-		inflight_end(f, slot);
-		return -EIO;
-	}
+	int slot = claim_read(f, ch->layer, off, ra - off, why, whylen);
+	if (slot < 0)
+		return slot;
 	int rc = 0;
 	bool fetch = !present(fd, ch->blob_off, ch->blob_len);
 	if (!fetch && unless_good) {
@@ -439,8 +457,7 @@ static int fetch_demand(struct sx_frames *f, const struct sx_chunk *ch, bool unl
 	}
 	if (fetch)
 		rc = fetch_into_mirror(f, ch->layer, off, ra - off, why, whylen);
-	lock_range(fd, off, ra - off, F_UNLCK);
-	inflight_end(f, slot);
+	release_read(f, ch->layer, off, ra - off, slot);
 	if (fetch && rc == 0 && ra < size)
 		readahead_push(f, ch->layer, ra, size - ra < f->ra_span ? size - ra : f->ra_span);
 	first_fetch_done(f);
@@ -473,17 +490,13 @@ int sx_frames_read(struct sx_frames *f, uint32_t layer, uint64_t off, uint64_t l
 	if (f->remote[layer].remote) {
 		int rc = 0;
 		if (demand) {
-			/* Like a read's frame: under the range's lock, so forks fetch it once. */
-			int slot = inflight_begin(f, layer, off, len, true);
-			if (lock_range(fd, off, len, F_WRLCK) != 0) {
-				snprintf(why, whylen, "locking the cache mirror: %s", strerror(errno));
-				inflight_end(f, slot);
-				return -EIO;
-			}
+			/* Like a read's frame: under the range's claim, so forks fetch it once. */
+			int slot = claim_read(f, layer, off, len, why, whylen);
+			if (slot < 0)
+				return slot;
 			if (refetch || !present(fd, off, len))
 				rc = fetch_into_mirror(f, layer, off, len, why, whylen);
-			lock_range(fd, off, len, F_UNLCK);
-			inflight_end(f, slot);
+			release_read(f, layer, off, len, slot);
 		} else
 			rc = refetch ? fetch_into_mirror(f, layer, off, len, why, whylen) : fetch_absent(f, layer, off, len, why, whylen);
 		if (rc < 0)

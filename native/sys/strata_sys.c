@@ -606,6 +606,35 @@ static napi_value js_rename_noreplace(napi_env env, napi_callback_info info)
 	return NULL;
 }
 
+/*
+ * lockFile(fd: number): boolean
+ * An exclusive OFD lock on the whole file, without waiting: true when taken,
+ * false when another open file description holds one. It lasts as long as
+ * this description, and the kernel drops it when the process dies, so there
+ * is never a stale lock to judge or clean up. fd must be open for writing.
+ */
+static napi_value js_lock_file(napi_env env, napi_callback_info info)
+{
+	napi_value argv[1], result;
+	int64_t fd64;
+	struct flock l = { .l_type = F_WRLCK, .l_whence = SEEK_SET };
+	int rc;
+
+	if (!get_args(env, info, 1, argv))
+		return NULL;
+	if (!get_int(env, argv[0], "fd", 0, INT_MAX, &fd64))
+		return NULL;
+	while ((rc = fcntl((int)fd64, F_OFD_SETLK, &l)) < 0 && errno == EINTR)
+		;
+	if (rc < 0 && errno != EAGAIN && errno != EACCES) {
+		throw_errno(env, errno, "fcntl(F_OFD_SETLK)", NULL, NULL);
+		return NULL;
+	}
+	if (napi_failed(env, napi_get_boolean(env, rc == 0, &result)))
+		return NULL;
+	return result;
+}
+
 /* ------------------------------------------------------------------ */
 /* Sparse files                                                        */
 /* ------------------------------------------------------------------ */
@@ -1057,6 +1086,8 @@ NAPI_MODULE_INIT()
 		{ .utf8name = "dataExtents", .method = js_data_extents,
 		  .attributes = napi_enumerable },
 		{ .utf8name = "renameNoReplace", .method = js_rename_noreplace,
+		  .attributes = napi_enumerable },
+		{ .utf8name = "lockFile", .method = js_lock_file,
 		  .attributes = napi_enumerable },
 		{ .utf8name = "zstdCompress", .method = js_zstd_compress,
 		  .attributes = napi_enumerable },

@@ -41,6 +41,10 @@ export interface NativeSys {
   dataExtents(fd: number, size: number): Array<[number, number]>;
   /** renameat2(RENAME_NOREPLACE): throws EEXIST if `to` exists. */
   renameNoReplace(from: Buffer, to: Buffer): void;
+  /** An exclusive OFD lock on the whole file (fd open for writing), not waiting: true when
+   *  taken, false when another open file description holds it. The kernel drops it when the
+   *  description closes or the process dies. */
+  lockFile(fd: number): boolean;
   /** One zstd frame, content size in the header, no checksum. Runs on the threadpool;
    *  do not modify `input` until the promise settles. */
   zstdCompress(input: Buffer, level: number): Promise<Buffer>;
@@ -57,6 +61,7 @@ const FUNCTIONS = [
   'lutimens',
   'dataExtents',
   'renameNoReplace',
+  'lockFile',
   'zstdCompress',
   'zstdDecompress',
 ] as const satisfies ReadonlyArray<keyof NativeSys>;

@@ -413,7 +413,11 @@ export async function startFaultProxy(opts: FaultProxyOptions): Promise<FaultPro
       if (rst) sock.resetAndDestroy();
       else sock.destroy();
     };
-    sock.once('close', () => upReq.destroy());
+    // Per request, on a kept-alive client socket: taken off again when the request ends, or a
+    // socket serving many requests collects one listener each.
+    const onSockClose = () => upReq.destroy();
+    sock.once('close', onSockClose);
+    upReq.once('close', () => sock.off('close', onSockClose));
     const resP = new Promise<http.IncomingMessage>((resolve, reject) => {
       upReq.once('response', resolve);
       upReq.once('error', reject);

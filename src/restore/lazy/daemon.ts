@@ -8,7 +8,7 @@
  * workspace (mount.index): the daemon parses no TOC and builds no view. The daemon exits when its
  * last mount goes. Run as: node daemon.js STRATA_HOME
  */
-import { open as openFile, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { open as openFile, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { decodePrefetch, MAX_PREFETCH_REFS, type PrefetchRef } from '../../format/prefetch.js';
@@ -80,25 +80,22 @@ async function main(home: string): Promise<void> {
   boot.step(`main() after ${performance.now().toFixed(0)} ms of process life`);
   const run = runDir(home);
   await mkdir(run, { recursive: true, mode: 0o700 });
-  // One daemon per home: the pid file is taken with O_EXCL; a stale one (dead pid) is replaced.
-  const pidFile = join(run, 'daemon.pid');
-  for (;;) {
-    try {
-      const fh = await openFile(pidFile, 'wx');
-      await fh.writeFile(String(process.pid));
-      await fh.close();
-      break;
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-      const pid = Number(await readFile(pidFile, 'utf8').catch(() => '0'));
-      if (pid > 0 && pidAlive(pid)) {
-        log(`another daemon (pid ${pid}) serves ${home}; exiting`);
-        return;
-      }
-      await rm(pidFile, { force: true });
-    }
+  // One daemon per home: an OFD lock on run/daemon.lock, held for the daemon's life and dropped
+  // by the kernel when it dies. (A pid file taken with O_EXCL let two start: one read the file
+  // between another's create and write, or removed the file another had just made for a stale one.)
+  const { sys } = await import('../../sys/native.js');
+  const lock = await openFile(join(run, 'daemon.lock'), 'a', 0o600);
+  if (!sys.lockFile(lock.fd)) {
+    await lock.close();
+    const other = await readFile(join(run, 'daemon.pid'), 'utf8').catch(() => '?');
+    log(`another daemon (pid ${other.trim() || '?'}) serves ${home}; exiting`);
+    return;
   }
-  boot.step('pid file taken');
+  // Which process holds it, for people and tools; written whole (a reader never sees it empty).
+  const pidFile = join(run, 'daemon.pid');
+  await writeFile(`${pidFile}.${process.pid}`, String(process.pid));
+  await rename(`${pidFile}.${process.pid}`, pidFile);
+  boot.step('lock taken');
   // The same settings as a strata-fuse a restore starts itself (mount.ts).
   const fetchOptions = serverFetchOptions();
   const cacheBytes = envCount('STRATA_CACHE_SIZE', 1) ?? 4 * 1024 ** 3;
@@ -135,6 +132,7 @@ async function main(home: string): Promise<void> {
     await fetcher.close().catch(() => undefined);
     await rm(controlSocket(home), { force: true });
     await rm(pidFile, { force: true });
+    await lock.close(); // last: the next daemon may start from here on
     process.exit(0);
   };
 
