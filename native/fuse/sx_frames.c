@@ -817,6 +817,23 @@ static bool hydrate_range(struct sx_frames *f, uint32_t layer, uint64_t a, uint6
 
 #define SX_HYDRATE_PARALLEL 4
 
+/*
+ * fn on SX_HYDRATE_PARALLEL threads, this one included, worker k given args + k * stride (0:
+ * all share args); returns once all have. A worker that cannot start leaves its share to the
+ * others (a shared queue) or to reads (fixed blocks).
+ */
+static void run_parallel(void *(*fn)(void *), void *args, size_t stride)
+{
+	pthread_t t[SX_HYDRATE_PARALLEL];
+	bool ok[SX_HYDRATE_PARALLEL] = { false };
+	for (unsigned k = 1; k < SX_HYDRATE_PARALLEL; k++)
+		ok[k] = pthread_create(&t[k], NULL, fn, (char *)args + k * stride) == 0;
+	fn(args);
+	for (unsigned k = 1; k < SX_HYDRATE_PARALLEL; k++)
+		if (ok[k])
+			pthread_join(t[k], NULL);
+}
+
 struct hydrate_worker {
 	struct sx_frames *f;
 	size_t span;
@@ -1087,34 +1104,18 @@ static void *hydrate_main(void *p)
 		sx_frames_hold_for_first_read(f);
 		/* Several GETs at a time: one stream leaves a high-latency link mostly idle. */
 		_Atomic bool *failed = calloc(n ? n : 1, sizeof(*failed));
-		size_t nruns = 0;
-		struct sx_run *runs = failed && index_whole(f, 3000) ? small_runs(f, a.span, &nruns) : NULL;
-		if (runs && nruns > 0) {
+		if (failed) {
+			size_t nruns = 0;
+			struct sx_run *runs = index_whole(f, 3000) ? small_runs(f, a.span, &nruns) : NULL;
 			_Atomic size_t next = 0;
 			struct small_worker sw = { .f = f, .runs = runs, .count = nruns, .span = a.span, .next = &next, .failed = failed };
-			pthread_t st[SX_HYDRATE_PARALLEL];
-			bool sok[SX_HYDRATE_PARALLEL] = { false };
-			for (unsigned k = 1; k < SX_HYDRATE_PARALLEL; k++)
-				sok[k] = pthread_create(&st[k], NULL, small_worker, &sw) == 0;
-			small_worker(&sw);
-			for (unsigned k = 1; k < SX_HYDRATE_PARALLEL; k++)
-				if (sok[k])
-					pthread_join(st[k], NULL);
-		}
-		free(runs);
-		struct hydrate_worker w[SX_HYDRATE_PARALLEL];
-		pthread_t t[SX_HYDRATE_PARALLEL];
-		bool ok[SX_HYDRATE_PARALLEL] = { false };
-		for (unsigned k = 0; failed && k < SX_HYDRATE_PARALLEL; k++) {
-			w[k] = (struct hydrate_worker){ .f = f, .span = a.span, .k = k, .failed = failed };
-			ok[k] = k == 0 || pthread_create(&t[k], NULL, hydrate_worker, &w[k]) == 0;
-		}
-		if (failed) {
-			/* Worker 0 runs here; a worker that could not start leaves its blocks to reads. */
-			hydrate_worker(&w[0]);
-			for (unsigned k = 1; k < SX_HYDRATE_PARALLEL; k++)
-				if (ok[k])
-					pthread_join(t[k], NULL);
+			if (nruns > 0)
+				run_parallel(small_worker, &sw, 0); /* one queue of runs, shared */
+			free(runs);
+			struct hydrate_worker w[SX_HYDRATE_PARALLEL];
+			for (unsigned k = 0; k < SX_HYDRATE_PARALLEL; k++)
+				w[k] = (struct hydrate_worker){ .f = f, .span = a.span, .k = k, .failed = failed };
+			run_parallel(hydrate_worker, w, sizeof(w[0])); /* worker k: blocks k, k + P, ... */
 		}
 		free(failed);
 	}
