@@ -64,6 +64,8 @@ export interface StrataOptions {
   home?: string;
   codec?: CodecName;
   level?: number;
+  /** Uncompressed bytes small files share a frame up to (default FRAME_BOUND; 0: a frame per file). */
+  frameBound?: number;
   onProgress?: (e: ProgressEvent) => void;
   onWarning?: (msg: string) => void;
   /** Longest layer chain before a backup merges the top layers. */
@@ -384,7 +386,7 @@ export class Strata {
     // The writer's pid in the name lets a later backup remove it if this process is killed.
     const tmp = join(tmpDir, `layer-${process.pid}-${randomBytes(8).toString('hex')}.tmp`);
     const codec = codecFor(this.opts.codec ?? DEFAULT_CODEC, this.opts.level);
-    const writer = await LayerWriter.create(tmp, codec);
+    const writer = await LayerWriter.create(tmp, codec, this.opts.frameBound === undefined ? {} : { frameBound: this.opts.frameBound });
     try {
       const changed = await fill(writer);
       const layer = await writer.finish();

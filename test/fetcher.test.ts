@@ -147,10 +147,10 @@ describe('an on-demand miss during hydration', () => {
     let hydrated = false;
     const h = f.hydrate(layers, chunks, { priority: 'low' }).then(() => (hydrated = true));
     while (store.gets.length < 1) await sleep(5);
-    // A small file in the middle of the blob: queued for hydration (with its neighbours all
+    // A small-file frame in the middle of the blob: queued for hydration (with its neighbours all
     // around it) but far from what hydration, in blob order, is fetching now.
     const blobEnd = layers[0]!.size;
-    const target = chunks.find((c) => c.chunk.blobOffset > blobEnd * 0.6 && c.chunk.size < 16 * KiB && !f.cache.has(c.chunk.digest))!;
+    const target = chunks.find((c) => c.chunk.blobOffset > blobEnd * 0.6 && c.chunk.size <= 96 * KiB && !f.cache.has(c.chunk.digest))!;
     const before = store.gets.length;
     const status = await fetchOverSocket(f.socketPath, target);
     expect(status).toBe(0);

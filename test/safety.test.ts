@@ -26,6 +26,7 @@ import {
   digestOf,
   frame,
   publish,
+  readTocJson,
   rewriteToc,
   sha256hex,
   tocJson,
@@ -427,7 +428,8 @@ describe('restore refuses a TOC that lies about structure or numbers', () => {
     ['a directory with data', (toc) => void (toc.entries.find((e) => e.path === 'a')!.chunks = fileEntry(toc, 'f1').chunks)],
     ['a directory with a link target', (toc) => void (toc.entries.find((e) => e.path === 'a')!.linkTarget = '/etc')],
     ['a TOC in another codec than its footer', (toc) => void ((toc as Record<string, unknown>).codec = 'gzip')],
-    ['an unsupported TOC version', (toc) => void ((toc as Record<string, unknown>).version = 2)],
+    ['an unsupported TOC version', (toc) => void ((toc as Record<string, unknown>).version = 3)],
+    ['a shared-frame chunk in a version 1 TOC', (toc) => void fileEntry(toc, 'f1').chunks[0]!.push(0, 26)],
     ['a prefetch range past the data', (toc, { tocOffset }) => void ((toc as Record<string, unknown>).prefetch = { blobOffset: 0, blobLength: tocOffset + 1 })],
   ];
   it.each(edits)('%s (INVALID_LAYER)', async (_name, edit) => {
@@ -462,6 +464,43 @@ describe('restore refuses a TOC that lies about structure or numbers', () => {
     const many: CraftEntry[] = [...benign];
     for (let i = 0; i < 40; i++) many.push({ path: `f${String(i).padStart(2, '0')}`, type: 'file', data: `file ${i}\n`.repeat(50), chunkDigest: digestOf('nope') });
     await refusedLayers(lab, [await layer(many)], 'DIGEST_MISMATCH');
+  });
+
+  // Shared frames (TOC v2): small files' headers and bytes in one frame, one digest for it all.
+  const sharedLayer = (): Promise<CraftedLayer> => craftLayer(twoFiles, { dir: craftDir, frameBound: 64 * 1024 });
+  it('control: small files share one frame (TOC v2) and restore byte for byte', async () => {
+    const lab = await newLab();
+    const l = await sharedLayer();
+    const toc = await readTocJson(l);
+    expect(toc.version).toBe(2);
+    const [c1, c2] = [fileEntry(toc, 'f1').chunks[0]!, fileEntry(toc, 'f2').chunks[0]!];
+    expect(c1.length).toBe(7);
+    expect([c2[2], c2[3], c2[4], c2[6]]).toEqual([c1[2], c1[3], c1[4], c1[6]]); // one frame
+    expect(c2[5] as number).toBeGreaterThan((c1[5] as number) + (c1[1] as number)); // f2's header between
+    await strata.restoreBackup(await publish(strata.store, [l]), { dir: lab.target });
+    expect(await readFile(join(lab.target, 'f1'), 'utf8')).toBe('first file, its own bytes\n');
+    expect(await readFile(join(lab.target, 'f2'), 'utf8')).toBe('second file, other bytes!\n');
+  });
+  const sharedEdits: Array<[string, TocEdit]> = [
+    ['a frame offset past the frame', (toc) => void (fileEntry(toc, 'f2').chunks[0]![5] = (fileEntry(toc, 'f2').chunks[0]![6] as number) - 1)],
+    ['a frame size past the limit', (toc) => {
+      for (const f of ['a/ok.txt', 'f1', 'f2']) fileEntry(toc, f).chunks[0]![6] = 4 * 1024 * 1024 + 1;
+    }],
+    ['a second file naming the frame with another digest', (toc) => void (fileEntry(toc, 'f2').chunks[0]![4] = digestOf('other'))],
+    ['a second file naming the frame with another size', (toc) => void (fileEntry(toc, 'f2').chunks[0]![6] = (fileEntry(toc, 'f2').chunks[0]![6] as number) + 1)],
+    ['a second file reaching back over the first one\'s bytes', (toc) => void (fileEntry(toc, 'f2').chunks[0]![5] = fileEntry(toc, 'f1').chunks[0]![5])],
+    ['a negative frame offset', (toc) => void (fileEntry(toc, 'f1').chunks[0]![5] = -1)],
+  ];
+  it.each(sharedEdits)('a shared frame with %s (INVALID_LAYER)', async (_name, edit) => {
+    const lab = await newLab();
+    await refusedLayers(lab, [await rewriteToc(await sharedLayer(), edit, { dir: craftDir })], 'INVALID_LAYER');
+  });
+  it('a shared frame whose digest every file names consistently, but wrongly (DIGEST_MISMATCH)', async () => {
+    const lab = await newLab();
+    const l = await rewriteToc(await sharedLayer(), (toc) => {
+      for (const f of ['a/ok.txt', 'f1', 'f2']) fileEntry(toc, f).chunks[0]![4] = digestOf('not this frame');
+    }, { dir: craftDir });
+    await refusedLayers(lab, [l], 'DIGEST_MISMATCH');
   });
 
   it('a TOC whose digest does not match the manifest (DIGEST_MISMATCH)', async () => {

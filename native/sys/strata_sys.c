@@ -1,12 +1,15 @@
 /*
- * strata_sys: the few syscalls Node's fs module lacks, plus zstd.
+ * strata_sys: the few syscalls Node's fs module lacks, plus zstd (codec.c)
+ * and capture's directory scan (scan.c). This file is the syscalls and the
+ * module table.
  *
  *   llistxattrs, lsetxattr     extended attributes, never following symlinks
  *   mknod                      fifos and device nodes
  *   lutimens                   nanosecond timestamps on the link itself
  *   dataExtents                SEEK_DATA / SEEK_HOLE so sparse files stay sparse
  *   renameNoReplace            renameat2(RENAME_NOREPLACE)
- *   zstdCompress/Decompress    one zstd frame per chunk, on the libuv threadpool
+ *   zstdCompress/Frame/Decompress  zstd frames on the libuv threadpool (codec.c)
+ *   scanDir                    a directory's entries for capture (scan.c)
  *
  * Paths arrive as Buffers of raw bytes because file names need not be UTF-8.
  * Strings that carry bytes (xattr names, the `path` of an error) are latin1:
@@ -33,13 +36,9 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
-#include <zstd.h>
-#include <zstd_errors.h>
 
-/* Retries when an xattr grows between the size query and the read. */
-#define XATTR_MAX_RETRIES 16
-/* Number.MAX_SAFE_INTEGER: larger JS numbers are not exact integers. */
-#define MAX_SAFE_INT 9007199254740991.0
+#include "sys.h"
+
 
 /* ------------------------------------------------------------------ */
 /* Errors                                                              */
@@ -49,7 +48,7 @@
  * Turns a failed napi_status into a pending JS exception (unless one is
  * already pending) so every caller can simply return NULL.
  */
-static bool napi_failed(napi_env env, napi_status st)
+bool napi_failed(napi_env env, napi_status st)
 {
 	const napi_extended_error_info *info = NULL;
 	const char *msg = "N-API call failed";
@@ -68,10 +67,8 @@ static bool napi_failed(napi_env env, napi_status st)
 	return true;
 }
 
-enum throw_kind { THROW_ERROR, THROW_TYPE, THROW_RANGE };
-
 __attribute__((format(printf, 4, 5)))
-static void throw_fmt(napi_env env, enum throw_kind kind, const char *code,
+void throw_fmt(napi_env env, enum throw_kind kind, const char *code,
 		      const char *fmt, ...)
 {
 	char msg[512];
@@ -130,7 +127,7 @@ static napi_status set_str(napi_env env, napi_value obj, const char *key,
 }
 
 /* Error(msg) with .code; both are bytes, shown one char per byte. */
-static napi_status make_error(napi_env env, const char *code, const char *msg,
+napi_status make_error(napi_env env, const char *code, const char *msg,
 			      napi_value *out)
 {
 	napi_value jcode, jmsg;
@@ -150,7 +147,7 @@ static napi_status make_error(napi_env env, const char *code, const char *msg,
  *   "ENOENT: no such file or directory, lsetxattr '/path'"
  * with code, errno (negative), syscall, path and dest (latin1) set.
  */
-static void throw_errno(napi_env env, int err, const char *syscall,
+void throw_errno(napi_env env, int err, const char *syscall,
 			const char *path, const char *dest)
 {
 	const char *code = errno_code(err);
@@ -193,7 +190,7 @@ out:
 /* Arguments                                                           */
 /* ------------------------------------------------------------------ */
 
-static bool get_args(napi_env env, napi_callback_info info, size_t want,
+bool get_args(napi_env env, napi_callback_info info, size_t want,
 		     napi_value *argv)
 {
 	size_t argc = want;
@@ -209,7 +206,7 @@ static bool get_args(napi_env env, napi_callback_info info, size_t want,
 	return true;
 }
 
-static bool get_buffer(napi_env env, napi_value v, const char *what,
+bool get_buffer(napi_env env, napi_value v, const char *what,
 		       void **data, size_t *len)
 {
 	bool is_buf = false;
@@ -230,7 +227,7 @@ static bool get_buffer(napi_env env, napi_value v, const char *what,
  * Copies a path Buffer into a NUL-terminated string (caller frees).
  * An embedded NUL would silently truncate the path, so it is refused.
  */
-static char *get_path(napi_env env, napi_value v, const char *what)
+char *get_path(napi_env env, napi_value v, const char *what)
 {
 	void *data = NULL;
 	size_t len = 0;
@@ -301,7 +298,7 @@ fail:
 }
 
 /* An integral JS number within [min, max] (both within +-2^53). */
-static bool get_int(napi_env env, napi_value v, const char *what, double min,
+bool get_int(napi_env env, napi_value v, const char *what, double min,
 		    double max, int64_t *out)
 {
 	napi_valuetype t;
@@ -336,7 +333,7 @@ static bool get_int(napi_env env, napi_value v, const char *what, double min,
  * Reads the NUL-separated name list; *list gets one extra NUL so the last
  * entry is terminated even if the kernel's is not. Returns 0 or an errno.
  */
-static int read_xattr_list(const char *path, char **list, size_t *len)
+int read_xattr_list(const char *path, char **list, size_t *len)
 {
 	int attempt;
 
@@ -372,7 +369,7 @@ static int read_xattr_list(const char *path, char **list, size_t *len)
 }
 
 /* Reads one value (caller frees *val). Returns 0 or an errno. */
-static int read_xattr(const char *path, const char *name, uint8_t **val,
+int read_xattr(const char *path, const char *name, uint8_t **val,
 		      size_t *len)
 {
 	int attempt;
@@ -410,7 +407,7 @@ static int read_xattr(const char *path, const char *name, uint8_t **val,
 	return ERANGE;
 }
 
-static int cmp_names(const void *a, const void *b)
+int cmp_names(const void *a, const void *b)
 {
 	/* strcmp compares as unsigned char: byte order, as documented. */
 	return strcmp(*(const char *const *)a, *(const char *const *)b);
@@ -742,333 +739,6 @@ restore:
 }
 
 /* ------------------------------------------------------------------ */
-/* zstd on the threadpool                                              */
-/* ------------------------------------------------------------------ */
-
-struct zstd_job {
-	napi_async_work work;
-	napi_deferred deferred;
-	napi_ref input_ref;  /* keeps the input Buffer alive while we read it */
-	napi_ref output_ref; /* decompress: the result Buffer we decode into */
-	bool compress;
-	int level;
-	const uint8_t *in;
-	size_t in_len;
-	uint8_t *out; /* compress: malloc'ed; decompress: output Buffer data */
-	size_t out_cap;
-	size_t out_len;
-	const char *err_code; /* NULL on success */
-	char err_msg[256];
-};
-
-__attribute__((format(printf, 3, 4)))
-static void job_fail(struct zstd_job *job, const char *code, const char *fmt,
-		     ...)
-{
-	char detail[200];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(detail, sizeof(detail), fmt, ap);
-	va_end(ap);
-	job->err_code = code;
-	snprintf(job->err_msg, sizeof(job->err_msg), "%s: %s", code, detail);
-}
-
-/* Runs on a threadpool thread: no N-API calls allowed here. */
-static void zstd_compress_execute(napi_env env, void *data)
-{
-	struct zstd_job *job = data;
-	ZSTD_CCtx *cctx;
-	size_t r;
-
-	(void)env;
-	job->out_cap = ZSTD_compressBound(job->in_len);
-	if (ZSTD_isError(job->out_cap) || job->out_cap == 0) {
-		job_fail(job, "ECOMPRESS", "input of %zu bytes is too large",
-			 job->in_len);
-		return;
-	}
-	job->out = malloc(job->out_cap);
-	cctx = ZSTD_createCCtx();
-	if (job->out == NULL || cctx == NULL) {
-		job_fail(job, "ENOMEM", "out of memory compressing %zu bytes",
-			 job->in_len);
-		ZSTD_freeCCtx(cctx);
-		return;
-	}
-	/* One frame, content size in the header, no checksum (we sha256). */
-	r = ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, job->level);
-	if (!ZSTD_isError(r))
-		r = ZSTD_CCtx_setParameter(cctx, ZSTD_c_contentSizeFlag, 1);
-	if (!ZSTD_isError(r))
-		r = ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 0);
-	if (!ZSTD_isError(r))
-		r = ZSTD_compress2(cctx, job->out, job->out_cap,
-				   job->in_len > 0 ? job->in : (const void *)"",
-				   job->in_len);
-	ZSTD_freeCCtx(cctx);
-	if (ZSTD_isError(r)) {
-		job_fail(job, "ECOMPRESS", "%s", ZSTD_getErrorName(r));
-		return;
-	}
-	job->out_len = r;
-}
-
-static uint32_t read_le32(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-	       (uint32_t)p[3] << 24;
-}
-
-/*
- * Runs on a threadpool thread. The output Buffer is exactly out_cap bytes
- * and zstd is told so, so a lying frame can never write past it.
- */
-/*
- * A large output (a restore index: tens of MB) is written into fresh pages:
- * each 4 KiB page fault costs microseconds in a VM, ~25 ms for 22 MB here.
- * Ask for transparent huge pages over the aligned middle of the buffer (a
- * hint: refused or unsupported, nothing changes).
- */
-static void hugepages(void *p, size_t len)
-{
-	const uintptr_t huge = 2u << 20;
-	if (len < 4 * huge)
-		return;
-	uintptr_t a = ((uintptr_t)p + huge - 1) & ~(huge - 1);
-	uintptr_t b = ((uintptr_t)p + len) & ~(huge - 1);
-	if (b > a)
-		(void)madvise((void *)a, b - a, MADV_HUGEPAGE);
-}
-
-static void zstd_decompress_execute(napi_env env, void *data)
-{
-	struct zstd_job *job = data;
-	unsigned long long fcs;
-	ZSTD_DCtx *dctx;
-	uint8_t dummy = 0;
-	size_t r;
-
-	(void)env;
-	/* Only a real zstd frame: a lone skippable frame is not our data. */
-	if (job->in_len < 4 || read_le32(job->in) != ZSTD_MAGICNUMBER) {
-		job_fail(job, "EDECOMPRESS", "input is not a zstd frame");
-		return;
-	}
-	r = ZSTD_findFrameCompressedSize(job->in, job->in_len);
-	if (ZSTD_isError(r)) {
-		job_fail(job, "EDECOMPRESS", "corrupt zstd frame: %s",
-			 ZSTD_getErrorName(r));
-		return;
-	}
-	if (r != job->in_len) {
-		job_fail(job, "EDECOMPRESS",
-			 "%zu trailing bytes after the zstd frame",
-			 job->in_len - r);
-		return;
-	}
-	fcs = ZSTD_getFrameContentSize(job->in, job->in_len);
-	if (fcs == ZSTD_CONTENTSIZE_ERROR) {
-		job_fail(job, "EDECOMPRESS", "corrupt zstd frame header");
-		return;
-	}
-	/* Fail fast on the header; the decode below still enforces it. */
-	if (fcs != ZSTD_CONTENTSIZE_UNKNOWN && fcs != job->out_cap) {
-		job_fail(job, "EDECOMPRESS",
-			 "frame holds %llu bytes, expected %zu", fcs,
-			 job->out_cap);
-		return;
-	}
-	dctx = ZSTD_createDCtx();
-	if (dctx == NULL) {
-		job_fail(job, "ENOMEM", "out of memory creating a zstd context");
-		return;
-	}
-	hugepages(job->out, job->out_cap);
-	r = ZSTD_decompressDCtx(dctx, job->out_cap > 0 ? job->out : &dummy,
-				job->out_cap, job->in, job->in_len);
-	ZSTD_freeDCtx(dctx);
-	if (ZSTD_isError(r)) {
-		if (ZSTD_getErrorCode(r) == ZSTD_error_dstSize_tooSmall)
-			job_fail(job, "EDECOMPRESS",
-				 "input decodes to more than the expected "
-				 "%zu bytes", job->out_cap);
-		else
-			job_fail(job, "EDECOMPRESS", "corrupt zstd frame: %s",
-				 ZSTD_getErrorName(r));
-		return;
-	}
-	if (r != job->out_cap) {
-		job_fail(job, "EDECOMPRESS",
-			 "input decodes to %zu bytes, expected %zu", r,
-			 job->out_cap);
-		return;
-	}
-	job->out_len = r;
-}
-
-/*
- * Drops everything the job holds. Failures here can only leak, and on the
- * completion path there is no caller left to report them to.
- */
-static void zstd_job_free(napi_env env, struct zstd_job *job)
-{
-	if (job->input_ref != NULL)
-		(void)napi_delete_reference(env, job->input_ref);
-	if (job->output_ref != NULL)
-		(void)napi_delete_reference(env, job->output_ref);
-	if (job->work != NULL)
-		(void)napi_delete_async_work(env, job->work);
-	if (job->compress)
-		free(job->out);
-	free(job);
-}
-
-/* Builds the settled value: the result Buffer, or an Error to reject with. */
-static napi_status zstd_settle_value(napi_env env, struct zstd_job *job,
-				     napi_status status, bool *ok,
-				     napi_value *value)
-{
-	*ok = false;
-	if (status == napi_cancelled)
-		return make_error(env, "ECANCELED", "ECANCELED: zstd job cancelled",
-				  value);
-	if (job->err_code != NULL)
-		return make_error(env, job->err_code, job->err_msg, value);
-	*ok = true;
-	if (job->compress)
-		return napi_create_buffer_copy(env, job->out_len, job->out,
-					       NULL, value);
-	return napi_get_reference_value(env, job->output_ref, value);
-}
-
-/* Back on the JS thread: settle the promise, then free the job. */
-static void zstd_complete(napi_env env, napi_status status, void *data)
-{
-	struct zstd_job *job = data;
-	napi_value value;
-	napi_status st;
-	bool ok;
-
-	st = zstd_settle_value(env, job, status, &ok, &value);
-	if (st != napi_ok) {
-		/* Could not build the result (likely OOM): reject plainly. */
-		ok = false;
-		st = make_error(env, "ENOMEM",
-				"ENOMEM: could not create the zstd result",
-				&value);
-	}
-	if (st == napi_ok)
-		st = ok ? napi_resolve_deferred(env, job->deferred, value)
-			: napi_reject_deferred(env, job->deferred, value);
-	if (st != napi_ok)
-		/* A promise that never settles would hang its caller forever. */
-		napi_fatal_error("strata_sys", NAPI_AUTO_LENGTH,
-				 "cannot settle a zstd promise",
-				 NAPI_AUTO_LENGTH);
-	zstd_job_free(env, job);
-}
-
-/* Shared tail of zstdCompress/zstdDecompress: queue the job, return a promise. */
-static napi_value zstd_start(napi_env env, struct zstd_job *job,
-			     napi_value input, const char *name)
-{
-	napi_value promise, resource_name;
-	void *in = NULL;
-	size_t in_len = 0;
-	napi_async_execute_callback execute = job->compress ?
-		zstd_compress_execute : zstd_decompress_execute;
-
-	if (!get_buffer(env, input, "input", &in, &in_len))
-		goto fail;
-	job->in = in;
-	job->in_len = in_len;
-	if (napi_failed(env, napi_create_reference(env, input, 1,
-						   &job->input_ref)) ||
-	    napi_failed(env, napi_create_string_utf8(env, name,
-						     NAPI_AUTO_LENGTH,
-						     &resource_name)) ||
-	    napi_failed(env, napi_create_async_work(env, NULL, resource_name,
-						    execute, zstd_complete,
-						    job, &job->work)) ||
-	    napi_failed(env, napi_create_promise(env, &job->deferred,
-						 &promise)))
-		goto fail;
-	if (napi_failed(env, napi_queue_async_work(env, job->work))) {
-		napi_value exc;
-
-		/* The promise exists now: move the exception into it. */
-		if (napi_get_and_clear_last_exception(env, &exc) == napi_ok &&
-		    napi_reject_deferred(env, job->deferred, exc) == napi_ok) {
-			zstd_job_free(env, job);
-			return promise;
-		}
-		goto fail;
-	}
-	return promise;
-fail:
-	zstd_job_free(env, job);
-	return NULL;
-}
-
-/* zstdCompress(input: Buffer, level: number): Promise<Buffer> */
-static napi_value js_zstd_compress(napi_env env, napi_callback_info info)
-{
-	napi_value argv[2];
-	struct zstd_job *job;
-	int64_t level;
-
-	if (!get_args(env, info, 2, argv))
-		return NULL;
-	if (!get_int(env, argv[1], "level", ZSTD_minCLevel(), ZSTD_maxCLevel(),
-		     &level))
-		return NULL;
-	job = calloc(1, sizeof(*job));
-	if (job == NULL) {
-		throw_errno(env, ENOMEM, "malloc", NULL, NULL);
-		return NULL;
-	}
-	job->compress = true;
-	job->level = (int)level;
-	return zstd_start(env, job, argv[0], "strata.zstdCompress");
-}
-
-/*
- * zstdDecompress(input: Buffer, expectedSize: number): Promise<Buffer>
- * The result Buffer is allocated here, on the JS thread, at exactly
- * expectedSize bytes: that is the decompression-bomb bound.
- */
-static napi_value js_zstd_decompress(napi_env env, napi_callback_info info)
-{
-	napi_value argv[2], out;
-	struct zstd_job *job;
-	int64_t expected;
-	void *out_data = NULL;
-
-	if (!get_args(env, info, 2, argv))
-		return NULL;
-	if (!get_int(env, argv[1], "expectedSize", 0, MAX_SAFE_INT, &expected))
-		return NULL;
-	job = calloc(1, sizeof(*job));
-	if (job == NULL) {
-		throw_errno(env, ENOMEM, "malloc", NULL, NULL);
-		return NULL;
-	}
-	job->compress = false;
-	if (napi_failed(env, napi_create_buffer(env, (size_t)expected,
-						&out_data, &out)) ||
-	    napi_failed(env, napi_create_reference(env, out, 1,
-						   &job->output_ref))) {
-		zstd_job_free(env, job);
-		return NULL;
-	}
-	job->out = out_data;
-	job->out_cap = (size_t)expected;
-	return zstd_start(env, job, argv[0], "strata.zstdDecompress");
-}
-
-/* ------------------------------------------------------------------ */
 /* Module                                                              */
 /* ------------------------------------------------------------------ */
 
@@ -1091,7 +761,11 @@ NAPI_MODULE_INIT()
 		  .attributes = napi_enumerable },
 		{ .utf8name = "zstdCompress", .method = js_zstd_compress,
 		  .attributes = napi_enumerable },
+		{ .utf8name = "zstdFrame", .method = js_zstd_frame,
+		  .attributes = napi_enumerable },
 		{ .utf8name = "zstdDecompress", .method = js_zstd_decompress,
+		  .attributes = napi_enumerable },
+		{ .utf8name = "scanDir", .method = js_scan_dir,
 		  .attributes = napi_enumerable },
 	};
 

@@ -6,7 +6,7 @@
  */
 import { codecFor } from '../format/codec.js';
 import { type BytePath, baseOf, compareBytes, parentOf } from '../format/paths.js';
-import { blobKey, decodeChunk, type LayerDescriptor } from '../format/reader.js';
+import { blobKey, decodeChunk, decodeFrame, type LayerDescriptor, sha256 } from '../format/reader.js';
 import type { Extent } from '../format/tar.js';
 import type { Toc, TocEntry } from '../format/toc.js';
 import type { LayerWriter } from '../format/writer.js';
@@ -77,6 +77,7 @@ export async function squashLayers(
   let count = 0;
   // Hard links go last: their targets may sort after them, and must be in the layer first.
   const links: TocEntry[] = [];
+  let lastFrame: { layer: number; blobOffset: number; bytes: Buffer } | undefined;
   const emit = async (path: BytePath, n: SquashNode): Promise<void> => {
     const e = n.entry;
     if (e?.type === 'hardlink') links.push({ ...e, path });
@@ -99,9 +100,20 @@ export async function squashLayers(
         const codec = codecFor(d.codec);
         let stored = 0;
         for (const c of chunks ?? []) {
-          const frame = await store.getBytes(blobKey(d.digest), { start: c.blobOffset, end: c.blobOffset + c.blobLength });
-          const data = await decodeChunk(codec, frame, c, blobKey(d.digest));
-          await writer.addChunk(out, c.offset, data, c.digest);
+          let data: Buffer;
+          if (c.frameSize === undefined) {
+            const frame = await store.getBytes(blobKey(d.digest), { start: c.blobOffset, end: c.blobOffset + c.blobLength });
+            data = await decodeChunk(codec, frame, c, blobKey(d.digest));
+          } else {
+            // Consecutive files of a shared frame: fetch and verify it once.
+            if (lastFrame?.layer !== n.layer || lastFrame.blobOffset !== c.blobOffset) {
+              const frame = await store.getBytes(blobKey(d.digest), { start: c.blobOffset, end: c.blobOffset + c.blobLength });
+              lastFrame = { layer: n.layer, blobOffset: c.blobOffset, bytes: await decodeFrame(codec, frame, c, blobKey(d.digest)) };
+            }
+            data = lastFrame.bytes.subarray(c.frameOffset!, c.frameOffset! + c.size);
+          }
+          // A shared frame's digest covers the whole frame; the chunk's own is its content's.
+          await writer.addChunk(out, c.offset, data, c.frameSize === undefined ? c.digest : sha256(data));
           stored += c.size;
         }
         writer.endFile(stored);

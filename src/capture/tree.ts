@@ -7,7 +7,7 @@
  * (and at least `maxRetries` tries) fails the capture rather than be stored torn.
  */
 import { createHash } from 'node:crypto';
-import { constants as C, type BigIntStats } from 'node:fs';
+import { constants as C } from 'node:fs';
 import { lstat, open, readdir, readlink, type FileHandle } from 'node:fs/promises';
 import { BackupCreateError } from '../errors.js';
 import { type BytePath, compareBytes, displayPath, fromFsPath, joinPath, parentOf, toFsPath } from '../format/paths.js';
@@ -15,10 +15,11 @@ import type { Extent } from '../format/tar.js';
 import { MAX_CHUNK_SIZE, type TocEntry } from '../format/toc.js';
 import type { LayerWriter } from '../format/writer.js';
 import { sys } from '../sys/native.js';
+import { type DirScan, type EntryStat, ScanFlag, scanDir } from '../sys/scan.js';
 
 export interface CaptureOptions {
   /** Skip entries for which this returns true (layer paths, byte strings). */
-  exclude?: (path: BytePath, st: BigIntStats) => boolean;
+  exclude?: (path: BytePath, st: EntryStat) => boolean;
   /** Drop xattrs whose name this returns true for (e.g. overlay's own trusted.overlay.*). */
   skipXattr?: (name: string) => boolean;
   /** Fewest tries at a file that changes under the read before giving up (default 5). */
@@ -62,8 +63,8 @@ export function devMinor(rdev: bigint): number {
 }
 
 /** Metadata common to every entry type, from an lstat. */
-export function baseMeta(path: BytePath, st: BigIntStats, fsPath: Buffer, skipXattr?: (n: string) => boolean): Omit<TocEntry, 'type' | 'headerOffset'> {
-  let xattrs = sys.llistxattrs(fsPath);
+export function baseMeta(path: BytePath, st: EntryStat, fsPath: Buffer, skipXattr?: (n: string) => boolean, known?: Array<[string, Buffer]>): Omit<TocEntry, 'type' | 'headerOffset'> {
+  let xattrs = known ?? sys.llistxattrs(fsPath);
   if (skipXattr) xattrs = xattrs.filter(([n]) => !skipXattr(n));
   const meta: Omit<TocEntry, 'type' | 'headerOffset'> = {
     path,
@@ -77,7 +78,7 @@ export function baseMeta(path: BytePath, st: BigIntStats, fsPath: Buffer, skipXa
   return meta;
 }
 
-function sameFile(a: BigIntStats, b: BigIntStats): boolean {
+function sameFile(a: EntryStat, b: EntryStat): boolean {
   return a.size === b.size && a.mtimeNs === b.mtimeNs && a.ctimeNs === b.ctimeNs && a.ino === b.ino;
 }
 
@@ -107,7 +108,7 @@ function retryDelay(attempt: number): number {
   const base = Math.min(200, 10 * 2 ** (attempt - 2));
   return Math.round(base * (0.5 + Math.random()));
 }
-function racy(st: BigIntStats, readStartMs: number): boolean {
+function racy(st: EntryStat, readStartMs: number): boolean {
   return st.ctimeNs >= BigInt(readStartMs - RACY_WINDOW_MS) * 1_000_000n;
 }
 
@@ -117,21 +118,71 @@ function isVanished(err: unknown): boolean {
   return code === 'ENOENT' || code === 'ENOTDIR';
 }
 
-/** Entries stat'ed (and small files read) ahead of the writer, per directory. */
-const PREFETCH = 32;
 /** Files up to this size are read ahead whole. */
 const PREFETCH_MAX = 256 * 1024;
+/** Bytes of small files one directory scan reads before it returns (the rest: another scan). */
+const SCAN_BUDGET = 8 * 2 ** 20;
+/** Directory scans started ahead of the writer (each holds up to SCAN_BUDGET bytes). */
+const SCANS_AHEAD = 4;
 
-/** An entry's lstat, and for a small dense regular file its bytes and the fstat after reading them. */
+/**
+ * An entry's lstat, and for a small dense regular file its bytes and the fstat after reading
+ * them; from a native scan also their digest, the entry's xattrs and a symlink's target.
+ */
 export interface Prefetched {
-  st: BigIntStats;
+  st: EntryStat;
   data?: Buffer;
-  after?: BigIntStats;
+  after?: EntryStat;
+  digest?: string;
+  xattrs?: Array<[string, Buffer]>;
+  linkTarget?: Buffer;
+}
+
+/** One scanned entry as a Prefetched. */
+function fromScan(scan: DirScan, i: number, flags: number): Prefetched {
+  const st = scan.stat(i);
+  const pre: Prefetched = { st };
+  if (flags & ScanFlag.XATTRS) pre.xattrs = scan.xattrs(i);
+  if (flags & ScanFlag.DATA) {
+    pre.data = scan.data(i);
+    pre.after = st;
+    pre.digest = scan.digest(i);
+  } else if (flags & ScanFlag.LINK) pre.linkTarget = scan.data(i);
+  return pre;
+}
+
+/**
+ * Directory scans started ahead of the capture that will need them, at most SCANS_AHEAD at once:
+ * a scan runs on the threadpool while the capture writes the directory before it.
+ */
+class ScanAhead {
+  private readonly started = new Map<BytePath, Promise<DirScan>>();
+
+  /** Start scanning fsPath if there is room. */
+  start(fsPath: BytePath): void {
+    if (this.started.size >= SCANS_AHEAD || this.started.has(fsPath)) return;
+    const p = scanDir(toFsPath(fsPath), null, PREFETCH_MAX, SCAN_BUDGET);
+    p.catch(() => undefined); // surfaced when taken
+    this.started.set(fsPath, p);
+  }
+
+  /** Forget scans started ahead and not taken. */
+  drop(fsPaths: BytePath[]): void {
+    for (const p of fsPaths) this.started.delete(p);
+  }
+
+  /** The scan of fsPath: the one started ahead, else a new one. */
+  take(fsPath: BytePath): Promise<DirScan> {
+    const p = this.started.get(fsPath);
+    if (!p) return scanDir(toFsPath(fsPath), null, PREFETCH_MAX, SCAN_BUDGET);
+    this.started.delete(fsPath);
+    return p;
+  }
 }
 
 /** lstat an entry and read it if it is a small dense file; null when it no longer exists. */
 async function prefetch(fsPath: BytePath): Promise<Prefetched | null> {
-  let st: BigIntStats;
+  let st: EntryStat;
   try {
     st = await lstat(toFsPath(fsPath), { bigint: true });
   } catch (err) {
@@ -197,6 +248,7 @@ export class TreeCapture {
   private bytes = 0;
   private readonly maxRetries: number;
   private readonly retryWindowMs: number;
+  private readonly scans = new ScanAhead();
 
   constructor(
     private readonly writer: LayerWriter,
@@ -215,37 +267,57 @@ export class TreeCapture {
   }
 
   /** Capture the directory at fsPath as layer path `path`, then everything beneath it. */
-  async captureDir(fsPath: BytePath, path: BytePath, st: BigIntStats, extra?: Partial<TocEntry>): Promise<void> {
-    await this.addEntry(fsPath, path, st, extra);
-    let names: BytePath[];
+  async captureDir(fsPath: BytePath, path: BytePath, st: EntryStat, extra?: Partial<TocEntry>, pre?: Prefetched): Promise<void> {
+    await this.addEntry(fsPath, path, st, extra, pre);
+    // One native scan per directory (lstat, xattrs, link targets, small files read and hashed):
+    // a few calls per directory instead of several per file.
+    let scan: DirScan;
     try {
-      names = (await readdir(toFsPath(fsPath), { encoding: 'buffer' })).map(fromFsPath).sort(compareBytes);
+      scan = await this.scans.take(fsPath);
     } catch (err) {
       // Deleted after it was recorded: empty at this point in time.
       if (path !== '.' && isVanished(err)) return;
       throw err;
     }
-    // Stat and read small files ahead, PREFETCH at a time: capture is bound by syscall latency,
-    // and entries must still reach the writer in order.
-    const ahead: Array<Promise<Prefetched | null>> = [];
-    const start = (i: number): void => {
-      const p = prefetch(joinPath(fsPath, names[i]!));
-      p.catch(() => undefined); // surfaced when awaited in order
-      ahead[i] = p;
-    };
-    for (let i = 0; i < Math.min(PREFETCH, names.length); i++) start(i);
-    for (let i = 0; i < names.length; i++) {
-      const pre = await ahead[i]!;
-      delete ahead[i];
-      if (i + PREFETCH < names.length) start(i + PREFETCH);
-      if (!pre) continue; // deleted between readdir and lstat: not part of this point in time
-      const name = names[i]!;
+    // Its first subdirectories are scanned while its files are written.
+    const ahead: BytePath[] = [];
+    for (let i = 0; i < scan.count && ahead.length < SCANS_AHEAD; i++) {
+      if (!(scan.flags(i) & ScanFlag.EXISTS) || !scan.stat(i).isDirectory()) continue;
+      const name = fromFsPath(scan.name(i));
+      if (this.opts.exclude?.(path === '.' ? name : path + '/' + name, scan.stat(i))) continue;
+      ahead.push(joinPath(fsPath, name));
+      this.scans.start(ahead[ahead.length - 1]!);
+    }
+    try {
+      await this.captureEntries(fsPath, path, scan);
+    } finally {
+      // A subdirectory that vanished or changed type was never taken: free its slot.
+      this.scans.drop(ahead);
+    }
+  }
+
+  private async captureEntries(fsPath: BytePath, path: BytePath, scan: DirScan): Promise<void> {
+    for (let i = 0; i < scan.count; i++) {
+      let flags = scan.flags(i);
+      if (flags & ScanFlag.BUDGET) {
+        // Past the scan's budget of small-file bytes: scan the rest of the names again.
+        const rest: Buffer[] = [];
+        for (let j = i; j < scan.count; j++) rest.push(scan.name(j));
+        scan = await scanDir(toFsPath(fsPath), rest, PREFETCH_MAX, SCAN_BUDGET);
+        i = 0;
+        flags = scan.flags(i);
+      }
+      const name = fromFsPath(scan.name(i));
       const childFs = joinPath(fsPath, name);
+      let entry: Prefetched | null;
+      if (scan.errno(i) !== 0) entry = await prefetch(childFs); // lstat failed oddly: fs says why
+      else entry = flags & ScanFlag.EXISTS ? fromScan(scan, i, flags) : null;
+      if (!entry) continue; // deleted between readdir and lstat: not part of this point in time
       const child = path === '.' ? name : path + '/' + name;
-      if (this.opts.exclude?.(child, pre.st)) continue;
+      if (this.opts.exclude?.(child, entry.st)) continue;
       try {
-        if (pre.st.isDirectory()) await this.captureDir(childFs, child, pre.st);
-        else await this.addEntry(childFs, child, pre.st, undefined, pre);
+        if (entry.st.isDirectory()) await this.captureDir(childFs, child, entry.st, undefined, entry);
+        else await this.addEntry(childFs, child, entry.st, undefined, entry);
       } catch (err) {
         // Deleted between its lstat and its read (xattrs, link target): nothing of it was written
         // yet, so it is simply not part of this point in time, like an entry gone before the lstat.
@@ -264,7 +336,8 @@ export class TreeCapture {
   }
 
   /** Add a single entry (no recursion). */
-  async addEntry(fsPath: BytePath, path: BytePath, st: BigIntStats, extra?: Partial<TocEntry>, pre?: Prefetched): Promise<void> {
+  async addEntry(fsPath: BytePath, path: BytePath, st: EntryStat, extra?: Partial<TocEntry>, pre?: Prefetched): Promise<void> {
+    const xattrs = pre?.xattrs;
     const fsb = toFsPath(fsPath);
     const w = this.writer;
     this.entries++;
@@ -272,25 +345,25 @@ export class TreeCapture {
       const key = `${st.dev}:${st.ino}`;
       const first = this.links.get(key);
       if (first !== undefined) {
-        await w.addEntry({ ...baseMeta(path, st, fsb, this.opts.skipXattr), type: 'hardlink', linkTarget: first });
+        await w.addEntry({ ...baseMeta(path, st, fsb, this.opts.skipXattr, xattrs), type: 'hardlink', linkTarget: first });
         return this.progress();
       }
     }
     if (st.isDirectory()) {
-      await w.addEntry({ ...baseMeta(path, st, fsb, this.opts.skipXattr), type: 'dir', ...extra });
+      await w.addEntry({ ...baseMeta(path, st, fsb, this.opts.skipXattr, xattrs), type: 'dir', ...extra });
     } else if (st.isFile()) {
       if (!(pre && (await this.addPrefetched(fsPath, path, pre))) && !(await this.addFile(fsPath, path))) {
         this.entries--;
         return;
       }
     } else if (st.isSymbolicLink()) {
-      const target = fromFsPath(await readlink(fsb, { encoding: 'buffer' }));
-      await w.addEntry({ ...baseMeta(path, st, fsb, this.opts.skipXattr), type: 'symlink', linkTarget: target });
+      const target = fromFsPath(pre?.linkTarget ?? (await readlink(fsb, { encoding: 'buffer' })));
+      await w.addEntry({ ...baseMeta(path, st, fsb, this.opts.skipXattr, xattrs), type: 'symlink', linkTarget: target });
     } else if (st.isFIFO()) {
-      await w.addEntry({ ...baseMeta(path, st, fsb, this.opts.skipXattr), type: 'fifo' });
+      await w.addEntry({ ...baseMeta(path, st, fsb, this.opts.skipXattr, xattrs), type: 'fifo' });
     } else if (st.isCharacterDevice() || st.isBlockDevice()) {
       await w.addEntry({
-        ...baseMeta(path, st, fsb, this.opts.skipXattr),
+        ...baseMeta(path, st, fsb, this.opts.skipXattr, xattrs),
         type: st.isCharacterDevice() ? 'char' : 'block',
         devMajor: devMajor(st.rdev),
         devMinor: devMinor(st.rdev),
@@ -316,8 +389,8 @@ export class TreeCapture {
     if (racy(pre.after, Date.now())) return false;
     const w = this.writer;
     const size = pre.data.length;
-    const digest = 'sha256:' + createHash('sha256').update(pre.data).digest('hex');
-    const e = await w.addEntry({ ...baseMeta(path, pre.after, toFsPath(fsPath), this.opts.skipXattr), type: 'file', size, digest });
+    const digest = pre.digest ?? 'sha256:' + createHash('sha256').update(pre.data).digest('hex');
+    const e = await w.addEntry({ ...baseMeta(path, pre.after, toFsPath(fsPath), this.opts.skipXattr, pre.xattrs), type: 'file', size, digest });
     if (size > 0) await w.addChunk(e, 0, pre.data, digest);
     w.endFile(size);
     this.bytes += size;
@@ -420,7 +493,7 @@ export class TreeCapture {
   }
 
   /** Read the chunks again: true when every one has the digest the first read gave. */
-  private async rereadMatches(fh: FileHandle, chunks: Array<{ offset: number; size: number; digest: string }>, before: BigIntStats): Promise<boolean> {
+  private async rereadMatches(fh: FileHandle, chunks: Array<{ offset: number; size: number; digest: string }>, before: EntryStat): Promise<boolean> {
     await settle(Number(before.size));
     const buf = Buffer.allocUnsafe(MAX_CHUNK_SIZE);
     for (const c of chunks) {

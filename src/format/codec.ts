@@ -3,6 +3,7 @@
  * zstd frames), so the concatenation is still a valid .tar.gz / .tar.zst and any frame can be read
  * alone with one range request.
  */
+import { createHash } from 'node:crypto';
 import { promisify } from 'node:util';
 import * as zlib from 'node:zlib';
 import { InvalidLayerError } from '../errors.js';
@@ -14,6 +15,8 @@ const gunzip = promisify(zlib.gunzip);
 export interface Codec {
   readonly name: CodecName;
   compress(data: Buffer): Promise<Buffer>;
+  /** One frame of the parts' concatenation, and 'sha256:<hex>' of that concatenation. */
+  compressParts(parts: Buffer[]): Promise<{ frame: Buffer; digest: string }>;
   /** Decompress one frame that must yield exactly expectedSize bytes (the bomb guard). */
   decompress(frame: Buffer, expectedSize: number): Promise<Buffer>;
 }
@@ -30,6 +33,11 @@ class GzipCodec implements Codec {
   constructor(private readonly level: number) {}
   compress(data: Buffer): Promise<Buffer> {
     return gzip(data, { level: this.level });
+  }
+  async compressParts(parts: Buffer[]): Promise<{ frame: Buffer; digest: string }> {
+    const h = createHash('sha256');
+    for (const p of parts) h.update(p);
+    return { frame: await gzip(Buffer.concat(parts), { level: this.level }), digest: 'sha256:' + h.digest('hex') };
   }
   async decompress(frame: Buffer, expectedSize: number): Promise<Buffer> {
     let out: Buffer;
@@ -49,6 +57,11 @@ class ZstdCodec implements Codec {
   async compress(data: Buffer): Promise<Buffer> {
     const { sys } = await loadSys();
     return sys.zstdCompress(data, this.level);
+  }
+  async compressParts(parts: Buffer[]): Promise<{ frame: Buffer; digest: string }> {
+    const { sys } = await loadSys();
+    const r = await sys.zstdFrame(parts, this.level);
+    return { frame: r.frame, digest: 'sha256:' + r.digest.toString('hex') };
   }
   async decompress(frame: Buffer, expectedSize: number): Promise<Buffer> {
     const { sys } = await loadSys();

@@ -48,12 +48,21 @@ export async function decodeTocFrame(frame: Buffer, d: Pick<LayerDescriptor, 'co
   return toc;
 }
 
-/** Decompress one chunk frame and check it against the TOC; throws rather than return bad bytes. */
+/**
+ * Decompress one chunk's frame and check it against the TOC; throws rather than return bad bytes.
+ * The result is the chunk's bytes (a slice of a shared frame's).
+ */
 export async function decodeChunk(codec: Codec, frame: Buffer, chunk: Chunk, where: string): Promise<Buffer> {
+  const all = await decodeFrame(codec, frame, chunk, where);
+  return chunk.frameSize === undefined ? all : all.subarray(chunk.frameOffset ?? 0, (chunk.frameOffset ?? 0) + chunk.size);
+}
+
+/** Decompress and verify the whole frame a chunk lies in (shared by every chunk naming it). */
+export async function decodeFrame(codec: Codec, frame: Buffer, chunk: Chunk, where: string): Promise<Buffer> {
   if (frame.length !== chunk.blobLength) throw new InvalidLayerError(`chunk frame of ${where} is ${frame.length} bytes, expected ${chunk.blobLength}`);
   let data: Buffer;
   try {
-    data = await codec.decompress(frame, chunk.size);
+    data = await codec.decompress(frame, chunk.frameSize ?? chunk.size);
   } catch (err) {
     throw new DigestMismatchError(`chunk at blob offset ${chunk.blobOffset} of ${where} does not decompress: damaged or tampered data`, { cause: err });
   }

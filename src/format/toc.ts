@@ -6,9 +6,16 @@
 import { InvalidLayerError, UnsafePathError } from '../errors.js';
 import { type BytePath, checkLayerPath, decodeUtf8, displayPath, encodeUtf8 } from './paths.js';
 
-export const TOC_VERSION = 1;
+/**
+ * Version 2 adds shared frames (a chunk's frameOffset/frameSize); a layer without any is written
+ * as version 1, byte for byte what earlier writers produced. Both are read.
+ */
+export const TOC_VERSION = 2;
+export const TOC_VERSION_UNSHARED = 1;
 /** Largest uncompressed chunk of file data in one frame. */
 export const MAX_CHUNK_SIZE = 4 * 1024 * 1024;
+/** Largest uncompressed shared frame (the writer's bound is far below: see docs/codecs.md). */
+export const MAX_FRAME_SIZE = MAX_CHUNK_SIZE;
 
 export type EntryType = 'dir' | 'file' | 'symlink' | 'hardlink' | 'char' | 'block' | 'fifo' | 'whiteout';
 const ENTRY_TYPES: ReadonlySet<string> = new Set(['dir', 'file', 'symlink', 'hardlink', 'char', 'block', 'fifo', 'whiteout']);
@@ -26,9 +33,10 @@ export interface Chunk {
   /** 'sha256:<hex>' of the uncompressed bytes. */
   digest: string;
   /**
-   * Set only when the frame holds more than this file's bytes (restore index records, not TOC v1):
-   * where in the frame's uncompressed bytes this chunk starts, and the frame's whole size (what
-   * digest covers then).
+   * Set only when the frame holds more than this file's bytes (a shared frame, TOC v2): where in
+   * the frame's uncompressed bytes this chunk starts, and the frame's whole size. `digest` then
+   * covers the whole frame (tar headers and the other files' bytes included), so one check
+   * verifies every file in it.
    */
   frameOffset?: number;
   frameSize?: number;
@@ -97,10 +105,11 @@ export function encodeToc(toc: Toc): Buffer {
     if (e.sparse) o.sparse = true;
     if (e.digest !== undefined) o.digest = e.digest;
     o.headerOffset = e.headerOffset;
-    if (e.chunks) o.chunks = e.chunks.map((c) => [c.offset, c.size, c.blobOffset, c.blobLength, c.digest]);
+    if (e.chunks) o.chunks = e.chunks.map((c) => (c.frameSize === undefined ? [c.offset, c.size, c.blobOffset, c.blobLength, c.digest] : [c.offset, c.size, c.blobOffset, c.blobLength, c.digest, c.frameOffset ?? 0, c.frameSize]));
     return o;
   });
-  const out: Record<string, unknown> = { version: toc.version, codec: toc.codec };
+  const shared = toc.entries.some((e) => e.chunks?.some((c) => c.frameSize !== undefined));
+  const out: Record<string, unknown> = { version: shared ? TOC_VERSION : TOC_VERSION_UNSHARED, codec: toc.codec };
   if (toc.prefetch) out.prefetch = toc.prefetch;
   out.entries = entries;
   return Buffer.from(JSON.stringify(out));
@@ -146,11 +155,14 @@ export function decodeToc(buf: Buffer, dataEnd: number): Toc {
   }
   if (typeof raw !== 'object' || raw === null) bad('not an object');
   const r = raw as Record<string, unknown>;
-  if (r.version !== TOC_VERSION) bad(`unsupported version ${String(r.version)}`);
+  if (r.version !== TOC_VERSION && r.version !== TOC_VERSION_UNSHARED) bad(`unsupported version ${String(r.version)}`);
+  const sharing = r.version === TOC_VERSION;
   if (r.codec !== 'gzip' && r.codec !== 'zstd') bad(`unknown codec ${String(r.codec)}`);
   if (!Array.isArray(r.entries)) bad('entries is not an array');
   const seen = new Set<string>();
   let lastDataEnd = 0;
+  let lastShared: Chunk | undefined; // the shared frame the previous chunk lay in
+  let lastSharedEnd = 0; // where in that frame the previous chunk ended
   const entries: TocEntry[] = r.entries.map((x: unknown, i: number): TocEntry => {
     if (typeof x !== 'object' || x === null) bad(`entry ${i} is not an object`);
     const o = x as Record<string, unknown>;
@@ -211,7 +223,7 @@ export function decodeToc(buf: Buffer, dataEnd: number): Toc {
       if (!Array.isArray(o.chunks)) bad(`file ${displayPath(path)} has no chunks`);
       let fileEnd = 0;
       e.chunks = o.chunks.map((c: unknown): Chunk => {
-        if (!Array.isArray(c) || c.length !== 5) bad(`chunk of ${displayPath(path)}`);
+        if (!Array.isArray(c) || !(c.length === 5 || (sharing && c.length === 7))) bad(`chunk of ${displayPath(path)}`);
         const ch: Chunk = {
           offset: int(c[0], 'chunk offset'),
           size: int(c[1], 'chunk size', 1, MAX_CHUNK_SIZE),
@@ -219,14 +231,29 @@ export function decodeToc(buf: Buffer, dataEnd: number): Toc {
           blobLength: int(c[3], 'chunk blobLength', 1, MAX_CHUNK_SIZE * 2),
           digest: digest(c[4], 'chunk digest'),
         };
+        if (c.length === 7) {
+          ch.frameSize = int(c[6], 'chunk frameSize', 1, MAX_FRAME_SIZE);
+          ch.frameOffset = int(c[5], 'chunk frameOffset', 0, ch.frameSize - ch.size);
+        }
         // Chunks in file order, not overlapping, inside the file; frames in blob order, inside
-        // the data region, never overlapping another frame.
+        // the data region, never overlapping another frame. Chunks of one shared frame name
+        // the same frame identically and lie in it in order.
         if (ch.offset < fileEnd || ch.offset + ch.size > e.size) bad(`chunks of ${displayPath(path)} overlap or exceed its size`);
-        if (ch.blobOffset < lastDataEnd || ch.blobOffset < e.headerOffset || ch.blobOffset + ch.blobLength > dataEnd) {
+        const sameFrame =
+          lastShared !== undefined &&
+          ch.frameSize !== undefined &&
+          ch.blobOffset === lastShared.blobOffset &&
+          ch.blobLength === lastShared.blobLength &&
+          ch.frameSize === lastShared.frameSize &&
+          ch.digest === lastShared.digest &&
+          ch.frameOffset! >= lastSharedEnd;
+        if ((!sameFrame && ch.blobOffset < lastDataEnd) || ch.blobOffset < e.headerOffset || ch.blobOffset + ch.blobLength > dataEnd) {
           bad(`chunk of ${displayPath(path)} lies outside the data region or overlaps another`);
         }
         fileEnd = ch.offset + ch.size;
         lastDataEnd = ch.blobOffset + ch.blobLength;
+        lastShared = ch.frameSize !== undefined ? ch : undefined;
+        lastSharedEnd = ch.frameSize !== undefined ? ch.frameOffset! + ch.size : 0;
         return ch;
       });
       const stored = e.chunks.reduce((n, c) => n + c.size, 0);
@@ -234,7 +261,7 @@ export function decodeToc(buf: Buffer, dataEnd: number): Toc {
     } else if (o.chunks !== undefined || o.digest !== undefined) bad(`${type} ${displayPath(path)} has data`);
     return e;
   });
-  const toc: Toc = { version: TOC_VERSION, codec: r.codec, entries };
+  const toc: Toc = { version: r.version, codec: r.codec, entries };
   if (r.prefetch !== undefined) {
     const p = r.prefetch as Record<string, unknown>;
     if (typeof p !== 'object' || p === null) bad('prefetch');

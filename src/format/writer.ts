@@ -47,6 +47,29 @@ interface PendingFrame {
 
 const WINDOW = 16;
 
+/**
+ * Bound on a shared frame's uncompressed bytes, and the largest file that joins one. Chosen by
+ * measurement (docs/codecs.md): bigger frames compress better but a lazy read of one small file
+ * fetches and decodes its whole frame.
+ */
+export const FRAME_BOUND = 64 * 1024;
+export const SHARED_FILE_MAX = 32 * 1024;
+
+export interface WriterOptions {
+  /** Shared-frame bound in bytes; 0 writes one frame per header and per chunk (TOC v1). */
+  frameBound?: number;
+}
+
+const ZEROS = Buffer.alloc(512);
+
+/** The frame being filled: its parts, and the entries and chunks that learn its place. */
+interface OpenFrame {
+  parts: Buffer[];
+  size: number;
+  headers: TocEntry[];
+  chunks: Chunk[];
+}
+
 export class LayerWriter {
   private offset = 0;
   private hash = createHash('sha256');
@@ -58,14 +81,21 @@ export class LayerWriter {
   private writing: Promise<void> = Promise.resolve();
   private failed: unknown;
   private prefetch: Toc['prefetch'];
+  private frame: OpenFrame = { parts: [], size: 0, headers: [], chunks: [] };
+  private readonly frameBound: number;
+  /** The last entry whose header went into the open frame (its data may follow it there). */
+  private lastHeader: TocEntry | undefined;
 
   private constructor(
     private readonly fh: FileHandle,
     readonly codec: Codec,
-  ) {}
+    opts: WriterOptions,
+  ) {
+    this.frameBound = opts.frameBound ?? FRAME_BOUND;
+  }
 
-  static async create(path: string, codec: Codec): Promise<LayerWriter> {
-    return new LayerWriter(await open(path, 'w', 0o600), codec);
+  static async create(path: string, codec: Codec, opts: WriterOptions = {}): Promise<LayerWriter> {
+    return new LayerWriter(await open(path, 'w', 0o600), codec, opts);
   }
 
   get size(): number {
@@ -103,9 +133,37 @@ export class LayerWriter {
   }
 
   private takePad(): Buffer {
-    const p = Buffer.alloc(this.pad);
+    const p = ZEROS.subarray(0, this.pad);
     this.pad = 0;
     return p;
+  }
+
+  /** Compress the open frame (if it holds anything) and queue it. */
+  private async closeFrame(): Promise<void> {
+    const f = this.frame;
+    this.lastHeader = undefined;
+    if (f.parts.length === 0) return;
+    this.frame = { parts: [], size: 0, headers: [], chunks: [] };
+    const job = this.codec.compressParts(f.parts);
+    let digest = '';
+    await this.enqueue({
+      data: job.then((r) => ((digest = r.digest), r.frame)),
+      placed: (at, len) => {
+        for (const e of f.headers) e.headerOffset = at;
+        for (const c of f.chunks) {
+          c.blobOffset = at;
+          c.blobLength = len;
+          c.frameSize = f.size;
+          c.digest = digest;
+        }
+      },
+    });
+  }
+
+  private append(buf: Buffer): void {
+    if (buf.length === 0) return;
+    this.frame.parts.push(buf);
+    this.frame.size += buf.length;
   }
 
   /**
@@ -116,9 +174,18 @@ export class LayerWriter {
     const e: TocEntry = { ...meta, headerOffset: -1 };
     if (e.type === 'file') e.chunks = [];
     const { header } = entryHeader(e, extents);
-    const raw = Buffer.concat([this.takePad(), header]);
     this.entries.push(e);
-    await this.enqueue({ data: this.codec.compress(raw), placed: (at) => (e.headerOffset = at) });
+    if (this.frameBound === 0) {
+      const raw = Buffer.concat([this.takePad(), header]);
+      await this.enqueue({ data: this.codec.compress(raw), placed: (at) => (e.headerOffset = at) });
+      return e;
+    }
+    this.append(this.takePad());
+    this.append(header);
+    this.frame.headers.push(e);
+    this.lastHeader = e;
+    // A file's data may still join this frame; anything else closes a full one now.
+    if (this.frame.size >= this.frameBound && (e.type !== 'file' || e.size === 0)) await this.closeFrame();
     return e;
   }
 
@@ -127,6 +194,18 @@ export class LayerWriter {
     const c: Chunk = { offset: fileOffset, size: data.length, blobOffset: -1, blobLength: -1, digest };
     e.chunks!.push(c);
     this.dataBytes += data.length;
+    if (this.frameBound > 0) {
+      // The whole of a small dense file, right after its own header: it shares the frame.
+      if (e === this.lastHeader && fileOffset === 0 && data.length === e.size && !e.sparse && data.length <= Math.min(SHARED_FILE_MAX, this.frameBound)) {
+        c.frameOffset = this.frame.size;
+        this.append(data);
+        this.frame.chunks.push(c);
+        this.lastHeader = undefined;
+        if (this.frame.size >= this.frameBound) await this.closeFrame();
+        return;
+      }
+      await this.closeFrame();
+    }
     await this.enqueue({
       data: this.codec.compress(data),
       placed: (at, len) => {
@@ -143,12 +222,16 @@ export class LayerWriter {
 
   /** A point to return to. Drains first so that the blob on disk is exactly what was queued. */
   async mark(): Promise<Mark> {
+    await this.closeFrame();
     await this.drain();
     return { offset: this.offset, hash: this.hash.copy(), entries: this.entries.length, pad: this.pad, dataBytes: this.dataBytes };
   }
 
   async rollback(m: Mark): Promise<void> {
     await this.drain();
+    // mark() closed the open frame: what it holds now came after the mark.
+    this.frame = { parts: [], size: 0, headers: [], chunks: [] };
+    this.lastHeader = undefined;
     await this.fh.truncate(m.offset);
     this.offset = m.offset;
     this.hash = m.hash.copy();
@@ -164,7 +247,13 @@ export class LayerWriter {
 
   /** Write the end of the archive, the TOC and the footer; fsync; close. */
   async finish(extra?: Partial<Pick<Toc, 'prefetch'>>): Promise<LayerResult> {
-    await this.enqueue({ data: this.codec.compress(Buffer.concat([this.takePad(), END_OF_ARCHIVE])) });
+    if (this.frameBound === 0) {
+      await this.enqueue({ data: this.codec.compress(Buffer.concat([this.takePad(), END_OF_ARCHIVE])) });
+    } else {
+      this.append(this.takePad());
+      this.append(END_OF_ARCHIVE);
+      await this.closeFrame();
+    }
     await this.drain();
     const toc: Toc = { version: TOC_VERSION, codec: this.codec.name, entries: this.entries, ...(this.prefetch ? { prefetch: this.prefetch } : {}), ...extra };
     let tocRaw: Buffer | undefined;

@@ -15,7 +15,7 @@ import { BackupRestoreError, StrataError } from '../errors.js';
 import { besideTarget, checkTarget, swapInto } from './target.js';
 import { codecFor } from '../format/codec.js';
 import { type BytePath, displayPath, joinPath, toFsPath, fromFsPath } from '../format/paths.js';
-import { blobKey, decodeChunk, type LayerDescriptor } from '../format/reader.js';
+import { blobKey, decodeFrame, type LayerDescriptor } from '../format/reader.js';
 import type { Chunk, TocEntry } from '../format/toc.js';
 import type { ObjectStore } from '../store/store.js';
 import { sys } from '../sys/native.js';
@@ -77,18 +77,29 @@ function applyMeta(fsPath: Buffer, e: TocEntry, warn: (m: string) => void): Prom
   })();
 }
 
-/** Group wanted chunks into spans of the blob fetched with one ranged GET each. */
-function spans(jobs: ChunkJob[], maxGap: number): Array<{ start: number; end: number; jobs: ChunkJob[] }> {
+/** The chunks that lie in one frame (several for a shared frame), decoded once. */
+interface FrameJob {
+  chunk: Chunk;
+  jobs: ChunkJob[];
+}
+
+/** Group wanted chunks by frame, and frames into spans of the blob fetched with one ranged GET each. */
+function spans(jobs: ChunkJob[], maxGap: number): Array<{ start: number; end: number; frames: FrameJob[] }> {
   jobs.sort((a, b) => a.chunk.blobOffset - b.chunk.blobOffset);
-  const out: Array<{ start: number; end: number; jobs: ChunkJob[] }> = [];
+  const out: Array<{ start: number; end: number; frames: FrameJob[] }> = [];
   for (const j of jobs) {
     const last = out[out.length - 1];
+    const lastFrame = last?.frames[last.frames.length - 1];
     const s = j.chunk.blobOffset;
     const e = s + j.chunk.blobLength;
-    if (last && s - last.end <= maxGap && s >= last.end) {
+    const c = lastFrame?.chunk;
+    // Decoded once and checked against one digest, so every field naming the frame must agree.
+    if (c && c.frameSize !== undefined && c.blobOffset === s && c.blobLength === j.chunk.blobLength && c.frameSize === j.chunk.frameSize && c.digest === j.chunk.digest) {
+      lastFrame.jobs.push(j);
+    } else if (last && s - last.end <= maxGap && s >= last.end) {
       last.end = e;
-      last.jobs.push(j);
-    } else out.push({ start: s, end: e, jobs: [j] });
+      last.frames.push({ chunk: j.chunk, jobs: [j] });
+    } else out.push({ start: s, end: e, frames: [{ chunk: j.chunk, jobs: [j] }] });
   }
   return out;
 }
@@ -204,28 +215,36 @@ export async function extractView(
           pos += len;
           return out;
         };
-        const writeChunk = async (job: ChunkJob, frame: Buffer): Promise<void> => {
-          const data = await decodeChunk(codec, frame, job.chunk, `${key} (${displayPath(job.file.slice(stagingB.length + 1))})`);
-          let fh: FileHandle | undefined;
-          try {
-            // Only our own files are under staging, and no symlink exists there yet.
-            fh = await open(toFsPath(job.file), C.O_WRONLY | C.O_CREAT | C.O_NOFOLLOW, 0o600);
-            await fh.write(data, 0, data.length, job.chunk.offset);
-          } finally {
-            await fh?.close();
-          }
-          stats.bytes += data.length;
+        const writeFrame = async (fj: FrameJob, frame: Buffer): Promise<void> => {
+          const where = `${key} (${displayPath(fj.jobs[0]!.file.slice(stagingB.length + 1))})`;
+          // One decode and one digest check for every file of a shared frame.
+          const all = await decodeFrame(codec, frame, fj.chunk, where);
+          await Promise.all(
+            fj.jobs.map(async (job) => {
+              const at = job.chunk.frameOffset ?? 0;
+              const data = job.chunk.frameSize === undefined ? all : all.subarray(at, at + job.chunk.size);
+              let fh: FileHandle | undefined;
+              try {
+                // Only our own files are under staging, and no symlink exists there yet.
+                fh = await open(toFsPath(job.file), C.O_WRONLY | C.O_CREAT | C.O_NOFOLLOW, 0o600);
+                await fh.write(data, 0, data.length, job.chunk.offset);
+              } finally {
+                await fh?.close();
+              }
+              stats.bytes += data.length;
+            }),
+          );
           opts.onProgress?.({ bytes: stats.bytes, totalBytes });
         };
         const drainReady = async (): Promise<void> => {
-          while (i < span.jobs.length) {
-            const job = span.jobs[i]!;
-            const skip = job.chunk.blobOffset - pos;
-            if (bufLen < skip + job.chunk.blobLength) return;
+          while (i < span.frames.length) {
+            const fj = span.frames[i]!;
+            const skip = fj.chunk.blobOffset - pos;
+            if (bufLen < skip + fj.chunk.blobLength) return;
             if (skip > 0) take(skip);
-            const frame = Buffer.from(take(job.chunk.blobLength));
+            const frame = Buffer.from(take(fj.chunk.blobLength));
             i++;
-            const w = writeChunk(job, frame);
+            const w = writeFrame(fj, frame);
             // Awaited below; until then a failure must not surface as an unhandled rejection
             // (which kills the process before staging is cleaned up).
             w.catch(() => undefined);
@@ -246,7 +265,7 @@ export async function extractView(
           await Promise.allSettled(pending);
           throw err;
         }
-        if (i !== span.jobs.length) throw new BackupRestoreError(`short read of ${key} at offset ${pos}: the store returned less than asked`);
+        if (i !== span.frames.length) throw new BackupRestoreError(`short read of ${key} at offset ${pos}: the store returned less than asked`);
       }
     }
 

@@ -48,10 +48,27 @@ export interface NativeSys {
   /** One zstd frame, content size in the header, no checksum. Runs on the threadpool;
    *  do not modify `input` until the promise settles. */
   zstdCompress(input: Buffer, level: number): Promise<Buffer>;
+  /** One zstd frame of the parts' concatenation and its sha256 (32 bytes), without joining
+   *  them in JS. Do not modify `parts` or its Buffers until the promise settles. */
+  zstdFrame(parts: Buffer[], level: number): Promise<{ frame: Buffer; digest: Buffer }>;
   /** Decodes one zstd frame into a Buffer of exactly `expectedSize` bytes. Rejects
    *  with code 'EDECOMPRESS' on a size mismatch (either way), trailing bytes, or
    *  corruption; never allocates or writes more than `expectedSize`. */
   zstdDecompress(input: Buffer, expectedSize: number): Promise<Buffer>;
+  /** One directory's entries for capture, on the threadpool (native/sys/scan.c); decoded by
+   *  src/sys/scan.ts. `names` null lists the directory (sorted bytewise). Rejects like fs
+   *  (syscall 'scandir') when the directory cannot be opened or listed. */
+  scanDir(dir: Buffer, names: Buffer[] | null, smallMax: number, budget: number): Promise<RawScan>;
+}
+
+/** What scanDir resolves to: see src/sys/scan.ts. */
+export interface RawScan {
+  names: Buffer;
+  nameEnds: Uint32Array;
+  fields: BigInt64Array;
+  data: Buffer;
+  digests: Buffer;
+  xattrs: Array<Array<[string, Buffer]> | undefined> | null;
 }
 
 const FUNCTIONS = [
@@ -63,7 +80,9 @@ const FUNCTIONS = [
   'renameNoReplace',
   'lockFile',
   'zstdCompress',
+  'zstdFrame',
   'zstdDecompress',
+  'scanDir',
 ] as const satisfies ReadonlyArray<keyof NativeSys>;
 
 function load(): NativeSys {

@@ -64,6 +64,8 @@ export interface CraftOptions {
   /** Directory the blob file is written to. */
   dir: string;
   codec?: CodecName;
+  /** Shared-frame bound (default 0: a frame per header and per chunk, what the edits expect). */
+  frameBound?: number;
 }
 
 function tmpBlob(dir: string): string {
@@ -74,7 +76,7 @@ function tmpBlob(dir: string): string {
 export async function craftLayer(entries: CraftEntry[], opts: CraftOptions): Promise<CraftedLayer> {
   const codec = codecFor(opts.codec ?? 'zstd');
   const file = tmpBlob(opts.dir);
-  const w = await LayerWriter.create(file, codec);
+  const w = await LayerWriter.create(file, codec, { frameBound: opts.frameBound ?? 0 });
   const uid = process.getuid?.() ?? 0;
   const gid = process.getgid?.() ?? 0;
   try {

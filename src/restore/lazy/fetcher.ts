@@ -147,7 +147,8 @@ interface Job {
 }
 
 function refOf(layerHex: string, c: Chunk): ChunkRef {
-  return { layer: layerHex, digest: parseDigest(c.digest), blobOffset: c.blobOffset, blobLength: c.blobLength, size: c.size };
+  // The fetcher and cache deal in whole frames: a shared frame is one cache entry.
+  return { layer: layerHex, digest: parseDigest(c.digest), blobOffset: c.blobOffset, blobLength: c.blobLength, size: c.frameSize ?? c.size };
 }
 
 const range = (r: ChunkRef): string => `bytes ${r.blobOffset}-${r.blobOffset + r.blobLength - 1}`;

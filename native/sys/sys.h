@@ -1,0 +1,56 @@
+/*
+ * What the addon's source files share: N-API argument and error helpers
+ * (strata_sys.c) and the xattr readers. Each file registers its own
+ * functions through the props table in strata_sys.c.
+ */
+#ifndef STRATA_SYS_H
+#define STRATA_SYS_H
+
+#define NAPI_VERSION 8
+#include <node_api.h>
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Retries when an xattr grows between the size query and the read. */
+#define XATTR_MAX_RETRIES 16
+/* Number.MAX_SAFE_INTEGER: larger JS numbers are not exact integers. */
+#define MAX_SAFE_INT 9007199254740991.0
+
+enum throw_kind { THROW_ERROR, THROW_TYPE, THROW_RANGE };
+
+/* A failed napi_status becomes a pending JS exception; true when it failed. */
+bool napi_failed(napi_env env, napi_status st);
+__attribute__((format(printf, 4, 5)))
+void throw_fmt(napi_env env, enum throw_kind kind, const char *code,
+	       const char *fmt, ...);
+napi_status make_error(napi_env env, const char *code, const char *msg,
+		       napi_value *out);
+/* An Error shaped like Node's fs errors (code, errno, syscall, path). */
+void throw_errno(napi_env env, int err, const char *syscall, const char *path,
+		 const char *dest);
+bool get_args(napi_env env, napi_callback_info info, size_t want,
+	      napi_value *argv);
+bool get_buffer(napi_env env, napi_value v, const char *what, void **data,
+		size_t *len);
+/* A path Buffer as a NUL-terminated malloc'ed string; embedded NULs refused. */
+char *get_path(napi_env env, napi_value v, const char *what);
+bool get_int(napi_env env, napi_value v, const char *what, double min,
+	     double max, int64_t *out);
+
+/* Return 0 or an errno; the caller frees what they return. */
+int read_xattr_list(const char *path, char **list, size_t *len);
+int read_xattr(const char *path, const char *name, uint8_t **val, size_t *len);
+/* qsort comparator for char * names, bytewise. */
+int cmp_names(const void *a, const void *b);
+
+/* codec.c */
+napi_value js_zstd_compress(napi_env env, napi_callback_info info);
+napi_value js_zstd_frame(napi_env env, napi_callback_info info);
+napi_value js_zstd_decompress(napi_env env, napi_callback_info info);
+
+/* scan.c */
+napi_value js_scan_dir(napi_env env, napi_callback_info info);
+
+#endif
