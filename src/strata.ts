@@ -387,18 +387,29 @@ export class Strata {
     const tmp = join(tmpDir, `layer-${process.pid}-${randomBytes(8).toString('hex')}.tmp`);
     const codec = codecFor(this.opts.codec ?? DEFAULT_CODEC, this.opts.level);
     const writer = await LayerWriter.create(tmp, codec, this.opts.frameBound === undefined ? {} : { frameBound: this.opts.frameBound });
+    // A remote store gets the layer while it is captured, under a staging key (its name, the
+    // digest, is known only at the end), then copies it to that name server side. gc removes a
+    // staging object or upload a killed backup left (it lies under blobs/ and nothing names it).
+    const streamed = this.store.streamsUploads && this.store.putStream && this.store.copy ? this.startUpload(writer) : undefined;
     try {
       const changed = await fill(writer);
       const layer = await writer.finish();
-      if (changed === 0) return null;
+      if (streamed) await this.uploaded(streamed, layer.size);
+      if (changed === 0) {
+        if (streamed) await this.store.delete(streamed.key);
+        return null;
+      }
       const key = blobKey(layer.digest);
       // Content-addressed: a blob already stored is not sent again, only refreshed for gc's grace.
       if (await this.store.head(key)) await this.store.touch(key);
+      else if (streamed) await this.store.copy!(streamed.key, key);
       else {
         await this.store.putFile(key, tmp, {
           onProgress: (bytes) => this.opts.onProgress?.({ phase: 'upload', bytes, totalBytes: layer.size }),
+          move: true, // removed in finally either way
         });
       }
+      if (streamed) await this.store.delete(streamed.key);
       return {
         desc: {
           digest: layer.digest,
@@ -415,11 +426,41 @@ export class Strata {
       };
     } catch (err) {
       await writer.abort();
+      if (streamed) {
+        // The aborted writer fails the stream, the upload removes its parts; a staging object
+        // that landed anyway is deleted (or left to gc if the store is down).
+        await streamed.done.catch(() => undefined);
+        await this.store.delete(streamed.key).catch(() => undefined);
+      }
       if (err instanceof BackupCreateError) throw err;
       throw new BackupCreateError(`backup of ${dir} failed: ${(err as Error).message}`, { cause: err });
     } finally {
       await rm(tmp, { force: true });
     }
+  }
+
+  /**
+   * Wait for a streamed upload. When CompleteMultipartUpload was applied but its answer lost, the
+   * SDK's retry finds no such upload and fails: an object of the layer's size under the staging
+   * key (random, ours alone) is that upload, landed.
+   */
+  private async uploaded(streamed: { key: string; done: Promise<void> }, size: number): Promise<void> {
+    try {
+      await streamed.done;
+    } catch (err) {
+      const landed = await this.store.head(streamed.key).catch(() => null);
+      if (landed?.size !== size) throw err;
+    }
+  }
+
+  /** Upload the writer's blob as it grows, to a staging key. */
+  private startUpload(writer: LayerWriter): { key: string; done: Promise<void> } {
+    const key = `blobs/staging/${process.pid}-${randomBytes(12).toString('hex')}`;
+    const done = this.store.putStream!(key, writer.tail(), {
+      onProgress: (bytes) => this.opts.onProgress?.({ phase: 'upload', bytes, totalBytes: Math.max(bytes, writer.size) }),
+    });
+    done.catch(() => undefined); // awaited by writeLayer
+    return { key, done };
   }
 
   /**

@@ -8,6 +8,7 @@
  */
 import { createHash, type Hash } from 'node:crypto';
 import { open, type FileHandle } from 'node:fs/promises';
+import { Readable } from 'node:stream';
 import { BackupCreateError } from '../errors.js';
 import type { Codec } from './codec.js';
 import { encodeFooter } from './footer.js';
@@ -48,12 +49,11 @@ interface PendingFrame {
 const WINDOW = 16;
 
 /**
- * Bound on a shared frame's uncompressed bytes, and the largest file that joins one. Chosen by
+ * Bound on a shared frame's uncompressed bytes; a file up to that size joins one. Chosen by
  * measurement (docs/codecs.md): bigger frames compress better but a lazy read of one small file
  * fetches and decodes its whole frame.
  */
 export const FRAME_BOUND = 64 * 1024;
-export const SHARED_FILE_MAX = 32 * 1024;
 
 export interface WriterOptions {
   /** Shared-frame bound in bytes; 0 writes one frame per header and per chunk (TOC v1). */
@@ -85,8 +85,13 @@ export class LayerWriter {
   private readonly frameBound: number;
   /** The last entry whose header went into the open frame (its data may follow it there). */
   private lastHeader: TocEntry | undefined;
+  /** Offset of an open mark: bytes past it may still be rolled back, so tail() waits there. */
+  private hold: number | undefined;
+  private ended: 'finished' | 'aborted' | undefined;
+  private waiters: Array<() => void> = [];
 
   private constructor(
+    private readonly path: string,
     private readonly fh: FileHandle,
     readonly codec: Codec,
     opts: WriterOptions,
@@ -95,7 +100,46 @@ export class LayerWriter {
   }
 
   static async create(path: string, codec: Codec, opts: WriterOptions = {}): Promise<LayerWriter> {
-    return new LayerWriter(await open(path, 'w', 0o600), codec, opts);
+    return new LayerWriter(path, await open(path, 'w', 0o600), codec, opts);
+  }
+
+  private notify(): void {
+    const w = this.waiters;
+    this.waiters = [];
+    for (const f of w) f();
+  }
+
+  /**
+   * The blob as it is written, for an upload that runs while the capture does. Bytes are read
+   * back from the file once nothing can take them back (never past an open mark), so memory stays
+   * flat however far the upload falls behind: the file is the buffer. Ends once finish() has
+   * written the footer; fails when the writer is aborted.
+   */
+  tail(piece = 1 << 20): Readable {
+    const gen = async function* (this: LayerWriter): AsyncGenerator<Buffer> {
+      const fh = await open(this.path, 'r');
+      try {
+        let sent = 0;
+        for (;;) {
+          if (this.ended === 'aborted') throw new BackupCreateError('the layer was abandoned before its upload finished');
+          const safe = this.hold ?? this.offset;
+          if (sent < safe) {
+            const n = Math.min(piece, safe - sent);
+            const buf = Buffer.allocUnsafe(n);
+            const { bytesRead } = await fh.read(buf, 0, n, sent);
+            if (bytesRead !== n) throw new BackupCreateError(`short read of the layer file at ${sent}: it was changed under the upload`);
+            sent += n;
+            yield buf;
+            continue;
+          }
+          if (this.ended === 'finished') return;
+          await new Promise<void>((r) => this.waiters.push(r));
+        }
+      } finally {
+        await fh.close();
+      }
+    };
+    return Readable.from(gen.call(this), { objectMode: false, highWaterMark: piece });
   }
 
   get size(): number {
@@ -120,6 +164,7 @@ export class LayerWriter {
       this.hash.update(buf);
       this.offset += buf.length;
       f.placed?.(at, buf.length);
+      this.notify();
     } catch (err) {
       this.failed ??= err;
       throw err;
@@ -196,7 +241,7 @@ export class LayerWriter {
     this.dataBytes += data.length;
     if (this.frameBound > 0) {
       // The whole of a small dense file, right after its own header: it shares the frame.
-      if (e === this.lastHeader && fileOffset === 0 && data.length === e.size && !e.sparse && data.length <= Math.min(SHARED_FILE_MAX, this.frameBound)) {
+      if (e === this.lastHeader && fileOffset === 0 && data.length === e.size && !e.sparse && data.length <= this.frameBound) {
         c.frameOffset = this.frame.size;
         this.append(data);
         this.frame.chunks.push(c);
@@ -218,12 +263,17 @@ export class LayerWriter {
   /** Close a regular file whose tar data area held `storedBytes` bytes (sparse map excluded). */
   endFile(storedBytes: number): void {
     this.pad = padLength(storedBytes);
+    if (this.hold !== undefined) {
+      this.hold = undefined; // the file holds: what was written for it stays
+      this.notify();
+    }
   }
 
   /** A point to return to. Drains first so that the blob on disk is exactly what was queued. */
   async mark(): Promise<Mark> {
     await this.closeFrame();
     await this.drain();
+    this.hold = this.offset;
     return { offset: this.offset, hash: this.hash.copy(), entries: this.entries.length, pad: this.pad, dataBytes: this.dataBytes };
   }
 
@@ -238,6 +288,8 @@ export class LayerWriter {
     this.entries.length = m.entries;
     this.pad = m.pad;
     this.dataBytes = m.dataBytes;
+    this.hold = undefined;
+    this.notify();
   }
 
   /** Mark [blobOffset, blobOffset + blobLength) as the prioritized region (the TOC's landmark). */
@@ -278,8 +330,12 @@ export class LayerWriter {
     await this.fh.write(footer, 0, footer.length, this.offset);
     this.hash.update(footer);
     this.offset += footer.length;
-    await this.fh.sync();
+    // No fsync: this file is a staging buffer (the file store syncs its own copy when it commits,
+    // an upload reads it back from the page cache); a crash loses only an unfinished backup.
     await this.fh.close();
+    this.hold = undefined;
+    this.ended = 'finished';
+    this.notify();
     return {
       digest: 'sha256:' + this.hash.digest('hex'),
       size: this.offset,
@@ -295,6 +351,8 @@ export class LayerWriter {
 
   /** Give up: close the file (the caller removes it). */
   async abort(): Promise<void> {
+    this.ended = 'aborted';
+    this.notify();
     await this.fh.close().catch(() => undefined);
   }
 }

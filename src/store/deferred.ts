@@ -3,7 +3,7 @@
  * takes ~0.2 s to load: every CLI call and restore daemon start would pay it even for a file store.
  */
 import type { Readable } from 'node:stream';
-import type { ByteRange, IncompleteWrite, ObjectInfo, ObjectStore } from './store.js';
+import type { ByteRange, IncompleteWrite, ObjectInfo, ObjectStore, PutFileOptions } from './store.js';
 
 export class DeferredStore implements ObjectStore {
   private real?: Promise<ObjectStore>;
@@ -23,8 +23,21 @@ export class DeferredStore implements ObjectStore {
     this.store().catch(() => undefined); // surfaced by the first real call
   }
 
-  async putFile(key: string, path: string, opts?: { onProgress?: (sentBytes: number) => void }): Promise<void> {
+  async putFile(key: string, path: string, opts?: PutFileOptions): Promise<void> {
     return (await this.store()).putFile(key, path, opts);
+  }
+  get streamsUploads(): boolean {
+    return this.url.startsWith('s3://');
+  }
+  async putStream(key: string, body: Readable, opts?: { onProgress?: (sentBytes: number) => void }): Promise<void> {
+    const s = await this.store();
+    if (!s.putStream) throw new Error(`${this.url} cannot upload a stream`);
+    return s.putStream(key, body, opts);
+  }
+  async copy(from: string, to: string): Promise<void> {
+    const s = await this.store();
+    if (!s.copy) throw new Error(`${this.url} cannot copy objects`);
+    return s.copy(from, to);
   }
   async putBytes(key: string, body: Buffer): Promise<void> {
     return (await this.store()).putBytes(key, body);

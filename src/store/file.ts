@@ -12,7 +12,7 @@ import type { Readable } from 'node:stream';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { InvalidBackupConfigError, ObjectNotFoundError, StoreError } from '../errors.js';
 import { emptyStream, validateKey, validatePrefix, validateRange } from './keys.js';
-import type { ByteRange, IncompleteWrite, ObjectInfo, ObjectStore } from './store.js';
+import type { ByteRange, IncompleteWrite, ObjectInfo, ObjectStore, PutFileOptions } from './store.js';
 
 const TMP_DIR = '.tmp';
 
@@ -98,7 +98,7 @@ export class FileStore implements ObjectStore {
     }
   }
 
-  async putFile(key: string, src: string, opts?: { onProgress?: (sentBytes: number) => void }): Promise<void> {
+  async putFile(key: string, src: string, opts?: PutFileOptions): Promise<void> {
     const dest = this.pathOf(key);
     let size: number;
     try {
@@ -114,8 +114,19 @@ export class FileStore implements ObjectStore {
       throw wrap(err, `create temp directory in ${this.url}`);
     });
     try {
+      let moved = false;
+      if (opts?.move) {
+        // Same filesystem: take the caller's file as it is (no copy of the blob).
+        moved = await fsp.rename(src, tmp).then(
+          () => true,
+          (err: unknown) => {
+            if (errno(err) === 'EXDEV') return false;
+            throw err;
+          },
+        );
+      }
       // Reflink where the filesystem supports it, otherwise an in-kernel copy.
-      await fsp.copyFile(src, tmp, fsc.COPYFILE_FICLONE);
+      if (!moved) await fsp.copyFile(src, tmp, fsc.COPYFILE_FICLONE);
     } catch (err) {
       await fsp.rm(tmp, { force: true }).catch(() => {});
       throw wrap(err, `copy ${JSON.stringify(src)} into ${this.url}`);

@@ -25,7 +25,7 @@ import { Upload } from '@aws-sdk/lib-storage';
 import { InvalidBackupConfigError, ObjectNotFoundError, StoreError } from '../errors.js';
 import { emptyStream, validateKey, validatePrefix, validateRange } from './keys.js';
 import { parseS3Url } from './s3url.js';
-import type { ByteRange, IncompleteWrite, ObjectInfo, ObjectStore } from './store.js';
+import type { ByteRange, IncompleteWrite, ObjectInfo, ObjectStore, PutFileOptions } from './store.js';
 
 export interface S3StoreOptions {
   /** Custom endpoint, e.g. https://ACCOUNT.r2.cloudflarestorage.com. Default: STRATA_S3_ENDPOINT, AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL. */
@@ -239,7 +239,7 @@ export class S3Store implements ObjectStore {
     });
   }
 
-  async putFile(key: string, path: string, opts?: { onProgress?: (sentBytes: number) => void }): Promise<void> {
+  async putFile(key: string, path: string, opts?: PutFileOptions): Promise<void> {
     const fullKey = this.fullKey(key);
     let size: number;
     try {
@@ -252,8 +252,29 @@ export class S3Store implements ObjectStore {
       });
     }
     const body = fs.createReadStream(path);
-    // Small files go in a single PutObject; larger ones as a multipart upload that becomes visible only
-    // when completed, and is aborted (parts removed) on failure.
+    try {
+      await this.upload(key, body, size, opts?.onProgress);
+    } finally {
+      body.destroy();
+    }
+  }
+
+  readonly streamsUploads = true;
+
+  async putStream(key: string, body: Readable, opts?: { onProgress?: (sentBytes: number) => void }): Promise<void> {
+    try {
+      await this.upload(key, body, undefined, opts?.onProgress);
+    } finally {
+      body.destroy();
+    }
+  }
+
+  /**
+   * Small bodies go in a single PutObject; larger ones as a multipart upload that becomes visible
+   * only when completed, and is aborted (parts removed) on failure.
+   */
+  private async upload(key: string, body: Readable, size: number | undefined, onProgress?: (sentBytes: number) => void): Promise<void> {
+    const fullKey = this.fullKey(key);
     const upload = new Upload({
       client: this.client,
       params: { Bucket: this.bucket, Key: fullKey, Body: body },
@@ -261,7 +282,6 @@ export class S3Store implements ObjectStore {
       queueSize: this.queueSize,
       leavePartsOnError: false,
     });
-    const onProgress = opts?.onProgress;
     if (onProgress) {
       upload.on('httpUploadProgress', (p) => {
         if (typeof p.loaded === 'number') onProgress(p.loaded);
@@ -273,11 +293,10 @@ export class S3Store implements ObjectStore {
     } catch (err) {
       // CompleteMultipartUpload applied but its answer lost (a reset): the SDK's retry then finds
       // no such upload. An object of our size written since we started is this upload, landed.
-      const landed = await this.head(key).catch(() => null);
+      // (A stream's size is not known here: its caller checks what landed.)
+      const landed = size === undefined ? null : await this.head(key).catch(() => null);
       if (landed && landed.size === size && landed.mtime.getTime() >= Math.floor(started / 1000) * 1000) return;
       throw this.mapError(err, 'upload', fullKey);
-    } finally {
-      body.destroy();
     }
   }
 
@@ -491,14 +510,24 @@ export class S3Store implements ObjectStore {
    * itself; objects over 5 GiB are copied in parts. Throws ObjectNotFoundError.
    */
   async touch(key: string): Promise<void> {
-    const fullKey = this.fullKey(key);
-    const copySource = `${this.bucket}/${fullKey.split('/').map(encodeURIComponent).join('/')}`;
+    await this.copyObject(key, key, 'touch');
+  }
+
+  /** Copy `from` to `to` inside the bucket (server side; in parts over 5 GiB). Throws ObjectNotFoundError. */
+  async copy(from: string, to: string): Promise<void> {
+    await this.copyObject(from, to, 'copy');
+  }
+
+  private async copyObject(from: string, to: string, what: string): Promise<void> {
+    const fullKey = this.fullKey(to);
+    const srcKey = this.fullKey(from);
+    const copySource = `${this.bucket}/${srcKey.split('/').map(encodeURIComponent).join('/')}`;
     let size: number | undefined;
     try {
-      const res = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: fullKey }));
+      const res = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: srcKey }));
       size = res.ContentLength;
     } catch (err) {
-      throw this.mapError(err, 'HeadObject', fullKey);
+      throw this.mapError(err, 'HeadObject', srcKey);
     }
     if (size === undefined || size <= MAX_SINGLE_COPY) {
       try {
@@ -511,7 +540,7 @@ export class S3Store implements ObjectStore {
           }),
         );
       } catch (err) {
-        throw this.mapError(err, 'CopyObject (touch)', fullKey);
+        throw this.mapError(err, `CopyObject (${what})`, fullKey);
       }
       return;
     }
@@ -551,7 +580,7 @@ export class S3Store implements ObjectStore {
           .send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: fullKey, UploadId: uploadId }))
           .catch(() => {});
       }
-      throw this.mapError(err, 'multipart copy (touch)', fullKey);
+      throw this.mapError(err, `multipart copy (${what})`, fullKey);
     }
   }
 

@@ -31,11 +31,29 @@ export interface ByteRange {
  * atomic: a reader sees either no object or the whole object, never a part. Objects are treated as
  * immutable by strata: a key is written once (content-addressed blobs) or replaced whole.
  */
+export interface PutFileOptions {
+  onProgress?: (sentBytes: number) => void;
+  move?: boolean;
+}
+
 export interface ObjectStore {
   /** The URL that names this store, e.g. file:///var/lib/strata/store or s3://bucket/prefix. */
   readonly url: string;
-  /** Upload a local file under key, atomically. Large files go in parts where the store supports it. */
-  putFile(key: string, path: string, opts?: { onProgress?: (sentBytes: number) => void }): Promise<void>;
+  /**
+   * Upload a local file under key, atomically. Large files go in parts where the store supports
+   * it. `move`: the caller is done with the file, so a store on the same filesystem may take it
+   * (rename) rather than copy it.
+   */
+  putFile(key: string, path: string, opts?: PutFileOptions): Promise<void>;
+  /**
+   * Remote stores: uploads are worth streaming while the data is produced (putStream), landing
+   * under a staging key that copy() then gives its content-addressed name.
+   */
+  readonly streamsUploads?: boolean;
+  /** Upload a stream of unknown length under key, atomically (multipart; parts removed on failure). */
+  putStream?(key: string, body: Readable, opts?: { onProgress?: (sentBytes: number) => void }): Promise<void>;
+  /** Copy an object to another key inside the store (server side), atomically. */
+  copy?(from: string, to: string): Promise<void>;
   /** Store a small object (manifests) atomically. */
   putBytes(key: string, body: Buffer): Promise<void>;
   /** A stream of the object's bytes, or of the range [start, end). Throws ObjectNotFoundError. */

@@ -1,0 +1,102 @@
+/**
+ * A backup to a remote store uploads the layer while it is captured (multipart parts in flight
+ * before the capture ends), under a staging key copied to the blob's content-addressed name at the
+ * end. A failed backup leaves no staging object, no blob and no upload behind.
+ */
+import { spawn } from 'node:child_process';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ListMultipartUploadsCommand, S3Client } from '@aws-sdk/client-s3';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { Strata, type ProgressEvent } from '../src/index.js';
+import { type FaultProxy, startFaultProxy } from './helpers/faultproxy.js';
+import { prng } from './helpers/fidelity.js';
+import { S3RVER_CREDENTIALS, s3StoreFor, startS3Server, type S3TestServer } from './helpers/s3server.js';
+import { diffTrees, summarize } from './helpers/tree.js';
+
+const MiB = 1024 * 1024;
+let s3: S3TestServer;
+let proxy: FaultProxy;
+let work: string;
+
+beforeAll(async () => {
+  s3 = await startS3Server();
+  // In front of s3rver: it logs every request and answers ListMultipartUploads, which s3rver lacks.
+  proxy = await startFaultProxy({ upstream: s3.endpoint, s3rverDir: s3.dir });
+  work = await mkdtemp(join(tmpdir(), 'strata-upload-stream-'));
+});
+afterAll(async () => {
+  await proxy?.close();
+  await s3?.close();
+  if (work) await rm(work, { recursive: true, force: true });
+});
+
+async function keys(prefix: string): Promise<string[]> {
+  const out: string[] = [];
+  for await (const o of s3StoreFor(s3).list(prefix)) out.push(o.key);
+  return out;
+}
+
+async function uploadsInFlight(): Promise<number> {
+  const client = new S3Client({ endpoint: proxy.endpoint, region: 'us-east-1', forcePathStyle: true, credentials: S3RVER_CREDENTIALS });
+  try {
+    const res = await client.send(new ListMultipartUploadsCommand({ Bucket: s3.bucket }));
+    return res.Uploads?.length ?? 0;
+  } finally {
+    client.destroy();
+  }
+}
+
+it('uploads parts while capturing, lands under the content digest, and leaves no staging object', async () => {
+  const src = join(work, 'src');
+  await mkdir(src);
+  // Incompressible files in capture order: 96 MiB of blob, six 5 MiB parts before the last file.
+  for (let i = 0; i < 6; i++) await writeFile(join(src, `f${i}.bin`), prng(1000 + i, 16 * MiB));
+  await writeFile(join(src, 'small.txt'), 'the last file\n');
+  const events: Array<ProgressEvent['phase']> = [];
+  const store = s3StoreFor(s3, { endpoint: proxy.endpoint, partSize: 5 * MiB, queueSize: 2 });
+  const strata = new Strata({ home: join(work, 'home'), store, mode: 'copy', onProgress: (e) => events.push(e.phase) });
+  const h = await strata.createBackup({ dir: src });
+  // Part uploads finished before the capture did: the upload ran alongside it.
+  const lastCapture = events.lastIndexOf('capture');
+  expect(events.indexOf('upload')).toBeGreaterThanOrEqual(0);
+  expect(events.indexOf('upload')).toBeLessThan(lastCapture);
+  expect(await keys('blobs/staging/')).toEqual([]);
+  expect(await uploadsInFlight()).toBe(0);
+  const out = join(work, 'out');
+  await strata.restoreBackup(h, { dir: out });
+  expect(diffTrees(await summarize(src), await summarize(out))).toEqual([]);
+  // A second full backup of the same tree: same blob, not sent again, still no staging left.
+  const blobs = await keys('blobs/sha256/');
+  await strata.createBackup({ dir: src });
+  expect(await keys('blobs/sha256/')).toEqual(blobs);
+  expect(await keys('blobs/staging/')).toEqual([]);
+}, 120_000);
+
+it('a backup that fails mid-capture leaves no staging object, blob or upload', async () => {
+  const src = join(work, 'src-fail');
+  await mkdir(src);
+  // Parts of these are uploaded by the time capture reaches the last file, which never holds
+  // still: the backup fails (BACKUP_CREATE_FAILED, "kept changing") with its upload under way.
+  for (let i = 0; i < 3; i++) await writeFile(join(src, `a${i}.bin`), prng(2000 + i, 8 * MiB));
+  await writeFile(join(src, 'z-busy.log'), '');
+  const writer = spawn('sh', ['-c', `while :; do echo line >> ${JSON.stringify(join(src, 'z-busy.log'))}; done`], { stdio: 'ignore' });
+  try {
+    const before = await keys('blobs/');
+    const listed = await keys('manifests/');
+    proxy.reset();
+    const events: Array<ProgressEvent['phase']> = [];
+    const store = s3StoreFor(s3, { endpoint: proxy.endpoint, partSize: 5 * MiB, queueSize: 2 });
+    const strata = new Strata({ home: join(work, 'home-fail'), store, mode: 'copy', onProgress: (e) => events.push(e.phase) });
+    await expect(strata.createBackup({ dir: src })).rejects.toMatchObject({ code: 'BACKUP_CREATE_FAILED', message: expect.stringMatching(/kept changing/) });
+    expect(events, 'the upload was under way when the capture failed').toContain('upload');
+    expect(proxy.log.some((e) => e.op === 'AbortMultipartUpload')).toBe(true);
+    expect(proxy.log.some((e) => e.op === 'CompleteMultipartUpload')).toBe(false);
+    expect(await keys('blobs/')).toEqual(before);
+    expect(await uploadsInFlight()).toBe(0);
+    expect(await keys('manifests/')).toEqual(listed);
+  } finally {
+    writer.kill('SIGKILL');
+  }
+}, 120_000);
