@@ -1,6 +1,6 @@
 import { describe, it, expect, beforeEach, afterEach } from 'vitest';
 import { spawnSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -265,6 +265,28 @@ describe('renameNoReplace', () => {
 
 describe('zstd', () => {
   const text = Buffer.from('strata layer blob '.repeat(50_000));
+  const sha = (b: Buffer): Buffer => createHash('sha256').update(b).digest();
+
+  it('zstdFrame: one frame of the parts joined, and the sha256 of their concatenation', async () => {
+    for (const parts of [[], [Buffer.alloc(0)], [Buffer.from('one part')], [Buffer.alloc(300), Buffer.from('header'), randomBytes(40_000), Buffer.alloc(0), text]]) {
+      const whole = Buffer.concat(parts);
+      const { frame, digest } = await sys.zstdFrame(parts, 3);
+      expect(digest.equals(sha(whole))).toBe(true);
+      expect((await sys.zstdDecompress(frame, whole.length)).equals(whole)).toBe(true);
+    }
+    expect(() => sys.zstdFrame([Buffer.from('x'), 'y' as unknown as Buffer], 3)).toThrow(/part/);
+    expect(() => sys.zstdFrame(Buffer.from('x') as unknown as Buffer[], 3)).toThrow(/array/);
+  });
+
+  it('zstdDecompress with a digest: the bytes when they match, EDIGEST (and no bytes) when not', async () => {
+    const frame = await sys.zstdCompress(text, 3);
+    expect((await sys.zstdDecompress(frame, text.length, sha(text))).equals(text)).toBe(true);
+    const wrong = sha(Buffer.from('other'));
+    const e = await rejection(sys.zstdDecompress(frame, text.length, wrong));
+    expect(e.code).toBe('EDIGEST');
+    expect(e.message).toContain(sha(text).toString('hex'));
+    expect(() => sys.zstdDecompress(frame, text.length, Buffer.alloc(31))).toThrow(/32 bytes/);
+  });
 
   it('round-trips empty, small, random and large inputs', async () => {
     for (const input of [Buffer.alloc(0), Buffer.from('x'), randomBytes(70_000), text, randomBytes(4 << 20)]) {

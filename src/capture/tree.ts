@@ -451,8 +451,10 @@ export class TreeCapture {
         const again = Buffer.allocUnsafe(size);
         if ((await readFully(fh, again, size)) !== size || !again.equals(buf) || !sameFile(before, await fh.stat({ bigint: true }))) return false;
       }
-      const digest = 'sha256:' + createHash('sha256').update(buf).digest('hex');
-      const e = await w.addEntry({ ...meta, type: 'file', size, digest });
+      // A file that may share a frame needs its own digest now; a larger one gets it from its
+      // frame's compress job (off this thread).
+      const digest = size === 0 || size <= w.sharedFileMax ? 'sha256:' + createHash('sha256').update(buf).digest('hex') : undefined;
+      const e = await w.addEntry({ ...meta, type: 'file', size, ...(digest ? { digest } : {}) });
       if (size > 0) await w.addChunk(e, 0, buf, digest);
       w.endFile(size);
       this.bytes += size;
@@ -476,12 +478,13 @@ export class TreeCapture {
         // The writer compresses asynchronously: hand it a copy, reuse buf.
         const data = Buffer.from(buf.subarray(0, got));
         whole?.update(data);
-        await w.addChunk(e, off, data, 'sha256:' + createHash('sha256').update(data).digest('hex'));
+        await w.addChunk(e, off, data); // its digest: from the compress job
         off += got;
         stored += got;
       }
     }
     const after = await fh.stat({ bigint: true });
+    if (racy(after, startMs)) await w.drain(); // the chunks' digests are known once written
     if (!sameFile(before, after) || (racy(after, startMs) && !(await this.rereadMatches(fh, e.chunks!, before)))) {
       await w.rollback(mark);
       return false;

@@ -19,6 +19,18 @@ export interface Codec {
   compressParts(parts: Buffer[]): Promise<{ frame: Buffer; digest: string }>;
   /** Decompress one frame that must yield exactly expectedSize bytes (the bomb guard). */
   decompress(frame: Buffer, expectedSize: number): Promise<Buffer>;
+  /**
+   * decompress(), and the output's sha256 must be `digest` (32 bytes): else FrameDigestError,
+   * and the bytes are never returned. zstd checks it in the decode job, off the JS thread.
+   */
+  decompressVerified(frame: Buffer, expectedSize: number, digest: Buffer): Promise<Buffer>;
+}
+
+/** The decoded bytes of a frame are not what its digest says. */
+export class FrameDigestError extends Error {
+  constructor(readonly got: string) {
+    super(`decoded bytes have sha256 ${got}`);
+  }
 }
 
 type Sys = typeof import('../sys/native.js');
@@ -49,6 +61,12 @@ class GzipCodec implements Codec {
     if (out.length !== expectedSize) throw new InvalidLayerError(`gzip frame decompressed to ${out.length} bytes, expected ${expectedSize}`);
     return out;
   }
+  async decompressVerified(frame: Buffer, expectedSize: number, digest: Buffer): Promise<Buffer> {
+    const out = await this.decompress(frame, expectedSize);
+    const got = createHash('sha256').update(out).digest();
+    if (!got.equals(digest)) throw new FrameDigestError(got.toString('hex'));
+    return out;
+  }
 }
 
 class ZstdCodec implements Codec {
@@ -68,6 +86,16 @@ class ZstdCodec implements Codec {
     try {
       return await sys.zstdDecompress(frame, expectedSize);
     } catch (err) {
+      throw new InvalidLayerError(`zstd frame does not decompress to ${expectedSize} bytes`, { cause: err });
+    }
+  }
+  async decompressVerified(frame: Buffer, expectedSize: number, digest: Buffer): Promise<Buffer> {
+    const { sys } = await loadSys();
+    try {
+      return await sys.zstdDecompress(frame, expectedSize, digest);
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException;
+      if (e.code === 'EDIGEST') throw new FrameDigestError(/sha256 ([0-9a-f]{64})/.exec(e.message)?.[1] ?? 'unknown');
       throw new InvalidLayerError(`zstd frame does not decompress to ${expectedSize} bytes`, { cause: err });
     }
   }

@@ -6,7 +6,7 @@
 import { constants as bufferConstants } from 'node:buffer';
 import { createHash } from 'node:crypto';
 import { DigestMismatchError, InvalidLayerError } from '../errors.js';
-import { codecFor, type Codec } from './codec.js';
+import { codecFor, type Codec, FrameDigestError } from './codec.js';
 import { type Chunk, type CodecName, decodeToc, parseDigest, type Toc } from './toc.js';
 
 /**
@@ -60,15 +60,12 @@ export async function decodeChunk(codec: Codec, frame: Buffer, chunk: Chunk, whe
 /** Decompress and verify the whole frame a chunk lies in (shared by every chunk naming it). */
 export async function decodeFrame(codec: Codec, frame: Buffer, chunk: Chunk, where: string): Promise<Buffer> {
   if (frame.length !== chunk.blobLength) throw new InvalidLayerError(`chunk frame of ${where} is ${frame.length} bytes, expected ${chunk.blobLength}`);
-  let data: Buffer;
   try {
-    data = await codec.decompress(frame, chunk.frameSize ?? chunk.size);
+    return await codec.decompressVerified(frame, chunk.frameSize ?? chunk.size, Buffer.from(parseDigest(chunk.digest), 'hex'));
   } catch (err) {
+    if (err instanceof FrameDigestError) {
+      throw new DigestMismatchError(`chunk at blob offset ${chunk.blobOffset} of ${where} has digest sha256:${err.got}, expected ${chunk.digest}; not used`);
+    }
     throw new DigestMismatchError(`chunk at blob offset ${chunk.blobOffset} of ${where} does not decompress: damaged or tampered data`, { cause: err });
   }
-  const got = sha256(data);
-  if (got !== chunk.digest) {
-    throw new DigestMismatchError(`chunk at blob offset ${chunk.blobOffset} of ${where} has digest ${got}, expected ${chunk.digest}; not used`);
-  }
-  return data;
 }

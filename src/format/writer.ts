@@ -146,6 +146,11 @@ export class LayerWriter {
     return this.offset;
   }
 
+  /** The largest file that can share a frame (0: none do). */
+  get sharedFileMax(): number {
+    return this.frameBound;
+  }
+
   /** Queue a frame; frames are written in the order they are queued. */
   private async enqueue(frame: PendingFrame): Promise<void> {
     if (this.failed) throw this.failed;
@@ -234,14 +239,19 @@ export class LayerWriter {
     return e;
   }
 
-  /** Add one chunk of a file's data (at most MAX_CHUNK_SIZE bytes), already hashed by the caller. */
-  async addChunk(e: TocEntry, fileOffset: number, data: Buffer, digest: string): Promise<void> {
-    const c: Chunk = { offset: fileOffset, size: data.length, blobOffset: -1, blobLength: -1, digest };
+  /**
+   * Add one chunk of a file's data (at most MAX_CHUNK_SIZE bytes). `digest`, when the caller has
+   * it, is the sha256 of `data`; else the compress job computes it, and a chunk that is the whole
+   * file gives the entry its digest too. A file shares a frame only when its entry has a digest
+   * already (the frame's digest is not the file's).
+   */
+  async addChunk(e: TocEntry, fileOffset: number, data: Buffer, digest?: string): Promise<void> {
+    const c: Chunk = { offset: fileOffset, size: data.length, blobOffset: -1, blobLength: -1, digest: digest ?? '' };
     e.chunks!.push(c);
     this.dataBytes += data.length;
     if (this.frameBound > 0) {
       // The whole of a small dense file, right after its own header: it shares the frame.
-      if (e === this.lastHeader && fileOffset === 0 && data.length === e.size && !e.sparse && data.length <= this.frameBound) {
+      if (e === this.lastHeader && fileOffset === 0 && data.length === e.size && !e.sparse && data.length <= this.frameBound && e.digest !== undefined) {
         c.frameOffset = this.frame.size;
         this.append(data);
         this.frame.chunks.push(c);
@@ -251,11 +261,25 @@ export class LayerWriter {
       }
       await this.closeFrame();
     }
+    if (digest !== undefined) {
+      await this.enqueue({
+        data: this.codec.compress(data),
+        placed: (at, len) => {
+          c.blobOffset = at;
+          c.blobLength = len;
+        },
+      });
+      return;
+    }
+    const job = this.codec.compressParts([data]);
+    let got = '';
     await this.enqueue({
-      data: this.codec.compress(data),
+      data: job.then((r) => ((got = r.digest), r.frame)),
       placed: (at, len) => {
         c.blobOffset = at;
         c.blobLength = len;
+        c.digest = got;
+        if (e.digest === undefined && !e.sparse && fileOffset === 0 && data.length === e.size) e.digest = got;
       },
     });
   }

@@ -53,8 +53,9 @@ export interface NativeSys {
   zstdFrame(parts: Buffer[], level: number): Promise<{ frame: Buffer; digest: Buffer }>;
   /** Decodes one zstd frame into a Buffer of exactly `expectedSize` bytes. Rejects
    *  with code 'EDECOMPRESS' on a size mismatch (either way), trailing bytes, or
-   *  corruption; never allocates or writes more than `expectedSize`. */
-  zstdDecompress(input: Buffer, expectedSize: number): Promise<Buffer>;
+   *  corruption; never allocates or writes more than `expectedSize`. With `digest` (32 bytes)
+   *  the output's sha256 is checked on the threadpool too: code 'EDIGEST' on a mismatch. */
+  zstdDecompress(input: Buffer, expectedSize: number, digest?: Buffer): Promise<Buffer>;
   /** One directory's entries for capture, on the threadpool (native/sys/scan.c); decoded by
    *  src/sys/scan.ts. `names` null lists the directory (sorted bytewise). Rejects like fs
    *  (syscall 'scandir') when the directory cannot be opened or listed. */
