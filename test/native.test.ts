@@ -4,6 +4,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { WRITE_FILE_RECORD } from '../src/restore/extract.js';
 import { sys, type NativeSysError } from '../src/sys/native.js';
 
 let dir: string;
@@ -260,6 +261,83 @@ describe('renameNoReplace', () => {
     fs.writeFileSync(p('a'), 'a');
     fs.symlinkSync('nowhere', p('dangling'));
     expect(thrown(() => sys.renameNoReplace(b('a'), b('dangling'))).code).toBe('EEXIST');
+  });
+});
+
+describe('writeFiles', () => {
+  const R = WRITE_FILE_RECORD;
+  function recs(files: Array<{ path: string; off: number; len: number; mode: number; uid: number; gid: number; mtime: [number, number]; owner?: boolean }>): { recs: Buffer; paths: Buffer } {
+    const out = Buffer.alloc(files.length * R.size);
+    const names: Buffer[] = [];
+    let at = 0;
+    files.forEach((f, i) => {
+      const r = i * R.size;
+      out.writeUInt32LE(at, r + R.path);
+      out.writeUInt32LE(f.off, r + R.dataOff);
+      out.writeUInt32LE(f.len, r + R.len);
+      out.writeUInt32LE(f.mode, r + R.mode);
+      out.writeUInt32LE(f.uid, r + R.uid);
+      out.writeUInt32LE(f.gid, r + R.gid);
+      out.writeBigInt64LE(BigInt(f.mtime[0]), r + R.mtimeS);
+      out.writeUInt32LE(f.mtime[1], r + R.mtimeNs);
+      out.writeUInt32LE(f.owner === false ? 0 : 1, r + R.flags);
+      const n = Buffer.from(f.path, 'latin1');
+      names.push(n, Buffer.alloc(1));
+      at += n.length + 1;
+    });
+    return { recs: out, paths: Buffer.concat(names) };
+  }
+  const uid = process.getuid!();
+  const gid = process.getgid!();
+
+  it('creates each file with its slice of the frame, mode (setuid kept), owner and mtime', async () => {
+    fs.mkdirSync(p('sub'));
+    const frame = Buffer.from('headerAAAApadBBBBBBtail');
+    const r = recs([
+      { path: 'a', off: 6, len: 4, mode: 0o4755, uid, gid, mtime: [1_700_000_000, 123_456_789] },
+      { path: 'sub/b\xff', off: 13, len: 6, mode: 0o600, uid, gid, mtime: [-5, 0] },
+      { path: 'empty', off: 0, len: 0, mode: 0o640, uid, gid, mtime: [1, 1], owner: false },
+    ]);
+    await sys.writeFiles(Buffer.from(dir), frame, r.recs, r.paths);
+    expect(fs.readFileSync(p('a'), 'latin1')).toBe('AAAA');
+    const odd = Buffer.concat([Buffer.from(p('sub/b')), Buffer.from([0xff])]);
+    expect(fs.readFileSync(odd, 'latin1')).toBe('BBBBBB');
+    expect(fs.readFileSync(p('empty')).length).toBe(0);
+    const st = fs.statSync(p('a'), { bigint: true });
+    expect(Number(st.mode & 0o7777n)).toBe(0o4755);
+    expect(st.mtimeNs).toBe(1_700_000_000_123_456_789n);
+    expect(Number(fs.statSync(odd, { bigint: true }).mtimeNs)).toBe(-5e9);
+    expect(fs.statSync(p('empty')).mode & 0o7777).toBe(0o640);
+  });
+
+  it('never writes through an existing name or a symlink, and rejects like fs', async () => {
+    fs.writeFileSync(p('exists'), 'old');
+    fs.symlinkSync('/etc/passwd', p('link'));
+    for (const name of ['exists', 'link']) {
+      const r = recs([{ path: name, off: 0, len: 3, mode: 0o644, uid, gid, mtime: [0, 0] }]);
+      const e = (await sys.writeFiles(Buffer.from(dir), Buffer.from('new'), r.recs, r.paths).catch((x: unknown) => x)) as NativeSysError;
+      expect(e.code).toBe('EEXIST');
+      expect(e.syscall).toBe('open');
+      expect(e.path).toBe(p(name));
+    }
+    expect(fs.readFileSync(p('exists'), 'utf8')).toBe('old');
+    const missing = recs([{ path: 'no/such/dir', off: 0, len: 1, mode: 0o644, uid, gid, mtime: [0, 0] }]);
+    expect(((await sys.writeFiles(Buffer.from(dir), Buffer.from('x'), missing.recs, missing.paths).catch((x: unknown) => x)) as NativeSysError).code).toBe('ENOENT');
+  });
+
+  it('refuses records outside their buffers before doing anything', () => {
+    const bad = [
+      recs([{ path: 'x', off: 2, len: 5, mode: 0o644, uid, gid, mtime: [0, 0] }]), // past the frame
+      recs([{ path: '/abs', off: 0, len: 1, mode: 0o644, uid, gid, mtime: [0, 0] }]),
+      recs([{ path: 'x', off: 0, len: 1, mode: 0o100644, uid, gid, mtime: [0, 0] }]),
+      recs([{ path: 'x', off: 0, len: 1, mode: 0o644, uid, gid, mtime: [0, 1e9] }]),
+    ];
+    for (const r of bad) expect(() => sys.writeFiles(Buffer.from(dir), Buffer.from('abc'), r.recs, r.paths)).toThrow(/record 0/);
+    const r = recs([{ path: 'x', off: 0, len: 1, mode: 0o644, uid, gid, mtime: [0, 0] }]);
+    expect(() => sys.writeFiles(Buffer.from(dir), Buffer.from('abc'), r.recs, r.paths.subarray(0, 1))).toThrow(/record 0/); // no NUL
+    expect(() => sys.writeFiles(Buffer.from(dir), Buffer.from('abc'), r.recs.subarray(0, 39), r.paths)).toThrow(/whole number/);
+    expect(() => sys.writeFiles(Buffer.from('rel'), Buffer.from('abc'), r.recs, r.paths)).toThrow(/absolute/);
+    expect(fs.readdirSync(dir)).toEqual([]);
   });
 });
 

@@ -482,7 +482,7 @@ static void free_cb(napi_env env, void *data, void *hint)
 	free(data);
 }
 
-static napi_status errno_value(napi_env env, int err, const char *syscall,
+napi_status errno_value(napi_env env, int err, const char *syscall,
 			       const char *path, napi_value *out)
 {
 	const char *code = strerrorname_np(err), *desc = strerrordesc_np(err);

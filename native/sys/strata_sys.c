@@ -10,6 +10,7 @@
  *   renameNoReplace            renameat2(RENAME_NOREPLACE)
  *   zstdCompress/Frame/Decompress  zstd frames on the libuv threadpool (codec.c)
  *   scanDir                    a directory's entries for capture (scan.c)
+ *   writeFiles                 extract restore's small files, a frame at a time (extract.c)
  *
  * Paths arrive as Buffers of raw bytes because file names need not be UTF-8.
  * Strings that carry bytes (xattr names, the `path` of an error) are latin1:
@@ -764,6 +765,8 @@ NAPI_MODULE_INIT()
 		{ .utf8name = "zstdFrame", .method = js_zstd_frame,
 		  .attributes = napi_enumerable },
 		{ .utf8name = "zstdDecompress", .method = js_zstd_decompress,
+		  .attributes = napi_enumerable },
+		{ .utf8name = "writeFiles", .method = js_write_files,
 		  .attributes = napi_enumerable },
 		{ .utf8name = "scanDir", .method = js_scan_dir,
 		  .attributes = napi_enumerable },

@@ -50,6 +50,13 @@ napi_value js_zstd_compress(napi_env env, napi_callback_info info);
 napi_value js_zstd_frame(napi_env env, napi_callback_info info);
 napi_value js_zstd_decompress(napi_env env, napi_callback_info info);
 
+/* An Error value shaped like fs's (code, errno, syscall, path), to reject with. */
+napi_status errno_value(napi_env env, int err, const char *syscall,
+			const char *path, napi_value *out);
+
+/* extract.c */
+napi_value js_write_files(napi_env env, napi_callback_info info);
+
 /* scan.c */
 napi_value js_scan_dir(napi_env env, napi_callback_info info);
 

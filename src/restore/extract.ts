@@ -45,7 +45,13 @@ export interface ExtractStats {
 interface ChunkJob {
   chunk: Chunk;
   file: BytePath;
+  /** Set when the chunk is the whole file: the native batch creates it with this metadata. */
+  meta?: TocEntry;
 }
+
+/** writeFiles' record (native/sys/extract.c): offsets of its little-endian fields. */
+export const WRITE_FILE_RECORD = { size: 40, path: 0, dataOff: 4, len: 8, mode: 12, uid: 16, gid: 20, mtimeS: 24, mtimeNs: 32, flags: 36 } as const;
+const WF_OWNER = 1;
 
 const IS_ROOT = process.getuid?.() === 0;
 /** File operations in flight at once: restore is bound by syscall latency, not CPU. */
@@ -104,6 +110,34 @@ function spans(jobs: ChunkJob[], maxGap: number): Array<{ start: number; end: nu
   return out;
 }
 
+/** Native writes need root (owners) and the addon; elsewhere every file takes the fs path. */
+const NATIVE_WRITES = IS_ROOT;
+
+/** The whole files of one decoded frame, written by one native job. */
+function writeWholeFiles(staging: string, stagingB: BytePath, frame: Buffer, jobs: ChunkJob[]): Promise<void> {
+  const R = WRITE_FILE_RECORD;
+  const recs = Buffer.alloc(jobs.length * R.size);
+  const names: Buffer[] = [];
+  let pathsLen = 0;
+  jobs.forEach((j, i) => {
+    const e = j.meta!;
+    const rel = Buffer.from(j.file.slice(stagingB.length + 1), 'latin1');
+    const r = i * R.size;
+    recs.writeUInt32LE(pathsLen, r + R.path);
+    recs.writeUInt32LE(j.chunk.frameOffset ?? 0, r + R.dataOff);
+    recs.writeUInt32LE(j.chunk.size, r + R.len);
+    recs.writeUInt32LE(e.mode, r + R.mode);
+    recs.writeUInt32LE(e.uid, r + R.uid);
+    recs.writeUInt32LE(e.gid, r + R.gid);
+    recs.writeBigInt64LE(BigInt(e.mtime[0]), r + R.mtimeS);
+    recs.writeUInt32LE(e.mtime[1], r + R.mtimeNs);
+    recs.writeUInt32LE(WF_OWNER, r + R.flags);
+    names.push(rel, Buffer.alloc(1));
+    pathsLen += rel.length + 1;
+  });
+  return sys.writeFiles(Buffer.from(staging), frame, recs, Buffer.concat(names, pathsLen));
+}
+
 export async function extractView(
   store: ObjectStore,
   layers: LayerDescriptor[],
@@ -158,12 +192,15 @@ export async function extractView(
           const last = chunks[chunks.length - 1];
           if (!last || last.offset + last.size < he.size) created.push([p, he.size]);
           const jobs = perLayer.get(holder.layer) ?? [];
-          for (const chunk of he.chunks ?? []) {
-            jobs.push({ chunk, file: p });
+          // A dense file in one chunk, without xattrs: created whole, metadata and all, by the
+          // native batch of its frame (as root: owners are then always settable).
+          const whole = NATIVE_WRITES && chunks.length === 1 && !he.sparse && chunks[0]!.offset === 0 && chunks[0]!.size === he.size && !he.xattrs?.length;
+          for (const chunk of chunks) {
+            jobs.push({ chunk, file: p, ...(whole ? { meta: he } : {}) });
             totalBytes += chunk.size;
           }
           perLayer.set(holder.layer, jobs);
-          metaLater.push([p, he]);
+          if (!whole) metaLater.push([p, he]);
           break;
         }
         case 'symlink':
@@ -219,8 +256,13 @@ export async function extractView(
           const where = `${key} (${displayPath(fj.jobs[0]!.file.slice(stagingB.length + 1))})`;
           // One decode and one digest check for every file of a shared frame.
           const all = await decodeFrame(codec, frame, fj.chunk, where);
+          const batch = fj.jobs.filter((j) => j.meta !== undefined);
+          if (batch.length > 0) {
+            await writeWholeFiles(staging, stagingB, all, batch);
+            for (const j of batch) stats.bytes += j.chunk.size;
+          }
           await Promise.all(
-            fj.jobs.map(async (job) => {
+            fj.jobs.filter((j) => j.meta === undefined).map(async (job) => {
               const at = job.chunk.frameOffset ?? 0;
               const data = job.chunk.frameSize === undefined ? all : all.subarray(at, at + job.chunk.size);
               let fh: FileHandle | undefined;

@@ -56,6 +56,10 @@ export interface NativeSys {
    *  corruption; never allocates or writes more than `expectedSize`. With `digest` (32 bytes)
    *  the output's sha256 is checked on the threadpool too: code 'EDIGEST' on a mismatch. */
   zstdDecompress(input: Buffer, expectedSize: number, digest?: Buffer): Promise<Buffer>;
+  /** Create, write and set the metadata of whole files from one verified frame, on the
+   *  threadpool (native/sys/extract.c; records: WRITE_FILE_RECORD in src/restore/extract.ts).
+   *  Rejects like fs with the first failure. */
+  writeFiles(root: Buffer, data: Buffer, recs: Buffer, paths: Buffer): Promise<void>;
   /** One directory's entries for capture, on the threadpool (native/sys/scan.c); decoded by
    *  src/sys/scan.ts. `names` null lists the directory (sorted bytewise). Rejects like fs
    *  (syscall 'scandir') when the directory cannot be opened or listed. */
@@ -83,6 +87,7 @@ const FUNCTIONS = [
   'zstdCompress',
   'zstdFrame',
   'zstdDecompress',
+  'writeFiles',
   'scanDir',
 ] as const satisfies ReadonlyArray<keyof NativeSys>;
 
