@@ -367,7 +367,8 @@ static void zstd_complete(napi_env env, napi_status status, void *data)
 static napi_value zstd_start(napi_env env, struct zstd_job *job,
 			     napi_value input, const char *name)
 {
-	napi_value promise, resource_name;
+	napi_value promise = NULL;
+	bool queued = false;
 	void *in = NULL;
 	size_t in_len = 0;
 	napi_async_execute_callback execute = job->compress ?
@@ -380,31 +381,15 @@ static napi_value zstd_start(napi_env env, struct zstd_job *job,
 		job->in_len = in_len;
 	}
 	if (napi_failed(env, napi_create_reference(env, input, 1,
-						   &job->input_ref)) ||
-	    napi_failed(env, napi_create_string_utf8(env, name,
-						     NAPI_AUTO_LENGTH,
-						     &resource_name)) ||
-	    napi_failed(env, napi_create_async_work(env, NULL, resource_name,
-						    execute, zstd_complete,
-						    job, &job->work)) ||
-	    napi_failed(env, napi_create_promise(env, &job->deferred,
-						 &promise)))
+						   &job->input_ref)))
 		goto fail;
-	if (napi_failed(env, napi_queue_async_work(env, job->work))) {
-		napi_value exc;
-
-		/* The promise exists now: move the exception into it. */
-		if (napi_get_and_clear_last_exception(env, &exc) == napi_ok &&
-		    napi_reject_deferred(env, job->deferred, exc) == napi_ok) {
-			zstd_job_free(env, job);
-			return promise;
-		}
-		goto fail;
-	}
-	return promise;
+	promise = queue_work(env, name, execute, zstd_complete, job, &job->work,
+			     &job->deferred, &queued);
+	if (queued)
+		return promise;
 fail:
 	zstd_job_free(env, job);
-	return NULL;
+	return promise;
 }
 
 /* zstdCompress(input: Buffer, level: number): Promise<Buffer> */

@@ -195,8 +195,9 @@ static bool check_records(napi_env env, struct wf_job *job, size_t data_len,
 
 napi_value js_write_files(napi_env env, napi_callback_info info)
 {
-	napi_value argv[4], promise, resource;
+	napi_value argv[4], promise = NULL;
 	struct wf_job *job;
+	bool queued = false;
 	void *data = NULL, *recs = NULL, *paths = NULL;
 	size_t data_len = 0, recs_len = 0, paths_len = 0;
 
@@ -226,23 +227,11 @@ napi_value js_write_files(napi_env env, napi_callback_info info)
 	for (int i = 0; i < 3; i++)
 		if (napi_failed(env, napi_create_reference(env, argv[i + 1], 1, &job->refs[i])))
 			goto fail;
-	if (napi_failed(env, napi_create_string_utf8(env, "strata.writeFiles", NAPI_AUTO_LENGTH, &resource)) ||
-	    napi_failed(env, napi_create_async_work(env, NULL, resource, wf_execute,
-						    wf_complete, job, &job->work)) ||
-	    napi_failed(env, napi_create_promise(env, &job->deferred, &promise)))
-		goto fail;
-	if (napi_failed(env, napi_queue_async_work(env, job->work))) {
-		napi_value exc;
-
-		if (napi_get_and_clear_last_exception(env, &exc) == napi_ok &&
-		    napi_reject_deferred(env, job->deferred, exc) == napi_ok) {
-			wf_free(env, job);
-			return promise;
-		}
-		goto fail;
-	}
-	return promise;
+	promise = queue_work(env, "strata.writeFiles", wf_execute, wf_complete, job,
+			     &job->work, &job->deferred, &queued);
+	if (queued)
+		return promise;
 fail:
 	wf_free(env, job);
-	return NULL;
+	return promise;
 }

@@ -700,8 +700,9 @@ static bool get_names(napi_env env, napi_value v, struct scan_job *job)
 
 napi_value js_scan_dir(napi_env env, napi_callback_info info)
 {
-	napi_value argv[4], promise, resource;
+	napi_value argv[4], promise = NULL;
 	struct scan_job *job;
+	bool queued = false;
 
 	if (!get_args(env, info, 4, argv))
 		return NULL;
@@ -717,23 +718,11 @@ napi_value js_scan_dir(napi_env env, napi_callback_info info)
 		goto fail;
 	job->dir_len = strlen(job->dir);
 	/* Listing was asked for: names NULL tells the worker. */
-	if (napi_failed(env, napi_create_string_utf8(env, "strata.scanDir", NAPI_AUTO_LENGTH, &resource)) ||
-	    napi_failed(env, napi_create_async_work(env, NULL, resource, scan_execute,
-						    scan_complete, job, &job->work)) ||
-	    napi_failed(env, napi_create_promise(env, &job->deferred, &promise)))
-		goto fail;
-	if (napi_failed(env, napi_queue_async_work(env, job->work))) {
-		napi_value exc;
-
-		if (napi_get_and_clear_last_exception(env, &exc) == napi_ok &&
-		    napi_reject_deferred(env, job->deferred, exc) == napi_ok) {
-			scan_job_free(env, job);
-			return promise;
-		}
-		goto fail;
-	}
-	return promise;
+	promise = queue_work(env, "strata.scanDir", scan_execute, scan_complete, job,
+			     &job->work, &job->deferred, &queued);
+	if (queued)
+		return promise;
 fail:
 	scan_job_free(env, job);
-	return NULL;
+	return promise;
 }

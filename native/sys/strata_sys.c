@@ -739,6 +739,38 @@ restore:
 	return result;
 }
 
+/*
+ * Create an async work item for `job`, its promise, and queue it. Returns the
+ * promise, or NULL with an exception pending. *queued says who owns the job:
+ * true, the pool (its complete callback frees it); false, the caller, who
+ * frees it now (a promise returned then is already rejected).
+ */
+napi_value queue_work(napi_env env, const char *name,
+		      napi_async_execute_callback execute,
+		      napi_async_complete_callback complete, void *job,
+		      napi_async_work *work, napi_deferred *deferred,
+		      bool *queued)
+{
+	napi_value promise, resource, exc;
+
+	*queued = false;
+	if (napi_failed(env, napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH,
+						     &resource)) ||
+	    napi_failed(env, napi_create_async_work(env, NULL, resource, execute,
+						    complete, job, work)) ||
+	    napi_failed(env, napi_create_promise(env, deferred, &promise)))
+		return NULL;
+	if (!napi_failed(env, napi_queue_async_work(env, *work))) {
+		*queued = true;
+		return promise;
+	}
+	/* The promise exists now: move the exception into it. */
+	if (napi_get_and_clear_last_exception(env, &exc) == napi_ok &&
+	    napi_reject_deferred(env, *deferred, exc) == napi_ok)
+		return promise;
+	return NULL;
+}
+
 /* ------------------------------------------------------------------ */
 /* Module                                                              */
 /* ------------------------------------------------------------------ */

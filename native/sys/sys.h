@@ -50,6 +50,12 @@ napi_value js_zstd_compress(napi_env env, napi_callback_info info);
 napi_value js_zstd_frame(napi_env env, napi_callback_info info);
 napi_value js_zstd_decompress(napi_env env, napi_callback_info info);
 
+napi_value queue_work(napi_env env, const char *name,
+		      napi_async_execute_callback execute,
+		      napi_async_complete_callback complete, void *job,
+		      napi_async_work *work, napi_deferred *deferred,
+		      bool *queued);
+
 /* An Error value shaped like fs's (code, errno, syscall, path), to reject with. */
 napi_status errno_value(napi_env env, int err, const char *syscall,
 			const char *path, napi_value *out);
