@@ -119,9 +119,9 @@ function isVanished(err: unknown): boolean {
 }
 
 /** Files up to this size are read ahead whole. */
-const PREFETCH_MAX = 256 * 1024;
+export const PREFETCH_MAX = 256 * 1024;
 /** Bytes of small files one directory scan reads before it returns (the rest: another scan). */
-const SCAN_BUDGET = 8 * 2 ** 20;
+export const SCAN_BUDGET = 8 * 2 ** 20;
 /** Directory scans started ahead of the writer (each holds up to SCAN_BUDGET bytes). */
 const SCANS_AHEAD = 4;
 
@@ -139,7 +139,7 @@ export interface Prefetched {
 }
 
 /** One scanned entry as a Prefetched. */
-function fromScan(scan: DirScan, i: number, flags: number): Prefetched {
+export function fromScan(scan: DirScan, i: number, flags: number): Prefetched {
   const st = scan.stat(i);
   const pre: Prefetched = { st };
   if (flags & ScanFlag.XATTRS) pre.xattrs = scan.xattrs(i);

@@ -10,12 +10,12 @@
  * signature (type, inode, size, mtime, ctime) at the last capture is recorded; the next capture
  * takes only entries whose signature moved, plus whiteouts for entries that vanished since.
  */
-import type { BigIntStats } from 'node:fs';
 import { lstat, readdir } from 'node:fs/promises';
 import { type BytePath, compareBytes, fromFsPath, joinPath, parentOf, toFsPath } from '../format/paths.js';
 import type { LayerWriter } from '../format/writer.js';
 import { sys } from '../sys/native.js';
-import { ParentDirs, splitNs, TreeCapture } from './tree.js';
+import { fromScan, ParentDirs, PREFETCH_MAX, type Prefetched, SCAN_BUDGET, splitNs, TreeCapture } from './tree.js';
+import { type DirScan, type EntryStat, ScanFlag, scanDir } from '../sys/scan.js';
 
 import { type Captured, signature, typeChar } from './signature.js';
 export { type Captured, type Signature, signature } from './signature.js';
@@ -63,7 +63,7 @@ export async function captureUpper(
   const parents = new ParentDirs(tree, upperB);
   const emitted = parents.emitted;
   const ensureParents = (path: BytePath, base = upperB): Promise<void> => parents.ensure(path, base);
-  const visit = async (path: BytePath, st: BigIntStats, forceAll: boolean): Promise<void> => {
+  const visit = async (path: BytePath, st: EntryStat, forceAll: boolean, pre?: Prefetched): Promise<void> => {
     const fsPath = joinPath(upperB, path);
     const t = typeChar(st);
     if (t === 'd') {
@@ -102,24 +102,35 @@ export async function captureUpper(
         changed++;
       }
       if (full && opaque) whole.push(path);
-      let names: BytePath[];
+      // One native scan of the directory: names in byte order, stats, xattrs, small files' data
+      // (a reinstalled node_modules is a whole new subtree: this is most of its capture).
+      let scan: DirScan;
       try {
-        names = (await readdir(toFsPath(fsPath), { encoding: 'buffer' })).map(fromFsPath).sort(compareBytes);
+        scan = await scanDir(toFsPath(fsPath), null, PREFETCH_MAX, SCAN_BUDGET);
       } catch (err) {
         // Removed since its lstat: empty at this point in time.
         if (path !== '.' && (err as NodeJS.ErrnoException).code === 'ENOENT') return;
         throw err;
       }
-      for (const name of names) {
+      for (let i = 0; i < scan.count; i++) {
+        const flags = scan.flags(i);
+        if (!(flags & ScanFlag.EXISTS)) continue; // removed since the listing
+        const name = fromFsPath(scan.name(i));
         const child = path === '.' ? name : path + '/' + name;
-        let cst: BigIntStats;
-        try {
-          cst = await lstat(toFsPath(joinPath(upperB, child)), { bigint: true });
-        } catch (err) {
-          if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
-          throw err;
+        if (scan.errno(i) !== 0) {
+          // The scan could not stat it: lstat says why (or that it is gone now).
+          let cst: EntryStat;
+          try {
+            cst = await lstat(toFsPath(joinPath(upperB, child)), { bigint: true });
+          } catch (err) {
+            if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
+            throw err;
+          }
+          await visit(child, cst, full);
+          continue;
         }
-        await visit(child, cst, full);
+        // Past the scan's read budget: the entry is read the ordinary way.
+        await visit(child, scan.stat(i), full, flags & ScanFlag.BUDGET ? undefined : fromScan(scan, i, flags));
       }
       return;
     }
@@ -136,7 +147,7 @@ export async function captureUpper(
       return;
     }
     try {
-      await tree.addEntry(fsPath, path, st);
+      await tree.addEntry(fsPath, path, st, undefined, pre);
     } catch (err) {
       // Deleted between the walk's lstat and its read (nothing of it was written): gone at this
       // point in time, and whited out below if an earlier capture had it.
