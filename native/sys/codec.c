@@ -345,21 +345,7 @@ static void zstd_complete(napi_env env, napi_status status, void *data)
 	bool ok;
 
 	st = zstd_settle_value(env, job, status, &ok, &value);
-	if (st != napi_ok) {
-		/* Could not build the result (likely OOM): reject plainly. */
-		ok = false;
-		st = make_error(env, "ENOMEM",
-				"ENOMEM: could not create the zstd result",
-				&value);
-	}
-	if (st == napi_ok)
-		st = ok ? napi_resolve_deferred(env, job->deferred, value)
-			: napi_reject_deferred(env, job->deferred, value);
-	if (st != napi_ok)
-		/* A promise that never settles would hang its caller forever. */
-		napi_fatal_error("strata_sys", NAPI_AUTO_LENGTH,
-				 "cannot settle a zstd promise",
-				 NAPI_AUTO_LENGTH);
+	settle_work(env, job->deferred, st, ok, value, "cannot settle a zstd promise");
 	zstd_job_free(env, job);
 }
 

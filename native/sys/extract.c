@@ -164,12 +164,7 @@ static void wf_complete(napi_env env, napi_status status, void *data)
 		st = napi_get_undefined(env, &value);
 		ok = st == napi_ok;
 	}
-	if (st == napi_ok)
-		st = ok ? napi_resolve_deferred(env, job->deferred, value) :
-			  napi_reject_deferred(env, job->deferred, value);
-	if (st != napi_ok)
-		napi_fatal_error("strata_sys", NAPI_AUTO_LENGTH,
-				 "cannot settle a writeFiles promise", NAPI_AUTO_LENGTH);
+	settle_work(env, job->deferred, st, ok, value, "cannot settle a writeFiles promise");
 	wf_free(env, job);
 }
 

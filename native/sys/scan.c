@@ -632,24 +632,7 @@ static void scan_complete(napi_env env, napi_status status, void *data)
 		st = scan_result(env, job, &value);
 		ok = st == napi_ok;
 	}
-	if (st != napi_ok) {
-		bool pending = false;
-
-		/* A half-built result may have left an exception pending. */
-		if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
-			napi_value exc;
-
-			(void)napi_get_and_clear_last_exception(env, &exc);
-		}
-		ok = false;
-		st = make_error(env, "ENOMEM", "ENOMEM: could not create the scan result", &value);
-	}
-	if (st == napi_ok)
-		st = ok ? napi_resolve_deferred(env, job->deferred, value) :
-			  napi_reject_deferred(env, job->deferred, value);
-	if (st != napi_ok)
-		napi_fatal_error("strata_sys", NAPI_AUTO_LENGTH,
-				 "cannot settle a scan promise", NAPI_AUTO_LENGTH);
+	settle_work(env, job->deferred, st, ok, value, "cannot settle a scan promise");
 	scan_job_free(env, job);
 }
 

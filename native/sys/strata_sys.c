@@ -740,6 +740,31 @@ restore:
 }
 
 /*
+ * Settle a job's promise with `value` (resolve when ok, else reject). When
+ * building the value failed (st != napi_ok, likely out of memory), any half-
+ * built exception is dropped and the promise is rejected plainly. A promise
+ * that cannot be settled at all would hang its caller forever: fatal.
+ */
+void settle_work(napi_env env, napi_deferred deferred, napi_status st, bool ok,
+		 napi_value value, const char *what)
+{
+	if (st != napi_ok) {
+		bool pending = false;
+		napi_value exc;
+
+		if (napi_is_exception_pending(env, &pending) == napi_ok && pending)
+			(void)napi_get_and_clear_last_exception(env, &exc);
+		ok = false;
+		st = make_error(env, "ENOMEM", "ENOMEM: could not create the result", &value);
+	}
+	if (st == napi_ok)
+		st = ok ? napi_resolve_deferred(env, deferred, value) :
+			  napi_reject_deferred(env, deferred, value);
+	if (st != napi_ok)
+		napi_fatal_error("strata_sys", NAPI_AUTO_LENGTH, what, NAPI_AUTO_LENGTH);
+}
+
+/*
  * Create an async work item for `job`, its promise, and queue it. Returns the
  * promise, or NULL with an exception pending. *queued says who owns the job:
  * true, the pool (its complete callback frees it); false, the caller, who

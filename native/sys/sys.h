@@ -56,6 +56,9 @@ napi_value queue_work(napi_env env, const char *name,
 		      napi_async_work *work, napi_deferred *deferred,
 		      bool *queued);
 
+void settle_work(napi_env env, napi_deferred deferred, napi_status st, bool ok,
+		 napi_value value, const char *what);
+
 /* An Error value shaped like fs's (code, errno, syscall, path), to reject with. */
 napi_status errno_value(napi_env env, int err, const char *syscall,
 			const char *path, napi_value *out);
