@@ -8,9 +8,9 @@
  */
 import { createHash } from 'node:crypto';
 import { constants as C } from 'node:fs';
-import { lstat, open, readdir, readlink, type FileHandle } from 'node:fs/promises';
+import { lstat, open, readlink, type FileHandle } from 'node:fs/promises';
 import { BackupCreateError } from '../errors.js';
-import { type BytePath, compareBytes, displayPath, fromFsPath, joinPath, parentOf, toFsPath } from '../format/paths.js';
+import { type BytePath, displayPath, fromFsPath, joinPath, parentOf, toFsPath } from '../format/paths.js';
 import type { Extent } from '../format/tar.js';
 import { MAX_CHUNK_SIZE, type TocEntry } from '../format/toc.js';
 import type { LayerWriter } from '../format/writer.js';
@@ -149,6 +149,28 @@ export function fromScan(scan: DirScan, i: number, flags: number): Prefetched {
     pre.digest = scan.digest(i);
   } else if (flags & ScanFlag.LINK) pre.linkTarget = scan.data(i);
   return pre;
+}
+
+/**
+ * The entries of a directory scan, in order, each as a Prefetched: entries past the scan's read
+ * budget are scanned again (the rest of the names, one more job), an entry the scan could not
+ * stat is lstat'ed from JS (which says why, or finds it gone), and entries gone since the listing
+ * are skipped: not part of this point in time. Shared by full and workspace capture.
+ */
+export async function* scanEntries(fsPath: BytePath, scan: DirScan): AsyncGenerator<{ name: BytePath; entry: Prefetched }> {
+  for (let i = 0; i < scan.count; i++) {
+    let flags = scan.flags(i);
+    if (flags & ScanFlag.BUDGET) {
+      const rest: Buffer[] = [];
+      for (let j = i; j < scan.count; j++) rest.push(scan.name(j));
+      scan = await scanDir(toFsPath(fsPath), rest, PREFETCH_MAX, SCAN_BUDGET);
+      i = 0;
+      flags = scan.flags(i);
+    }
+    const name = fromFsPath(scan.name(i));
+    const entry = scan.errno(i) !== 0 ? await prefetch(joinPath(fsPath, name)) : flags & ScanFlag.EXISTS ? fromScan(scan, i, flags) : null;
+    if (entry) yield { name, entry };
+  }
 }
 
 /**
@@ -297,22 +319,8 @@ export class TreeCapture {
   }
 
   private async captureEntries(fsPath: BytePath, path: BytePath, scan: DirScan): Promise<void> {
-    for (let i = 0; i < scan.count; i++) {
-      let flags = scan.flags(i);
-      if (flags & ScanFlag.BUDGET) {
-        // Past the scan's budget of small-file bytes: scan the rest of the names again.
-        const rest: Buffer[] = [];
-        for (let j = i; j < scan.count; j++) rest.push(scan.name(j));
-        scan = await scanDir(toFsPath(fsPath), rest, PREFETCH_MAX, SCAN_BUDGET);
-        i = 0;
-        flags = scan.flags(i);
-      }
-      const name = fromFsPath(scan.name(i));
+    for await (const { name, entry } of scanEntries(fsPath, scan)) {
       const childFs = joinPath(fsPath, name);
-      let entry: Prefetched | null;
-      if (scan.errno(i) !== 0) entry = await prefetch(childFs); // lstat failed oddly: fs says why
-      else entry = flags & ScanFlag.EXISTS ? fromScan(scan, i, flags) : null;
-      if (!entry) continue; // deleted between readdir and lstat: not part of this point in time
       const child = path === '.' ? name : path + '/' + name;
       if (this.opts.exclude?.(child, entry.st)) continue;
       try {

@@ -14,8 +14,8 @@ import { lstat, readdir } from 'node:fs/promises';
 import { type BytePath, compareBytes, fromFsPath, joinPath, parentOf, toFsPath } from '../format/paths.js';
 import type { LayerWriter } from '../format/writer.js';
 import { sys } from '../sys/native.js';
-import { fromScan, ParentDirs, PREFETCH_MAX, type Prefetched, SCAN_BUDGET, splitNs, TreeCapture } from './tree.js';
-import { type DirScan, type EntryStat, ScanFlag, scanDir } from '../sys/scan.js';
+import { ParentDirs, PREFETCH_MAX, type Prefetched, SCAN_BUDGET, scanEntries, splitNs, TreeCapture } from './tree.js';
+import { type DirScan, type EntryStat, scanDir } from '../sys/scan.js';
 
 import { type Captured, signature, typeChar } from './signature.js';
 export { type Captured, type Signature, signature } from './signature.js';
@@ -112,25 +112,8 @@ export async function captureUpper(
         if (path !== '.' && (err as NodeJS.ErrnoException).code === 'ENOENT') return;
         throw err;
       }
-      for (let i = 0; i < scan.count; i++) {
-        const flags = scan.flags(i);
-        if (!(flags & ScanFlag.EXISTS)) continue; // removed since the listing
-        const name = fromFsPath(scan.name(i));
-        const child = path === '.' ? name : path + '/' + name;
-        if (scan.errno(i) !== 0) {
-          // The scan could not stat it: lstat says why (or that it is gone now).
-          let cst: EntryStat;
-          try {
-            cst = await lstat(toFsPath(joinPath(upperB, child)), { bigint: true });
-          } catch (err) {
-            if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
-            throw err;
-          }
-          await visit(child, cst, full);
-          continue;
-        }
-        // Past the scan's read budget: the entry is read the ordinary way.
-        await visit(child, scan.stat(i), full, flags & ScanFlag.BUDGET ? undefined : fromScan(scan, i, flags));
+      for await (const { name, entry } of scanEntries(fsPath, scan)) {
+        await visit(path === '.' ? name : path + '/' + name, entry.st, full, entry);
       }
       return;
     }

@@ -78,7 +78,6 @@ export class LayerWriter {
   private pad = 0;
   private dataBytes = 0;
   private queue: PendingFrame[] = [];
-  private writing: Promise<void> = Promise.resolve();
   private failed: unknown;
   private prefetch: Toc['prefetch'];
   private frame: OpenFrame = { parts: [], size: 0, headers: [], chunks: [] };

@@ -7,10 +7,9 @@
  * no write ever passes through one. The staging directory replaces the target only once everything
  * is in place and verified: a failed restore leaves the target as it was.
  */
-import { randomBytes } from 'node:crypto';
 import { constants as C } from 'node:fs';
-import { chmod, lchown, link, mkdir, open, rm, rmdir, symlink, readdir, lstat, type FileHandle } from 'node:fs/promises';
-import { dirname, basename, resolve } from 'node:path';
+import { chmod, lchown, link, mkdir, open, rm, rmdir, symlink, type FileHandle } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
 import { BackupRestoreError, StrataError } from '../errors.js';
 import { besideTarget, checkTarget, swapInto } from './target.js';
 import { codecFor } from '../format/codec.js';
