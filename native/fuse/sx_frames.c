@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -297,9 +298,22 @@ static bool present(int fd, uint64_t off, uint64_t len)
 	return h >= 0 && (uint64_t)h >= off + len;
 }
 
-/* GET [off, off+len) of a remote layer into its mirror. Renews the URL once if refused. */
+#define SX_BLOCK 4096u /* the mirror's unit: a block is a hole or all real bytes, never part of each */
+
+/*
+ * GET [off, off+len) of a remote layer into its mirror, rounded out to whole blocks: a block
+ * written in part would read as held (SEEK_DATA) with zeros in the rest, so hydration would
+ * skip it and every frame crossing it would fail its check and cost a read another round trip.
+ * Renews the URL once if refused.
+ */
 static int fetch_into_mirror(struct sx_frames *f, uint32_t layer, uint64_t off, uint64_t len, char *why, size_t whylen)
 {
+	uint64_t end = off + len, size = f->sizes[layer];
+	off -= off % SX_BLOCK;
+	end = end % SX_BLOCK == 0 ? end : end + (SX_BLOCK - end % SX_BLOCK);
+	if (end > size)
+		end = size;
+	len = end > off ? end - off : 0;
 	if (!f->http) {
 		snprintf(why, whylen, "no HTTP client");
 		return -EIO;
@@ -415,11 +429,38 @@ static void release_read(struct sx_frames *f, uint32_t layer, uint64_t off, uint
 	inflight_end(f, slot);
 }
 
-/* A background fetch of [off, off+len), unless the mirror holds it once no other is in flight. */
+/* Narrow [*off, *end) to its first hole's start and its last hole's end; false if it has none. */
+static bool trim_to_holes(int fd, uint64_t *off, uint64_t *end)
+{
+	off_t h = lseek(fd, (off_t)*off, SEEK_HOLE);
+	if (h < 0 || (uint64_t)h >= *end)
+		return false;
+	uint64_t last = (uint64_t)h;
+	for (off_t at = h;;) {
+		off_t d = lseek(fd, at, SEEK_DATA);
+		if (d < 0 || (uint64_t)d >= *end) {
+			last = *end;
+			break;
+		}
+		last = (uint64_t)d;
+		at = lseek(fd, d, SEEK_HOLE);
+		if (at < 0 || (uint64_t)at >= *end)
+			break;
+	}
+	*off = (uint64_t)h;
+	*end = last;
+	return true;
+}
+
+/*
+ * A background fetch of what [off, off+len) lacks, once no other background fetch of it is in
+ * flight: one that was (a read's readahead) has usually brought most of it, which is not fetched again.
+ */
 static int fetch_absent(struct sx_frames *f, uint32_t layer, uint64_t off, uint64_t len, char *why, size_t whylen)
 {
 	int slot = inflight_begin(f, layer, off, len, false);
-	int rc = present(f->fds[layer], off, len) ? 0 : fetch_into_mirror(f, layer, off, len, why, whylen);
+	uint64_t a = off, b = off + len;
+	int rc = trim_to_holes(f->fds[layer], &a, &b) ? fetch_into_mirror(f, layer, a, b - a, why, whylen) : 0;
 	inflight_end(f, slot);
 	return rc;
 }
@@ -790,7 +831,14 @@ void sx_frames_stats(struct sx_frames *f, uint64_t *loads, uint64_t *hits, uint6
 	pthread_mutex_unlock(&f->lock);
 }
 
-/* Fetch the holes of [a, b) of a remote layer, yielding to reads waiting on fetches. */
+/*
+ * Present bytes between two holes shorter than this are fetched again rather than split into two
+ * GETs: the slivers between small-file runs and reads' fetches (a few blocks) are not worth a
+ * round trip, and larger ones are not worth their bytes (the streams' round trips overlap).
+ */
+#define SX_BRIDGE (32u << 10)
+
+/* Fetch the holes of [a, b) of a remote layer in GETs of at most span bytes, bridging short data. */
 static bool hydrate_range(struct sx_frames *f, uint32_t layer, uint64_t a, uint64_t b, size_t span)
 {
 	int fd = f->fds[layer];
@@ -799,10 +847,18 @@ static bool hydrate_range(struct sx_frames *f, uint32_t layer, uint64_t a, uint6
 		off_t h = lseek(fd, (off_t)pos, SEEK_HOLE);
 		if (h < 0 || (uint64_t)h >= b)
 			return true;
-		off_t d = lseek(fd, h, SEEK_DATA);
-		uint64_t end = d < 0 || (uint64_t)d > b ? b : (uint64_t)d;
-		if (end - (uint64_t)h > span)
-			end = (uint64_t)h + span;
+		uint64_t limit = (uint64_t)h + span < b ? (uint64_t)h + span : b, end = limit;
+		for (uint64_t at = (uint64_t)h;;) {
+			off_t d = lseek(fd, (off_t)at, SEEK_DATA);
+			if (d < 0 || (uint64_t)d >= limit)
+				break; /* a hole up to the limit */
+			off_t next = lseek(fd, d, SEEK_HOLE);
+			if (next < 0 || (uint64_t)next >= limit || (uint64_t)(next - d) > SX_BRIDGE) {
+				end = (uint64_t)d; /* stop before the data */
+				break;
+			}
+			at = (uint64_t)next; /* short data: fetched again with the holes around it */
+		}
 		char why[256];
 		if (fetch_absent(f, layer, (uint64_t)h, end - (uint64_t)h, why, sizeof(why)) < 0) {
 			/* Reads fetch what they need themselves; hydration just stops for this layer. */
@@ -815,51 +871,6 @@ static bool hydrate_range(struct sx_frames *f, uint32_t layer, uint64_t a, uint6
 	return true;
 }
 
-#define SX_HYDRATE_PARALLEL 4
-
-/*
- * fn on SX_HYDRATE_PARALLEL threads, this one included, worker k given args + k * stride (0:
- * all share args); returns once all have. A worker that cannot start leaves its share to the
- * others (a shared queue) or to reads (fixed blocks).
- */
-static void run_parallel(void *(*fn)(void *), void *args, size_t stride)
-{
-	pthread_t t[SX_HYDRATE_PARALLEL];
-	bool ok[SX_HYDRATE_PARALLEL] = { false };
-	for (unsigned k = 1; k < SX_HYDRATE_PARALLEL; k++)
-		ok[k] = pthread_create(&t[k], NULL, fn, (char *)args + k * stride) == 0;
-	fn(args);
-	for (unsigned k = 1; k < SX_HYDRATE_PARALLEL; k++)
-		if (ok[k])
-			pthread_join(t[k], NULL);
-}
-
-struct hydrate_worker {
-	struct sx_frames *f;
-	size_t span;
-	unsigned k;
-	_Atomic bool *failed; /* per layer, shared by the workers */
-};
-
-/* Worker k of SX_HYDRATE_PARALLEL: blocks k, k + P, k + 2P... of every remote layer, top layer first. */
-static void *hydrate_worker(void *p)
-{
-	struct hydrate_worker *w = p;
-	struct sx_frames *f = w->f;
-	for (uint32_t l = f->idx->hdr->layer_count; l-- > 0;) {
-		if (!f->remote[l].remote)
-			continue;
-		for (uint64_t b = (uint64_t)w->k * w->span; b < f->sizes[l]; b += (uint64_t)SX_HYDRATE_PARALLEL * w->span) {
-			if (atomic_load(&f->stop) || atomic_load(&w->failed[l]))
-				break;
-			uint64_t e = b + w->span < f->sizes[l] ? b + w->span : f->sizes[l];
-			if (!hydrate_range(f, l, b, e, w->span))
-				atomic_store(&w->failed[l], true);
-		}
-	}
-	return NULL;
-}
-
 /*
  * Small files first. A workload starting on a fresh workspace (node's require, a build's
  * sources, git's index and loose objects) mostly reads small files, while most of a tree's
@@ -870,7 +881,6 @@ static void *hydrate_worker(void *p)
  */
 #define SX_SMALL_FRAME (256u << 10) /* a frame this size (uncompressed) or less: a small file's */
 #define SX_SMALL_GAP (64u << 10)    /* bridged rather than split: a GET costs ~4 MB of transfer */
-#define SX_BLOCK 4096u              /* runs are whole blocks: a mirror block is a hole or all real bytes */
 
 struct sx_run {
 	uint64_t off, end;
@@ -931,31 +941,119 @@ static struct sx_run *small_runs(struct sx_frames *f, size_t span, size_t *count
 		uint64_t size = f->sizes[r[i].layer];
 		r[i].off -= r[i].off % SX_BLOCK;
 		r[i].end = r[i].end > size - (size % SX_BLOCK) ? size : r[i].end + (SX_BLOCK - r[i].end % SX_BLOCK) % SX_BLOCK;
+		/* Rounded out, neighbours can share a block: a run that overlapped one in flight would wait for it. */
+		if (i > 0 && r[i - 1].layer == r[i].layer && r[i].off < r[i - 1].end)
+			r[i].off = r[i - 1].end;
 	}
 	*count = m;
 	return r;
 }
 
-struct small_worker {
+/*
+ * Hydration's GETs: SX_HYDRATE_STREAMS at a time from one queue (the small-file runs, then every
+ * remote layer in blocks), so a stream that finishes takes the next job at once: no phase waits
+ * for the slowest GET of the one before, and over a 40 ms link the streams' round trips overlap
+ * each other's transfers. Until the first read's fetch is answered (or SX_HYDRATE_HOLD_MS pass)
+ * only SX_HOLD_STREAMS run: that read shares the link with one GET, and the link is not idle
+ * while the workload starts.
+ */
+#define SX_HYDRATE_STREAMS 8
+#define SX_HOLD_STREAMS 1
+/* Small-file runs are at most this long, so that every stream fetches them before any block. */
+#define SX_SMALL_RUN (2u << 20)
+
+struct hydrate_queue {
 	struct sx_frames *f;
-	const struct sx_run *runs;
+	const struct sx_run *jobs;
 	size_t count;
 	size_t span;
-	_Atomic size_t *next;
-	_Atomic bool *failed;
+	_Atomic size_t next;
+	_Atomic bool *failed; /* per layer: a failed job stops that layer's hydration */
 };
 
-static void *small_worker(void *p)
+struct hydrate_stream {
+	struct hydrate_queue *q;
+	unsigned k;
+};
+
+/*
+ * Background threads run niced: on a small host the workload, and the threads serving its
+ * reads, get the CPU first, and hydration's copies take what is left. (Linux: per thread.)
+ */
+#define SX_BACKGROUND_NICE 10
+static void background_priority(void)
 {
-	struct small_worker *w = p;
-	for (;;) {
-		size_t i = atomic_fetch_add(w->next, 1);
-		if (i >= w->count || atomic_load(&w->f->stop))
-			return NULL;
-		const struct sx_run *r = &w->runs[i];
-		if (!atomic_load(&w->failed[r->layer]) && !hydrate_range(w->f, r->layer, r->off, r->end, w->span))
-			atomic_store(&w->failed[r->layer], true);
+	if (setpriority(PRIO_PROCESS, (id_t)gettid(), SX_BACKGROUND_NICE) != 0) {
+		/* Not fatal: hydration just competes at the same priority. */
 	}
+}
+
+static void *hydrate_stream(void *p)
+{
+	struct hydrate_stream *s = p;
+	struct hydrate_queue *q = s->q;
+	background_priority();
+	if (s->k >= SX_HOLD_STREAMS)
+		sx_frames_hold_for_first_read(q->f);
+	for (;;) {
+		size_t i = atomic_fetch_add(&q->next, 1);
+		if (i >= q->count || atomic_load(&q->f->stop))
+			return NULL;
+		const struct sx_run *r = &q->jobs[i];
+		if (!atomic_load(&q->failed[r->layer]) && !hydrate_range(q->f, r->layer, r->off, r->end, q->span))
+			atomic_store(&q->failed[r->layer], true);
+	}
+}
+
+/* The small-file runs (if the index can be walked), then every remote layer in span blocks, top layer first. */
+static struct sx_run *hydrate_jobs(struct sx_frames *f, size_t span, bool small_first, size_t *count)
+{
+	size_t nruns = 0;
+	struct sx_run *runs = small_first ? small_runs(f, SX_SMALL_RUN, &nruns) : NULL;
+	size_t blocks = 0;
+	for (uint32_t l = 0; l < f->idx->hdr->layer_count; l++)
+		if (f->remote[l].remote)
+			blocks += (size_t)((f->sizes[l] + span - 1) / span);
+	struct sx_run *jobs = realloc(runs, (nruns + blocks ? nruns + blocks : 1) * sizeof(*jobs));
+	if (!jobs) {
+		free(runs);
+		*count = 0;
+		return NULL;
+	}
+	size_t k = nruns;
+	for (uint32_t l = f->idx->hdr->layer_count; l-- > 0;)
+		for (uint64_t b = 0; f->remote[l].remote && b < f->sizes[l]; b += span)
+			jobs[k++] = (struct sx_run){ .off = b, .end = b + span < f->sizes[l] ? b + span : f->sizes[l], .layer = l };
+	*count = k;
+	return jobs;
+}
+
+static void hydrate_whole(struct sx_frames *f, size_t span)
+{
+	uint32_t n = f->idx->hdr->layer_count;
+	_Atomic bool *failed = calloc(n ? n : 1, sizeof(*failed));
+	size_t count = 0;
+	struct sx_run *jobs = failed ? hydrate_jobs(f, span, index_whole(f, 3000), &count) : NULL;
+	if (!jobs) {
+		free(failed);
+		return; /* out of memory: reads still fetch what they need */
+	}
+	struct hydrate_queue q = { .f = f, .jobs = jobs, .count = count, .span = span, .failed = failed };
+	atomic_init(&q.next, 0);
+	struct hydrate_stream st[SX_HYDRATE_STREAMS];
+	pthread_t t[SX_HYDRATE_STREAMS];
+	bool ok[SX_HYDRATE_STREAMS] = { false };
+	for (unsigned k = 0; k < SX_HYDRATE_STREAMS; k++)
+		st[k] = (struct hydrate_stream){ .q = &q, .k = k };
+	/* A stream that cannot start leaves its share to the others: one queue. */
+	for (unsigned k = 1; k < SX_HYDRATE_STREAMS; k++)
+		ok[k] = pthread_create(&t[k], NULL, hydrate_stream, &st[k]) == 0;
+	hydrate_stream(&st[0]);
+	for (unsigned k = 1; k < SX_HYDRATE_STREAMS; k++)
+		if (ok[k])
+			pthread_join(t[k], NULL);
+	free(jobs);
+	free(failed);
 }
 
 /*
@@ -1100,25 +1198,8 @@ static void *hydrate_main(void *p)
 			hydrate_range(f, l, ly->prefetch_off, e < f->sizes[l] ? e : f->sizes[l], a.span);
 		}
 	}
-	if (a.whole) {
-		sx_frames_hold_for_first_read(f);
-		/* Several GETs at a time: one stream leaves a high-latency link mostly idle. */
-		_Atomic bool *failed = calloc(n ? n : 1, sizeof(*failed));
-		if (failed) {
-			size_t nruns = 0;
-			struct sx_run *runs = index_whole(f, 3000) ? small_runs(f, a.span, &nruns) : NULL;
-			_Atomic size_t next = 0;
-			struct small_worker sw = { .f = f, .runs = runs, .count = nruns, .span = a.span, .next = &next, .failed = failed };
-			if (nruns > 0)
-				run_parallel(small_worker, &sw, 0); /* one queue of runs, shared */
-			free(runs);
-			struct hydrate_worker w[SX_HYDRATE_PARALLEL];
-			for (unsigned k = 0; k < SX_HYDRATE_PARALLEL; k++)
-				w[k] = (struct hydrate_worker){ .f = f, .span = a.span, .k = k, .failed = failed };
-			run_parallel(hydrate_worker, w, sizeof(w[0])); /* worker k: blocks k, k + P, ... */
-		}
-		free(failed);
-	}
+	if (a.whole)
+		hydrate_whole(f, a.span);
 	for (int i = 0; i < started; i++)
 		pthread_join(helpers[i], NULL);
 	atomic_store(&f->hydrated, true);
@@ -1127,9 +1208,12 @@ static void *hydrate_main(void *p)
 
 static bool hydrate_range(struct sx_frames *f, uint32_t layer, uint64_t a, uint64_t b, size_t span);
 
+static void background_priority(void);
+
 static void *readahead_worker(void *p)
 {
 	struct sx_frames *f = p;
+	background_priority();
 	pthread_mutex_lock(&f->ra_lock);
 	while (!atomic_load(&f->stop)) {
 		if (f->ra_count == 0) {

@@ -11,7 +11,7 @@
 // medium, both profiles, 3 runs, written to docs/benchmarks.md, docs/benchmarks-restore.svg and
 // test/bench/results.json. --quick: small only, both profiles, 3 runs, written under the work
 // directory (the committed doc is left alone) and printed.
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { appendFile, mkdir, readFile, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { arch, cpus, release, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -141,6 +141,17 @@ let s3dir;
 let shaper;
 let s3srv;
 const stats = async () => (await shaperCall(shaper.port, 'stats')).stats;
+// CPU ms the emulated store (S3 server + shaper) has used: on this 2-core host it competes with
+// whatever runs at the same time as a transfer (BENCH_DEBUG shows it per restore).
+const serverCpuMs = () =>
+  [s3srv, shaper].reduce((ms, p) => {
+    try {
+      const f = readFileSync(`/proc/${p.child.pid}/stat`, 'utf8').split(') ')[1].split(' ');
+      return ms + ((Number(f[11]) + Number(f[12])) * 1000) / 100;
+    } catch {
+      return ms;
+    }
+  }, 0);
 const delta = (a, b) => ({ requests: b.requests - a.requests, bytesIn: b.bytesIn - a.bytesIn, bytesOut: b.bytesOut - a.bytesOut });
 const setProfile = (p) => shaperCall(shaper.port, `profile/${p}`, 'POST');
 /** Where s3rver keeps the objects under a prefix. */
@@ -319,6 +330,7 @@ async function runRestores(ctx, lib, tree, arts, unavailable, sizeName) {
         await coldStart([objectDir(arts[c.method].prefix)]);
         if (process.env.BENCH_DEBUG) log(`    cold start ${(now() - tcs).toFixed(0)} ms`);
         const s0 = await stats();
+        const cpu0 = serverCpuMs();
         const t0 = now();
         const h = await c.restore(arts[c.method], target);
         const returned = now() - t0;
@@ -329,6 +341,7 @@ async function runRestores(ctx, lib, tree, arts, unavailable, sizeName) {
           const first = now() - t0;
           const w = await run(process.execPath, ['app.js'], { cwd: target });
           const work = now() - t0;
+          const cpuWork = serverCpuMs() - cpu0;
           if (!w.stdout.includes(expect)) throw new Error(`${c.id}: the workload printed ${JSON.stringify(w.stdout)}, expected "${expect}"`);
           const s1 = await stats();
           let full = ready;
@@ -351,6 +364,7 @@ async function runRestores(ctx, lib, tree, arts, unavailable, sizeName) {
           }
           if (h.result?.stats) rec.strataStats = h.result.stats;
           if (h.trace) rec.trace = h.trace;
+          if (process.env.BENCH_DEBUG) log(`    ${c.id} epoch ms: start ${Math.round(performance.timeOrigin + t0)}, ready +${ready.toFixed(0)}, first read +${first.toFixed(0)}, workload done +${work.toFixed(0)}; store CPU by then ${cpuWork.toFixed(0)} ms`);
           out[c.id].runs.push(rec);
           log(`  restore ${c.id.padEnd(21)} run ${r + 1}: ready ${(ready / 1000).toFixed(2)} s, workload done ${(work / 1000).toFixed(2)} s (${(dw.bytesOut / 1e6).toFixed(1)} MB, ${dw.requests} requests), fully local ${rec.full === undefined ? '–' : `${(full / 1000).toFixed(2)} s`}`);
         } finally {

@@ -9,10 +9,13 @@
 //
 // Counters (requests by method, request and response body bytes) are served at
 // GET /__shaper/stats; POST /__shaper/profile/NAME switches the profile. Neither is shaped.
+// SHAPER_LOG=FILE appends one line per request (start and end, epoch ms,
+// method, path, range, body bytes): the timeline of a lazy restore's GETs.
 //
 //   node test/bench/shaper.mjs UPSTREAM_PORT [PROFILE]     prints {"port":N} once listening
 import http from 'node:http';
 import { Transform } from 'node:stream';
+import { appendFileSync } from 'node:fs';
 
 export const PROFILES = {
   local: { rttMs: 0, bytesPerSec: 0 },
@@ -88,6 +91,10 @@ const server = http.createServer((req, res) => {
     return;
   }
   stats.requests++;
+  const t0 = Date.now();
+  let sent = 0;
+  if (process.env.SHAPER_LOG)
+    res.on('close', () => appendFileSync(process.env.SHAPER_LOG, `${t0} ${Date.now()} ${req.method} ${req.url.split('?')[0]} ${req.headers.range ?? '-'} ${sent}\n`));
   stats.byMethod[req.method] = (stats.byMethod[req.method] ?? 0) + 1;
   const { rttMs } = profile;
   const fwd = http.request(
@@ -95,7 +102,7 @@ const server = http.createServer((req, res) => {
     async (ures) => {
       if (rttMs) await sleep(rttMs);
       res.writeHead(ures.statusCode, ures.statusMessage, ures.rawHeaders);
-      ures.pipe(pace(down, (n) => (stats.bytesOut += n))).pipe(res);
+      ures.pipe(pace(down, (n) => ((stats.bytesOut += n), (sent += n)))).pipe(res);
     },
   );
   const fail = (err) => {
