@@ -72,8 +72,9 @@ int sx_frames_set_prefetch(struct sx_frames *f, const char *path, char *err, siz
 
 /*
  * Background fetching: the prefetch record (4 GETs at a time), each remote
- * layer's TOC landmark region, then, if whole, every remote layer whole in
- * blocks of `span` bytes, 4 GETs at a time. Reads never queue behind these:
+ * layer's TOC landmark region, then, if whole, the small files' frames and
+ * every remote layer whole in blocks of `span` bytes, from one queue, 8 GETs
+ * at a time (docs/lazy.md). Reads never queue behind these:
  * each read that misses issues its own GET at once, on its own connection.
  * sx_frames_free stops it.
  */
