@@ -169,6 +169,7 @@ describe.runIf(RUN)('strata-fuse fetching s3:// layers itself', () => {
     }
     expect((await stat(join(m.mountpoint, 'big.bin'))).size).toBe(9 * MiB + 123);
     const r = await tryCat(join(m.mountpoint, 'hello.txt'));
+    if (process.env.DEBUG_GETS) console.log(JSON.stringify({ f, getStart, log: proxy.log.filter((e) => e.op === 'GetObject').map((e) => [e.key.slice(-20), e.range, e.bytesOut]) }));
     expect(r.ok).toBe(false);
     expect(r.err).toMatch(/Input\/output error/);
     expect(r.ms).toBeLessThan(3000);
@@ -180,8 +181,21 @@ describe.runIf(RUN)('strata-fuse fetching s3:// layers itself', () => {
     const logs: string[] = [];
     const m = await mount({}, 'mnt', logs);
     const f = frameOf('hello.txt');
-    // GETs start at the 4 KiB block holding the frame: the damage goes inside the frame itself.
-    proxy.setRules([{ op: 'GetObject', fault: { kind: 'corrupt', phase: 'response', at: (f.blobOffset % 4096) + 5 }, times: 100 }]);
+    // Every GET is damaged inside the frame: wherever it starts (the read's first GET up to 256 KiB
+    // before the frame, its refetch at the frame's own 4 KiB block), one byte of the frame flips.
+    const inFrame = (r: { headers: { range?: string } }): number | undefined => {
+      const m = /^bytes=(\d+)-(\d+)$/.exec(r.headers.range ?? '');
+      return m && Number(m[1]) <= f.blobOffset && Number(m[2]) >= f.blobOffset + f.blobLength - 1 ? f.blobOffset - Number(m[1]) + 5 : undefined;
+    };
+    const starts = [Math.max(0, f.blobOffset - 256 * 1024), f.blobOffset].map((o) => o - (o % 4096));
+    proxy.setRules(
+      starts.map((s) => ({
+        op: 'GetObject' as const,
+        when: (r: { headers: { range?: string } }) => r.headers.range?.startsWith(`bytes=${s}-`) === true && inFrame(r) !== undefined,
+        fault: { kind: 'corrupt' as const, phase: 'response' as const, at: f.blobOffset - s + 5 },
+        times: 100,
+      })),
+    );
     const r = await tryCat(join(m.mountpoint, 'hello.txt'));
     expect(r.ok).toBe(false);
     expect(r.err).toMatch(/Input\/output error/);
@@ -450,6 +464,20 @@ describe.runIf(RUN)('strata-fuse fetching s3:// layers itself', () => {
       expect(o % 4096, `extent ${o}+${l}`).toBe(0);
       expect(held.subarray(o, o + l).equals(blob.subarray(o, o + l)), `extent ${o}+${l} differs from the blob`).toBe(true);
     }
+  });
+
+  it('a read fetches the bytes before its frame too: a file captured just before it reads with no GET', async () => {
+    // node reads a package's package.json, then its main file, which sorts before it.
+    const m = await mount({ fetcherOptions: { deadlineMs: 3000, stallTimeoutMs: 1000, readahead: 0 } });
+    const last = frameOf('lib/m199.js');
+    const first = frameOf('lib/m0.js');
+    expect(first.digest).not.toBe(last.digest); // different frames
+    expect(last.blobOffset - first.blobOffset).toBeLessThan(200 * 1024); // within the look-behind
+    expect(await readFile(join(m.mountpoint, 'lib/m199.js'))).toEqual(await readFile(join(src, 'lib/m199.js')));
+    const before = blobGets();
+    expect(before).toBe(1);
+    expect(await readFile(join(m.mountpoint, 'lib/m0.js'))).toEqual(await readFile(join(src, 'lib/m0.js')));
+    expect(blobGets()).toBe(before);
   });
 
   it('reads ahead after a miss, in the background: the next bytes of the blob arrive while the read returns', async () => {

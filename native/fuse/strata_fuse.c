@@ -1197,6 +1197,12 @@ out:
 	if (se)
 		fuse_session_destroy(se);
 	sx_fetch_free(ctx.fetch);
+	if (ctx.frames) {
+		uint64_t loads, hits, bytes;
+		sx_frames_stats(ctx.frames, &loads, &hits, &bytes);
+		fprintf(stderr, "strata-fuse: %llu frames decoded, %llu reads served from decoded frames, %llu bytes read from blobs\n",
+			(unsigned long long)loads, (unsigned long long)hits, (unsigned long long)bytes);
+	}
 	if (!atomic_load(&ctx.loader_done))
 		return status; /* the loader still reads through frames and the index: both go with the process */
 	sx_frames_free(ctx.frames);

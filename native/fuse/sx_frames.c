@@ -469,18 +469,40 @@ static int decode(struct sx_frames *f, const struct sx_chunk *ch, uint8_t **out,
 static void first_fetch_done(struct sx_frames *f);
 
 /*
- * A read's fetch: its frame and up to readahead bytes after it, stopping at
- * the next range the mirror already holds; under the range's lock. Once the
+ * A read's fetch: its frame and up to readahead bytes on each side of it,
+ * stopping at the ranges the mirror already holds; under the range's lock. Once the
  * lock is ours, a frame another process fetched meanwhile is not fetched
  * again; `unless_good`: the mirror held the frame but it did not verify (torn,
  * or read while another process wrote it), so it is fetched again unless it
  * verifies now.
  */
+/*
+ * Where a read's GET starts: up to readahead bytes before its frame, from the start of the hole
+ * the frame lies in. Readers go backwards too: node reads a package's package.json, then its
+ * main file, which sorts (and so was captured) before it; each such step was a round trip.
+ */
+static uint64_t look_behind(const struct sx_frames *f, int fd, uint64_t off)
+{
+	uint64_t lo = off > f->readahead ? off - f->readahead : 0, from = off;
+	for (uint64_t at = lo; at < off;) {
+		off_t h = lseek(fd, (off_t)at, SEEK_HOLE);
+		if (h < 0 || (uint64_t)h >= off)
+			break;
+		off_t d = lseek(fd, h, SEEK_DATA);
+		if (d < 0 || (uint64_t)d >= off) {
+			from = (uint64_t)h; /* this hole runs up to the frame */
+			break;
+		}
+		at = (uint64_t)d;
+	}
+	return from;
+}
+
 static int fetch_demand(struct sx_frames *f, const struct sx_chunk *ch, bool unless_good, char *why, size_t whylen)
 {
 	int fd = f->fds[ch->layer];
-	uint64_t size = f->sizes[ch->layer], off = ch->blob_off, end = ch->blob_off + ch->blob_len;
-	uint64_t ra = off + f->readahead > end ? off + f->readahead : end;
+	uint64_t size = f->sizes[ch->layer], off = look_behind(f, fd, ch->blob_off), end = ch->blob_off + ch->blob_len;
+	uint64_t ra = ch->blob_off + f->readahead > end ? ch->blob_off + f->readahead : end;
 	if (ra > size)
 		ra = size;
 	off_t d = lseek(fd, (off_t)end, SEEK_DATA);
@@ -490,14 +512,26 @@ static int fetch_demand(struct sx_frames *f, const struct sx_chunk *ch, bool unl
 	if (slot < 0)
 		return slot;
 	int rc = 0;
-	bool fetch = !present(fd, ch->blob_off, ch->blob_len);
+	bool fetch = !present(fd, ch->blob_off, ch->blob_len), bad = false;
 	if (!fetch && unless_good) {
 		uint8_t *tmp = NULL;
-		fetch = decode(f, ch, &tmp, why, whylen) != 0;
+		fetch = bad = decode(f, ch, &tmp, why, whylen) != 0;
 		free(tmp);
 	}
-	if (fetch)
-		rc = fetch_into_mirror(f, ch->layer, off, ra - off, why, whylen);
+	if (fetch) {
+		/*
+		 * Only the holes: what another read brought while this one waited for its claim is not
+		 * fetched again. A frame held but bad is fetched whole, with the holes around it.
+		 */
+		uint64_t a = off, b = ra;
+		if (!trim_to_holes(fd, &a, &b))
+			a = b = ch->blob_off;
+		if (bad && a > ch->blob_off)
+			a = ch->blob_off;
+		if (bad && b < end)
+			b = end;
+		rc = fetch_into_mirror(f, ch->layer, a, b - a, why, whylen);
+	}
 	release_read(f, ch->layer, off, ra - off, slot);
 	if (fetch && rc == 0 && ra < size)
 		readahead_push(f, ch->layer, ra, size - ra < f->ra_span ? size - ra : f->ra_span);
