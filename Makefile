@@ -63,8 +63,8 @@ clean:
 	rm -rf build dist
 
 # ---- lazy restore: the FUSE data plane (native/fuse, docs/lazy.md) ----------------------------
-FUSE_SRCS := native/fuse/strata_fuse.c native/fuse/sx_index.c native/fuse/sx_fetch.c native/fuse/sx_frames.c native/fuse/sx_http.c
-FUSE_HDRS := native/fuse/sx_format.h native/fuse/sx_index.h native/fuse/sx_fetch.h native/fuse/sx_frames.h native/fuse/sx_http.h
+FUSE_SRCS := native/fuse/strata_fuse.c native/fuse/sx_index.c native/fuse/sx_fetch.c native/fuse/sx_frames.c native/fuse/sx_http.c native/fuse/sx_awake.c
+FUSE_HDRS := native/fuse/sx_format.h native/fuse/sx_index.h native/fuse/sx_fetch.h native/fuse/sx_frames.h native/fuse/sx_http.h native/fuse/sx_awake.h
 
 build/strata-fuse: $(FUSE_SRCS) $(FUSE_HDRS) | system-deps
 	@mkdir -p build

@@ -258,7 +258,8 @@ describe.runIf(RUN)('lazy workspaces', () => {
       expect(alive().length).toBe(1);
       const pid = alive()[0]!.pid;
       expect(Number(await readFile(join(home, 'run', 'daemon.pid'), 'utf8'))).toBe(pid);
-      expect((await readFile(join(home, 'run', 'daemon.log'), 'utf8')).match(/another daemon \(pid \d+\) serves/g)!.length).toBe(5 * (round + 1));
+      // "pid ?": a loser that read the pid file before the winner had written it (round one).
+      expect((await readFile(join(home, 'run', 'daemon.log'), 'utf8')).match(/another daemon \(pid (\d+|\?)\) serves/g)!.length).toBe(5 * (round + 1));
       // It serves, then leaves on its own (nothing mounted); the lock goes with it.
       const { daemonRequest } = await import('../src/restore/lazy/client.js');
       expect(await daemonRequest(home, { op: 'status' })).toMatchObject({ ok: true });

@@ -6,8 +6,8 @@
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, mkdtemp, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { availableParallelism, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
@@ -478,6 +478,43 @@ describe.runIf(RUN)('strata-fuse fetching s3:// layers itself', () => {
     expect(before).toBe(1);
     expect(await readFile(join(m.mountpoint, 'lib/m0.js'))).toEqual(await readFile(join(src, 'lib/m0.js')));
     expect(blobGets()).toBe(before);
+  });
+
+  it('keeps the CPUs awake through a burst of reads, and idles when reads stop: spinners at SCHED_IDLE that sleep', async () => {
+    const m = await mount();
+    const pid = m.child.pid!;
+    // /proc/PID/task/TID/stat: field 14 utime, 15 stime (ticks), 41 policy (5 = SCHED_IDLE).
+    const tasks = async (): Promise<Array<{ ticks: number; policy: number }>> => {
+      const out: Array<{ ticks: number; policy: number }> = [];
+      for (const tid of await readdir(`/proc/${pid}/task`)) {
+        const f = (await readFile(`/proc/${pid}/task/${tid}/stat`, 'utf8').catch(() => '')).split(') ')[1]?.split(' ');
+        if (f) out.push({ ticks: Number(f[11]) + Number(f[12]), policy: Number(f[38]) });
+      }
+      return out;
+    };
+    const spinners = (await tasks()).filter((t) => t.policy === 5);
+    expect(spinners.length).toBe(Math.min(8, availableParallelism()));
+    // A burst of reads, then quiet: within a second the spinners have stopped burning CPU.
+    for (let i = 0; i < 200; i += 7) expect(await readFile(join(m.mountpoint, `lib/m${i}.js`))).toEqual(await readFile(join(src, `lib/m${i}.js`)));
+    await new Promise((r) => setTimeout(r, 100));
+    const spin = async (): Promise<number> => (await tasks()).filter((t) => t.policy === 5).reduce((n, t) => n + t.ticks, 0);
+    const a = await spin();
+    await new Promise((r) => setTimeout(r, 1000));
+    expect((await spin()) - a).toBeLessThanOrEqual(2); // ticks are 10 ms: at most a couple of wakeups' worth
+  });
+
+  it('serves with the spinners off (--spin-us 0 via STRATA_FUSE_SPIN_US=0)', async () => {
+    process.env.STRATA_FUSE_SPIN_US = '0';
+    try {
+      const m = await mount();
+      const policies = await Promise.all(
+        (await readdir(`/proc/${m.child.pid}/task`)).map(async (tid) => Number((await readFile(`/proc/${m.child.pid}/task/${tid}/stat`, 'utf8')).split(') ')[1]!.split(' ')[38])),
+      );
+      expect(policies.filter((p) => p === 5)).toEqual([]);
+      expect(await readFile(join(m.mountpoint, 'lib/m7.js'))).toEqual(await readFile(join(src, 'lib/m7.js')));
+    } finally {
+      delete process.env.STRATA_FUSE_SPIN_US;
+    }
   });
 
   it('reads ahead after a miss, in the background: the next bytes of the blob arrive while the read returns', async () => {

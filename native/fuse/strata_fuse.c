@@ -38,6 +38,7 @@
 
 #include <pthread.h>
 
+#include "sx_awake.h"
 #include "sx_fetch.h"
 #include "sx_frames.h"
 #include "sx_http.h"
@@ -64,11 +65,15 @@ struct sx_ctx {
 	bool debug;
 	const char *index_out;      /* --index-out: where a paged index is written whole once loaded */
 	atomic_bool loader_done;    /* the paged index's background loader has returned */
+	struct sx_awake *awake;     /* spinners through a burst of requests (--spin-us), or NULL */
 };
 
+/* Every operation starts here: it also tells the spinners a request is being served. */
 static struct sx_ctx *ctx_of(fuse_req_t req)
 {
-	return fuse_req_userdata(req);
+	struct sx_ctx *c = fuse_req_userdata(req);
+	sx_awake_poke(c->awake);
+	return c;
 }
 
 /*
@@ -824,7 +829,7 @@ static void usage(FILE *to)
 		    "                   [--timeout-ms N] [--threads N]\n"
 		    "                   [--blob LAYER=PATH]... [--sources FILE] [--hydrate] [--deadline-ms N]\n"
 		    "                   [--stall-ms N] [--readahead-kb N] [--async-readahead-kb N] [--prefetch FILE]\n"
-		    "                   [--frame-cache-mb N]\n"
+		    "                   [--frame-cache-mb N] [--spin-us N]\n"
 		    "                   [--ready-fd FD] [--foreground] [--die-with-parent] [--debug] MOUNTPOINT\n"
 		    "       strata-fuse --print-layout\n");
 }
@@ -943,11 +948,14 @@ int main(int argc, char **argv)
 		{ "stall-ms", required_argument, NULL, 'W' },   { "readahead-kb", required_argument, NULL, 'R' },
 		{ "prefetch", required_argument, NULL, 'p' },  { "async-readahead-kb", required_argument, NULL, 'A' },
 		{ "index-head", required_argument, NULL, 'I' }, { "index-out", required_argument, NULL, 'O' },
+		{ "spin-us", required_argument, NULL, 'U' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *sources = NULL, *prefetch = NULL;
 	bool hydrate = false;
 	unsigned long deadline_ms = 30000, stall_ms = 10000, readahead_kb = 256, async_readahead_kb = 4096;
+	/* 1 ms: node's gap between two requests while it requires modules is mostly less (sx_awake.h). */
+	unsigned long spin_us = 1000;
 	/* --blob N=PATH: layer N of the index is read straight from that local file. */
 	unsigned long blob_layer[SX_MAX_BLOBS];
 	const char *blob_path[SX_MAX_BLOBS];
@@ -1020,6 +1028,12 @@ int main(int argc, char **argv)
 			}
 			break;
 		}
+		case 'U':
+			if (!parse_uint(optarg, 1000000, &spin_us)) {
+				fprintf(stderr, "strata-fuse: bad --spin-us %s (0..1000000)\n", optarg);
+				return 2;
+			}
+			break;
 		case 'f': foreground = true; break;
 		case 'd': debug = true; break;
 		case 'P': die_with_parent = true; break;
@@ -1184,6 +1198,7 @@ int main(int argc, char **argv)
 	fuse_loop_cfg_set_max_threads(cfg, (unsigned)threads);
 	fuse_loop_cfg_set_idle_threads(cfg, 8);
 	fuse_loop_cfg_set_clone_fd(cfg, 0);
+	ctx.awake = sx_awake_new((unsigned)spin_us); /* none if it cannot: requests are served the same */
 	int rc = fuse_session_loop_mt(se, cfg);
 	/* 0 = unmounted, >0 = the signal that stopped us; both are clean exits. */
 	status = rc < 0 ? 1 : 0;
@@ -1196,6 +1211,7 @@ out:
 		fuse_remove_signal_handlers(se);
 	if (se)
 		fuse_session_destroy(se);
+	sx_awake_free(ctx.awake);
 	sx_fetch_free(ctx.fetch);
 	if (ctx.frames) {
 		uint64_t loads, hits, bytes;

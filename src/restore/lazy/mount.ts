@@ -280,6 +280,9 @@ export async function serverArgs(o: ServerArgsOptions): Promise<ServerArgs> {
   const args: string[] = blobs.flatMap((b) => ['--blob', `${b.layer}=${b.path}`]);
   const ix = o.indexBlob;
   if (ix && o.store instanceof FileStore) args.push('--blob', `${o.layers.length}=${o.store.localPath(blobKey(ix.digest))}`);
+  // How long strata-fuse keeps the CPUs awake after a request (native/fuse/sx_awake.h); its default unless set.
+  const spinUs = envCount('STRATA_FUSE_SPIN_US', 0);
+  if (spinUs !== undefined) args.push('--spin-us', String(Math.min(spinUs, 1_000_000)));
   const remoteIndex = !!ix && indexRemote(o.store);
   if (remote.length > 0 || remoteIndex) {
     try {
