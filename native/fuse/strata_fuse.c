@@ -823,6 +823,12 @@ static void *load_index(void *arg)
 	return NULL;
 }
 
+/* The spinners' question (sx_awake.h): is hydration or readahead keeping the CPUs busy? */
+static bool background_busy(void *arg)
+{
+	return sx_frames_background(arg) > 0;
+}
+
 static void usage(FILE *to)
 {
 	fprintf(to, "usage: strata-fuse (--index FILE | --index-head FILE [--index-out FILE]) --cache DIR --socket PATH\n"
@@ -1198,7 +1204,8 @@ int main(int argc, char **argv)
 	fuse_loop_cfg_set_max_threads(cfg, (unsigned)threads);
 	fuse_loop_cfg_set_idle_threads(cfg, 8);
 	fuse_loop_cfg_set_clone_fd(cfg, 0);
-	ctx.awake = sx_awake_new((unsigned)spin_us); /* none if it cannot: requests are served the same */
+	/* None if it cannot start: requests are served the same. */
+	ctx.awake = sx_awake_new((unsigned)spin_us, ctx.frames ? background_busy : NULL, ctx.frames);
 	int rc = fuse_session_loop_mt(se, cfg);
 	/* 0 = unmounted, >0 = the signal that stopped us; both are clean exits. */
 	status = rc < 0 ? 1 : 0;

@@ -20,6 +20,8 @@ struct spinner {
 
 struct sx_awake {
 	uint64_t window_ns;
+	bool (*busy)(void *arg);
+	void *busy_arg;
 	_Atomic uint64_t until_ns; /* spin while the clock is before this */
 	atomic_uint sleeping;      /* spinners waiting on cond */
 	atomic_bool stop;
@@ -49,6 +51,12 @@ static void *spinner_main(void *p)
 	(void)pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp);
 	while (!atomic_load(&a->stop)) {
 		if (now_ns() < atomic_load(&a->until_ns)) {
+			if (a->busy && a->busy(a->busy_arg)) {
+				/* Background work keeps the CPUs busy: no spinning, look again soon. */
+				struct timespec t = { 0, 2000000 };
+				nanosleep(&t, NULL);
+				continue;
+			}
 			for (int i = 0; i < 64; i++)
 				__builtin_ia32_pause();
 			continue;
@@ -64,7 +72,7 @@ static void *spinner_main(void *p)
 	return NULL;
 }
 
-struct sx_awake *sx_awake_new(unsigned window_us)
+struct sx_awake *sx_awake_new(unsigned window_us, bool (*busy)(void *arg), void *arg)
 {
 	if (window_us == 0)
 		return NULL;
@@ -72,6 +80,8 @@ struct sx_awake *sx_awake_new(unsigned window_us)
 	if (!a)
 		return NULL;
 	a->window_ns = (uint64_t)window_us * 1000u;
+	a->busy = busy;
+	a->busy_arg = arg;
 	if (pthread_mutex_init(&a->lock, NULL) != 0 || pthread_cond_init(&a->cond, NULL) != 0) {
 		free(a);
 		return NULL;

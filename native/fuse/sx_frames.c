@@ -114,6 +114,7 @@ struct sx_frames {
 	pthread_mutex_t first_lock;
 	pthread_cond_t first_cond; /* CLOCK_MONOTONIC */
 	atomic_bool first_done;
+	atomic_uint background; /* background fetches in flight (fetch_absent) */
 };
 
 #define SX_HYDRATE_HOLD_MS 200
@@ -460,7 +461,12 @@ static int fetch_absent(struct sx_frames *f, uint32_t layer, uint64_t off, uint6
 {
 	int slot = inflight_begin(f, layer, off, len, false);
 	uint64_t a = off, b = off + len;
-	int rc = trim_to_holes(f->fds[layer], &a, &b) ? fetch_into_mirror(f, layer, a, b - a, why, whylen) : 0;
+	int rc = 0;
+	if (trim_to_holes(f->fds[layer], &a, &b)) {
+		atomic_fetch_add(&f->background, 1);
+		rc = fetch_into_mirror(f, layer, a, b - a, why, whylen);
+		atomic_fetch_sub(&f->background, 1);
+	}
 	inflight_end(f, slot);
 	return rc;
 }
@@ -854,6 +860,11 @@ void sx_frames_put(struct sx_frames *f, const struct sx_frame *fr)
 	if (e->refs == 0 && f->bytes > f->budget)
 		evict(f);
 	pthread_mutex_unlock(&f->lock);
+}
+
+unsigned sx_frames_background(struct sx_frames *f)
+{
+	return atomic_load(&f->background);
 }
 
 void sx_frames_stats(struct sx_frames *f, uint64_t *loads, uint64_t *hits, uint64_t *bytes)

@@ -110,6 +110,9 @@ int sx_frames_read(struct sx_frames *f, uint32_t layer, uint64_t off, uint64_t l
  */
 void sx_frames_hold_for_first_read(struct sx_frames *f);
 
+/* Background fetches (prefetch, hydration, readahead) in flight now. */
+unsigned sx_frames_background(struct sx_frames *f);
+
 /* Counters for the log line at exit: frames loaded, hits, bytes read from blobs. */
 void sx_frames_stats(struct sx_frames *f, uint64_t *loads, uint64_t *hits, uint64_t *bytes);
 
