@@ -2,8 +2,8 @@
  * strata-fuse: a read-only FUSE view of a backup's merged layers.
  *
  *   strata-fuse --index FILE --cache DIR --socket PATH [--timeout-ms N]
- *               [--threads N] [--ready-fd FD] [--foreground] [--die-with-parent]
- *               [--debug] MOUNTPOINT
+ *               [--threads N] [--spin-us N] [--ready-fd FD] [--foreground]
+ *               [--die-with-parent] [--debug] MOUNTPOINT   (usage() lists all)
  *   strata-fuse --print-layout
  *
  * Metadata comes from the mmapped index (sx_index.c), file data from the
