@@ -995,15 +995,13 @@ static struct sx_run *small_runs(struct sx_frames *f, size_t span, size_t *count
 }
 
 /*
- * Hydration's GETs: SX_HYDRATE_STREAMS at a time from one queue (the small-file runs, then every
- * remote layer in blocks), so a stream that finishes takes the next job at once: no phase waits
- * for the slowest GET of the one before, and over a 40 ms link the streams' round trips overlap
- * each other's transfers. Until the first read's fetch is answered (or SX_HYDRATE_HOLD_MS pass)
- * only SX_HOLD_STREAMS run: that read shares the link with one GET, and the link is not idle
- * while the workload starts.
+ * Hydration's GETs: `streams` at a time (8 by default) from one queue (the small-file runs, then
+ * every remote layer in blocks), so a stream that finishes takes the next job at once: no phase
+ * waits for the slowest GET of the one before, and over a 40 ms link the streams' round trips
+ * overlap each other's transfers. Every stream waits until the first read's fetch is answered
+ * (or SX_HYDRATE_HOLD_MS pass): that read has the link to itself (issue 9's first-read figure;
+ * one stream running alongside it cost ~10 ms over r2).
  */
-#define SX_HYDRATE_STREAMS 8
-#define SX_HOLD_STREAMS 1
 /* Small-file runs are at most this long, so that every stream fetches them before any block. */
 #define SX_SMALL_RUN (2u << 20)
 
@@ -1038,8 +1036,8 @@ static void *hydrate_stream(void *p)
 	struct hydrate_stream *s = p;
 	struct hydrate_queue *q = s->q;
 	background_priority();
-	if (s->k >= SX_HOLD_STREAMS)
-		sx_frames_hold_for_first_read(q->f);
+	(void)s->k;
+	sx_frames_hold_for_first_read(q->f);
 	for (;;) {
 		size_t i = atomic_fetch_add(&q->next, 1);
 		if (i >= q->count || atomic_load(&q->f->stop))
@@ -1073,7 +1071,7 @@ static struct sx_run *hydrate_jobs(struct sx_frames *f, size_t span, bool small_
 	return jobs;
 }
 
-static void hydrate_whole(struct sx_frames *f, size_t span)
+static void hydrate_whole(struct sx_frames *f, size_t span, unsigned streams)
 {
 	uint32_t n = f->idx->hdr->layer_count;
 	_Atomic bool *failed = calloc(n ? n : 1, sizeof(*failed));
@@ -1085,16 +1083,18 @@ static void hydrate_whole(struct sx_frames *f, size_t span)
 	}
 	struct hydrate_queue q = { .f = f, .jobs = jobs, .count = count, .span = span, .failed = failed };
 	atomic_init(&q.next, 0);
-	struct hydrate_stream st[SX_HYDRATE_STREAMS];
-	pthread_t t[SX_HYDRATE_STREAMS];
-	bool ok[SX_HYDRATE_STREAMS] = { false };
-	for (unsigned k = 0; k < SX_HYDRATE_STREAMS; k++)
+	struct hydrate_stream st[SX_HYDRATE_STREAMS_MAX];
+	pthread_t t[SX_HYDRATE_STREAMS_MAX];
+	bool ok[SX_HYDRATE_STREAMS_MAX] = { false };
+	if (streams < 1 || streams > SX_HYDRATE_STREAMS_MAX)
+		streams = SX_HYDRATE_STREAMS_MAX;
+	for (unsigned k = 0; k < streams; k++)
 		st[k] = (struct hydrate_stream){ .q = &q, .k = k };
 	/* A stream that cannot start leaves its share to the others: one queue. */
-	for (unsigned k = 1; k < SX_HYDRATE_STREAMS; k++)
+	for (unsigned k = 1; k < streams; k++)
 		ok[k] = pthread_create(&t[k], NULL, hydrate_stream, &st[k]) == 0;
 	hydrate_stream(&st[0]);
-	for (unsigned k = 1; k < SX_HYDRATE_STREAMS; k++)
+	for (unsigned k = 1; k < streams; k++)
 		if (ok[k])
 			pthread_join(t[k], NULL);
 	free(jobs);
@@ -1216,6 +1216,7 @@ struct hydrate_args {
 	struct sx_frames *f;
 	size_t span;
 	bool whole;
+	unsigned streams;
 };
 
 static void *hydrate_main(void *p)
@@ -1244,7 +1245,7 @@ static void *hydrate_main(void *p)
 		}
 	}
 	if (a.whole)
-		hydrate_whole(f, a.span);
+		hydrate_whole(f, a.span, a.streams);
 	for (int i = 0; i < started; i++)
 		pthread_join(helpers[i], NULL);
 	atomic_store(&f->hydrated, true);
@@ -1277,7 +1278,7 @@ static void *readahead_worker(void *p)
 	return NULL;
 }
 
-int sx_frames_hydrate(struct sx_frames *f, size_t span, bool whole, char *err, size_t errlen)
+int sx_frames_hydrate(struct sx_frames *f, size_t span, bool whole, unsigned streams, char *err, size_t errlen)
 {
 	for (int i = 0; f->ra_span > 0 && i < SX_RA_WORKERS; i++) {
 		pthread_t t;
@@ -1296,6 +1297,7 @@ int sx_frames_hydrate(struct sx_frames *f, size_t span, bool whole, char *err, s
 	a->f = f;
 	a->span = span;
 	a->whole = whole;
+	a->streams = streams;
 	int rc = pthread_create(&f->hydrator, NULL, hydrate_main, a);
 	if (rc != 0) {
 		free(a);

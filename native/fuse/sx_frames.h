@@ -73,12 +73,13 @@ int sx_frames_set_prefetch(struct sx_frames *f, const char *path, char *err, siz
 /*
  * Background fetching: the prefetch record (4 GETs at a time), each remote
  * layer's TOC landmark region, then, if whole, the small files' frames and
- * every remote layer whole in blocks of `span` bytes, from one queue, 8 GETs
- * at a time (docs/lazy.md). Reads never queue behind these:
+ * every remote layer whole in blocks of `span` bytes, from one queue, `streams`
+ * GETs at a time (1..SX_HYDRATE_STREAMS_MAX; docs/lazy.md). Reads never queue behind these:
  * each read that misses issues its own GET at once, on its own connection.
  * sx_frames_free stops it.
  */
-int sx_frames_hydrate(struct sx_frames *f, size_t span, bool whole, char *err, size_t errlen);
+#define SX_HYDRATE_STREAMS_MAX 32
+int sx_frames_hydrate(struct sx_frames *f, size_t span, bool whole, unsigned streams, char *err, size_t errlen);
 
 /*
  * The verified frame chunk `ci` lies in. 0 and *out on success; -EIO with a

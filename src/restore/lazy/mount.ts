@@ -297,6 +297,8 @@ export async function serverArgs(o: ServerArgsOptions): Promise<ServerArgs> {
     const asyncKb = Math.ceil((o.fetcherOptions?.readahead ?? 4 * 1024 * 1024) / 1024);
     args.push('--sources', o.sourcesPath, '--readahead-kb', String(readaheadKb), '--async-readahead-kb', String(asyncKb), '--deadline-ms', String(deadline), '--stall-ms', String(Math.min(deadline, o.fetcherOptions?.stallTimeoutMs ?? 10_000)));
     if (o.hydrate) args.push('--hydrate');
+    const streams = envCount('STRATA_HYDRATE_STREAMS', 1);
+    if (o.hydrate && streams !== undefined) args.push('--hydrate-streams', String(Math.min(streams, 32)));
     if (o.prefetchPath) args.push('--prefetch', resolve(o.prefetchPath));
   }
   return { args, direct, remote };
