@@ -999,8 +999,7 @@ static struct sx_run *small_runs(struct sx_frames *f, size_t span, size_t *count
  * every remote layer in blocks), so a stream that finishes takes the next job at once: no phase
  * waits for the slowest GET of the one before, and over a 40 ms link the streams' round trips
  * overlap each other's transfers. Every stream waits until the first read's fetch is answered
- * (or SX_HYDRATE_HOLD_MS pass): that read has the link to itself (issue 9's first-read figure;
- * one stream running alongside it cost ~10 ms over r2).
+ * (or SX_HYDRATE_HOLD_MS pass): that read has the link to itself (issue 9's first-read figure).
  */
 /* Small-file runs are at most this long, so that every stream fetches them before any block. */
 #define SX_SMALL_RUN (2u << 20)
