@@ -475,14 +475,6 @@ static int decode(struct sx_frames *f, const struct sx_chunk *ch, uint8_t **out,
 static void first_fetch_done(struct sx_frames *f);
 
 /*
- * A read's fetch: its frame and up to readahead bytes on each side of it,
- * stopping at the ranges the mirror already holds; under the range's lock. Once the
- * lock is ours, a frame another process fetched meanwhile is not fetched
- * again; `unless_good`: the mirror held the frame but it did not verify (torn,
- * or read while another process wrote it), so it is fetched again unless it
- * verifies now.
- */
-/*
  * Where a read's GET starts: up to readahead bytes before its frame, from the start of the hole
  * the frame lies in. Readers go backwards too: node reads a package's package.json, then its
  * main file, which sorts (and so was captured) before it; each such step was a round trip.
@@ -504,6 +496,14 @@ static uint64_t look_behind(const struct sx_frames *f, int fd, uint64_t off)
 	return from;
 }
 
+/*
+ * A read's fetch: its frame and up to readahead bytes on each side of it,
+ * stopping at the ranges the mirror already holds; under the range's lock. Once the
+ * lock is ours, a frame another process fetched meanwhile is not fetched
+ * again; `unless_good`: the mirror held the frame but it did not verify (torn,
+ * or read while another process wrote it), so it is fetched again unless it
+ * verifies now.
+ */
 static int fetch_demand(struct sx_frames *f, const struct sx_chunk *ch, bool unless_good, char *why, size_t whylen)
 {
 	int fd = f->fds[ch->layer];
@@ -1013,11 +1013,6 @@ struct hydrate_queue {
 	_Atomic bool *failed; /* per layer: a failed job stops that layer's hydration */
 };
 
-struct hydrate_stream {
-	struct hydrate_queue *q;
-	unsigned k;
-};
-
 /*
  * Background threads run niced: on a small host the workload, and the threads serving its
  * reads, get the CPU first, and hydration's copies take what is left. (Linux: per thread.)
@@ -1025,17 +1020,14 @@ struct hydrate_stream {
 #define SX_BACKGROUND_NICE 10
 static void background_priority(void)
 {
-	if (setpriority(PRIO_PROCESS, (id_t)gettid(), SX_BACKGROUND_NICE) != 0) {
-		/* Not fatal: hydration just competes at the same priority. */
-	}
+	/* Best effort: refused, hydration just competes at the same priority. */
+	(void)setpriority(PRIO_PROCESS, (id_t)gettid(), SX_BACKGROUND_NICE);
 }
 
 static void *hydrate_stream(void *p)
 {
-	struct hydrate_stream *s = p;
-	struct hydrate_queue *q = s->q;
+	struct hydrate_queue *q = p;
 	background_priority();
-	(void)s->k;
 	sx_frames_hold_for_first_read(q->f);
 	for (;;) {
 		size_t i = atomic_fetch_add(&q->next, 1);
@@ -1082,17 +1074,14 @@ static void hydrate_whole(struct sx_frames *f, size_t span, unsigned streams)
 	}
 	struct hydrate_queue q = { .f = f, .jobs = jobs, .count = count, .span = span, .failed = failed };
 	atomic_init(&q.next, 0);
-	struct hydrate_stream st[SX_HYDRATE_STREAMS_MAX];
 	pthread_t t[SX_HYDRATE_STREAMS_MAX];
 	bool ok[SX_HYDRATE_STREAMS_MAX] = { false };
 	if (streams < 1 || streams > SX_HYDRATE_STREAMS_MAX)
 		streams = SX_HYDRATE_STREAMS_MAX;
-	for (unsigned k = 0; k < streams; k++)
-		st[k] = (struct hydrate_stream){ .q = &q, .k = k };
 	/* A stream that cannot start leaves its share to the others: one queue. */
 	for (unsigned k = 1; k < streams; k++)
-		ok[k] = pthread_create(&t[k], NULL, hydrate_stream, &st[k]) == 0;
-	hydrate_stream(&st[0]);
+		ok[k] = pthread_create(&t[k], NULL, hydrate_stream, &q) == 0;
+	hydrate_stream(&q);
 	for (unsigned k = 1; k < streams; k++)
 		if (ok[k])
 			pthread_join(t[k], NULL);
