@@ -9,6 +9,7 @@ import { storeUrl, strataHome } from './config.js';
 import { keptIndex, parentChainView, stackLayer, type ChainView } from './capture/chain-index.js';
 import { captureDiff } from './capture/diff.js';
 import { squashLayers } from './capture/squash.js';
+import { captureTreeNative, nativeCaptureFor } from './capture/native-tree.js';
 import { TreeCapture } from './capture/tree.js';
 import { type Captured, captureUpper } from './capture/upper.js';
 import {
@@ -268,11 +269,13 @@ export class Strata {
         );
       } else {
         layer = await this.writeLayer(dir, async (w) => {
-          const capture = new TreeCapture(w, {
-            onWarning: (m) => this.warn(m),
-            onProgress: (p) => this.opts.onProgress?.({ phase: 'capture', ...p }),
-          });
-          await capture.captureAll(dir);
+          const onProgress = (p: { entries: number; bytes: number }): void => this.opts.onProgress?.({ phase: 'capture', ...p });
+          const capture = new TreeCapture(w, { onWarning: (m) => this.warn(m), onProgress });
+          // The walk, reads, hashes and frames on C threads where the layer's codec allows it.
+          await capture.captureAll(
+            dir,
+            nativeCaptureFor(w) ? (root, tree) => captureTreeNative(root, tree, w, { onWarning: (m) => this.warn(m), onProgress: (entries, bytes) => onProgress({ entries, bytes }) }) : undefined,
+          );
           return 1;
         });
       }

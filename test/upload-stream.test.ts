@@ -3,7 +3,6 @@
  * before the capture ends), under a staging key copied to the blob's content-addressed name at the
  * end. A failed backup leaves no staging object, no blob and no upload behind.
  */
-import { spawn } from 'node:child_process';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -11,6 +10,7 @@ import { ListMultipartUploadsCommand, S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { Strata, type ProgressEvent } from '../src/index.js';
 import { type FaultProxy, startFaultProxy } from './helpers/faultproxy.js';
+import { startBusyWriter } from './helpers/busy.js';
 import { prng } from './helpers/fidelity.js';
 import { S3RVER_CREDENTIALS, s3StoreFor, startS3Server, type S3TestServer } from './helpers/s3server.js';
 import { diffTrees, summarize } from './helpers/tree.js';
@@ -80,8 +80,7 @@ it('a backup that fails mid-capture leaves no staging object, blob or upload', a
   // Parts of these are uploaded by the time capture reaches the last file, which never holds
   // still: the backup fails (BACKUP_CREATE_FAILED, "kept changing") with its upload under way.
   for (let i = 0; i < 3; i++) await writeFile(join(src, `a${i}.bin`), prng(2000 + i, 8 * MiB));
-  await writeFile(join(src, 'z-busy.log'), '');
-  const writer = spawn('sh', ['-c', `while :; do echo line >> ${JSON.stringify(join(src, 'z-busy.log'))}; done`], { stdio: 'ignore' });
+  const stopWriter = await startBusyWriter(join(src, 'z-busy.log'));
   try {
     const before = await keys('blobs/');
     const listed = await keys('manifests/');
@@ -97,6 +96,6 @@ it('a backup that fails mid-capture leaves no staging object, blob or upload', a
     expect(await uploadsInFlight()).toBe(0);
     expect(await keys('manifests/')).toEqual(listed);
   } finally {
-    writer.kill('SIGKILL');
+    stopWriter();
   }
 }, 120_000);

@@ -11,6 +11,7 @@
  *   zstdCompress/Frame/Decompress  zstd frames on the libuv threadpool (codec.c)
  *   scanDir                    a directory's entries for capture (scan.c)
  *   writeFiles                 extract restore's small files, a frame at a time (extract.c)
+ *   captureStart/Next/Stop     a whole tree into layer frames on C threads (capture.c, tar.c)
  *
  * Paths arrive as Buffers of raw bytes because file names need not be UTF-8.
  * Strings that carry bytes (xattr names, the `path` of an error) are latin1:
@@ -826,6 +827,12 @@ NAPI_MODULE_INIT()
 		{ .utf8name = "writeFiles", .method = js_write_files,
 		  .attributes = napi_enumerable },
 		{ .utf8name = "scanDir", .method = js_scan_dir,
+		  .attributes = napi_enumerable },
+		{ .utf8name = "captureStart", .method = js_capture_start,
+		  .attributes = napi_enumerable },
+		{ .utf8name = "captureNext", .method = js_capture_next,
+		  .attributes = napi_enumerable },
+		{ .utf8name = "captureStop", .method = js_capture_stop,
 		  .attributes = napi_enumerable },
 	};
 

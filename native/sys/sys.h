@@ -69,4 +69,40 @@ napi_value js_write_files(napi_env env, napi_callback_info info);
 /* scan.c */
 napi_value js_scan_dir(napi_env env, napi_callback_info info);
 
+/* tar.c: a growable byte buffer, and tar member headers */
+struct sbuf {
+	uint8_t *p;
+	size_t len, cap;
+};
+bool sbuf_reserve(struct sbuf *b, size_t more);
+bool sbuf_put(struct sbuf *b, const void *data, size_t len);
+bool sbuf_zeros(struct sbuf *b, size_t len);
+void sbuf_free(struct sbuf *b);
+
+struct tar_member {
+	const char *name; /* raw bytes: a directory's ends in '/' */
+	size_t name_len;
+	char type;        /* ustar typeflag: '0' '1' '2' '3' '4' '5' '6' */
+	uint32_t mode;    /* permission bits (07777) */
+	uint64_t uid, gid, size;
+	int64_t mtime_sec;
+	long mtime_nsec;
+	const char *link; /* symlink target or hard link's first name; NULL */
+	size_t link_len;
+	uint32_t dev_major, dev_minor;
+	size_t nxattrs;   /* SCHILY.xattr.<name> records, in this order */
+	char *const *xnames;
+	uint8_t *const *xvals;
+	const size_t *xlens;
+};
+/* Zero bytes after n bytes of data up to the next 512-byte block. */
+size_t tar_pad(uint64_t n);
+/* Append the member's header (pax 'x' header first when needed); false: ENOMEM. */
+bool tar_member(struct sbuf *out, const struct tar_member *m);
+
+/* capture.c */
+napi_value js_capture_start(napi_env env, napi_callback_info info);
+napi_value js_capture_next(napi_env env, napi_callback_info info);
+napi_value js_capture_stop(napi_env env, napi_callback_info info);
+
 #endif

@@ -280,11 +280,19 @@ export class TreeCapture {
     this.retryWindowMs = opts.retryWindowMs ?? 3000;
   }
 
-  /** Capture `root` (a real directory) as the whole layer, its own metadata as entry '.'. */
-  async captureAll(root: string): Promise<void> {
+  /**
+   * Capture `root` (a real directory) as the whole layer, its own metadata as entry '.'. With
+   * `engine` (the native capture, src/capture/native-tree.ts) the walk runs there, and this
+   * object captures only the entries it hands back.
+   */
+  async captureAll(root: string, engine?: (root: BytePath, tree: TreeCapture) => Promise<unknown>): Promise<void> {
     const rootB = fromFsPath(Buffer.from(root));
     const st = await lstat(toFsPath(rootB), { bigint: true });
     if (!st.isDirectory()) throw new BackupCreateError(`${root} is not a directory`);
+    if (engine && !this.opts.exclude && !this.opts.skipXattr) {
+      await engine(rootB, this);
+      return;
+    }
     await this.captureDir(rootB, '.', st);
   }
 

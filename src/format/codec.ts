@@ -69,9 +69,9 @@ class GzipCodec implements Codec {
   }
 }
 
-class ZstdCodec implements Codec {
+export class ZstdCodec implements Codec {
   readonly name = 'zstd' as const;
-  constructor(private readonly level: number) {}
+  constructor(readonly level: number) {}
   async compress(data: Buffer): Promise<Buffer> {
     const { sys } = await loadSys();
     return sys.zstdCompress(data, this.level);

@@ -315,6 +315,55 @@ export class LayerWriter {
     this.notify();
   }
 
+  // ---- frames made elsewhere (native capture: src/capture/native-tree.ts) ----
+
+  /**
+   * Close the open frame and write any padding owed as a frame of its own, then drain: the blob
+   * then ends on a member boundary with nothing owed, where frames made elsewhere can follow.
+   */
+  async settle(): Promise<void> {
+    if (this.frameBound === 0) {
+      if (this.pad > 0) await this.enqueue({ data: this.codec.compress(Buffer.from(this.takePad())) });
+    } else {
+      await this.closeFrame();
+      if (this.pad > 0) await this.enqueue({ data: this.codec.compress(Buffer.from(this.takePad())) });
+    }
+    await this.drain();
+  }
+
+  /**
+   * Append whole frames of this writer's codec, made elsewhere, that end on a member boundary
+   * with nothing owed. Call settle() first when entries were added through addEntry().
+   */
+  async writeFrames(frames: Buffer): Promise<void> {
+    if (this.frame.parts.length > 0 || this.pad > 0 || this.queue.length > 0) throw new Error('internal: writeFrames on an unsettled writer');
+    if (this.failed) throw this.failed;
+    if (frames.length === 0) return;
+    try {
+      await this.fh.write(frames, 0, frames.length, this.offset);
+    } catch (err) {
+      this.failed ??= err;
+      throw err;
+    }
+    this.hash.update(frames);
+    this.offset += frames.length;
+    this.notify();
+  }
+
+  /** Entries whose headers and data are in frames given to writeFrames(), offsets final. */
+  addWritten(entries: TocEntry[]): void {
+    for (const e of entries) {
+      this.entries.push(e);
+      if (e.chunks) for (const c of e.chunks) this.dataBytes += c.size;
+    }
+  }
+
+  /** What follows the open mark is kept (a large file held still): the upload may take it. */
+  release(): void {
+    this.hold = undefined;
+    this.notify();
+  }
+
   /** Mark [blobOffset, blobOffset + blobLength) as the prioritized region (the TOC's landmark). */
   setPrefetch(region: NonNullable<Toc['prefetch']>): void {
     this.prefetch = region;

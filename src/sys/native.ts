@@ -64,7 +64,20 @@ export interface NativeSys {
    *  src/sys/scan.ts. `names` null lists the directory (sorted bytewise). Rejects like fs
    *  (syscall 'scandir') when the directory cannot be opened or listed. */
   scanDir(dir: Buffer, names: Buffer[] | null, smallMax: number, budget: number): Promise<RawScan>;
+  /** Start capturing the tree at `root` on C threads (native/sys/capture.c): one walker and
+   *  `workers` readers/compressors. Frames are zstd at `level`; shared frames close at
+   *  `frameBound` bytes, files are chunked at `chunkSize`. src/capture/native-tree.ts drives it. */
+  captureStart(root: Buffer, level: number, frameBound: number, chunkSize: number, workers: number): CaptureHandle;
+  /** The next finished frames, in layer order, and the JSON items that describe them; null at
+   *  the end. Rejects with the capture's first failure (an fs-shaped error, or code 'ETORN' /
+   *  'ELINKGONE' with `layerPath`, `tries`, `ms`). One call at a time per handle. */
+  captureNext(h: CaptureHandle): Promise<{ data: Buffer; meta: string } | null>;
+  /** Stop the capture's threads and free it; idempotent. Not while captureNext runs. */
+  captureStop(h: CaptureHandle): void;
 }
+
+/** An opaque native capture. */
+export type CaptureHandle = { readonly __capture: unique symbol };
 
 /** What scanDir resolves to: see src/sys/scan.ts. */
 export interface RawScan {
@@ -89,6 +102,9 @@ const FUNCTIONS = [
   'zstdDecompress',
   'writeFiles',
   'scanDir',
+  'captureStart',
+  'captureNext',
+  'captureStop',
 ] as const satisfies ReadonlyArray<keyof NativeSys>;
 
 function load(): NativeSys {
