@@ -18,10 +18,11 @@ import {
   BackupNotFoundError,
   BackupRestoreError,
   InvalidBackupConfigError,
+  ObjectNotFoundError,
   StrataError,
 } from './errors.js';
 import { codecFor, DEFAULT_CODEC } from './format/codec.js';
-import { blobKey, type LayerDescriptor } from './format/reader.js';
+import { blobKey, type LayerDescriptor, locatorKey, STAGED_KEY_RE } from './format/reader.js';
 import { encodePrefetch, packPrefetch, type PrefetchDescriptor, prefetchRefCount, type PrefetchRef } from './format/prefetch.js';
 import { encodeIndex, type IndexDescriptor, packIndex, validPageSize } from './format/restore-index.js';
 import type { CodecName, Toc, TocEntry } from './format/toc.js';
@@ -390,10 +391,11 @@ export class Strata {
     const tmp = join(tmpDir, `layer-${process.pid}-${randomBytes(8).toString('hex')}.tmp`);
     const codec = codecFor(this.opts.codec ?? DEFAULT_CODEC, this.opts.level);
     const writer = await LayerWriter.create(tmp, codec, this.opts.frameBound === undefined ? {} : { frameBound: this.opts.frameBound });
-    // A remote store gets the layer while it is captured, under a staging key (its name, the
-    // digest, is known only at the end), then copies it to that name server side. gc removes a
-    // staging object or upload a killed backup left (it lies under blobs/ and nothing names it).
-    const streamed = this.store.streamsUploads && this.store.putStream && this.store.copy ? this.startUpload(writer) : undefined;
+    // A remote store gets the layer while it is captured, under a staging key (its digest is
+    // known only at the end), and the layer stays there: the manifest names it (`key`), since a
+    // rename is a server-side copy of the whole blob. gc removes a staging object or upload a
+    // killed backup left (it lies under blobs/ and nothing names it).
+    const streamed = this.store.streamsUploads && this.store.putStream ? this.startUpload(writer) : undefined;
     try {
       const changed = await fill(writer);
       const layer = await writer.finish();
@@ -403,16 +405,19 @@ export class Strata {
         return null;
       }
       const key = blobKey(layer.digest);
+      /** Where a streamed upload stays: renaming it to its digest would copy it server side. */
+      let staged: string | undefined;
       // Content-addressed: a blob already stored is not sent again, only refreshed for gc's grace.
-      if (await this.store.head(key)) await this.store.touch(key);
-      else if (streamed) await this.store.copy!(streamed.key, key);
+      if (await this.store.head(key)) {
+        await this.store.touch(key);
+        if (streamed) await this.store.delete(streamed.key);
+      } else if (streamed) staged = await this.locate(layer.digest, layer.size, streamed.key);
       else {
         await this.store.putFile(key, tmp, {
           onProgress: (bytes) => this.opts.onProgress?.({ phase: 'upload', bytes, totalBytes: layer.size }),
           move: true, // removed in finally either way
         });
       }
-      if (streamed) await this.store.delete(streamed.key);
       return {
         desc: {
           digest: layer.digest,
@@ -424,6 +429,7 @@ export class Strata {
           tocDigest: layer.tocDigest,
           entries: layer.entries,
           dataBytes: layer.dataBytes,
+          ...(staged ? { key: staged } : {}),
         },
         toc: layer.toc,
       };
@@ -440,6 +446,30 @@ export class Strata {
     } finally {
       await rm(tmp, { force: true });
     }
+  }
+
+  /**
+   * Where the blob of a streamed upload lives from now on: a staging object holding the same
+   * content already (named by its locator, and still there at this size) is kept and ours
+   * deleted; else ours, with a locator naming it for the next backup of the same content.
+   */
+  private async locate(digest: string, size: number, uploaded: string): Promise<string> {
+    const loc = locatorKey(digest);
+    let prior: string | undefined;
+    try {
+      prior = (await this.store.getBytes(loc)).toString();
+    } catch (err) {
+      if (!(err instanceof ObjectNotFoundError)) throw err;
+    }
+    if (prior !== undefined && prior !== uploaded && STAGED_KEY_RE.test(prior) && (await this.store.head(prior))?.size === size) {
+      // Refreshed for gc's grace, as a reused digest-named blob is.
+      await this.store.touch(prior);
+      await this.store.touch(loc);
+      await this.store.delete(uploaded);
+      return prior;
+    }
+    await this.store.putBytes(loc, Buffer.from(uploaded));
+    return uploaded;
   }
 
   /**

@@ -14,6 +14,7 @@ import { putManifest } from '../src/store/catalog.js';
 import { encodePrefetch, packPrefetch } from '../src/format/prefetch.js';
 import { s3StoreFor, startS3Server, type S3TestServer } from './helpers/s3server.js';
 import { diffTrees, summarize } from './helpers/tree.js';
+import { layerKeysOf } from './helpers/keys.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -274,13 +275,15 @@ describe.each([
     const h1 = await e.strata.createBackup({ dir: srcA });
     const h2 = await e.strata.createBackup({ dir: srcA, name: 'again' });
     expect(h2.id).not.toBe(h1.id);
-    expect(await keysOf(e.store, 'blobs/')).toHaveLength(1);
     expect(await keysOf(e.store, 'manifests/')).toEqual([`manifests/${h1.id}.json`, `manifests/${h2.id}.json`].sort());
     const [i1, i2] = [await e.strata.getBackup(h1.id), await e.strata.getBackup(h2.id)];
     expect(i1.layers[0]!.digest).toBe(i2.layers[0]!.digest);
+    // One blob, wherever it lives: the second backup found it (under its digest, or by its locator).
+    expect(layerKeysOf(i2)).toEqual(layerKeysOf(i1));
+    expect(await keysOf(e.store, 'blobs/')).toEqual(layerKeysOf(i1));
     // A changed tree is a new blob.
-    await e.strata.createBackup({ dir: srcB });
-    expect(await keysOf(e.store, 'blobs/')).toHaveLength(2);
+    const h3 = await e.strata.createBackup({ dir: srcB });
+    expect(await keysOf(e.store, 'blobs/')).toEqual([...layerKeysOf(i1), ...layerKeysOf(await e.strata.getBackup(h3.id))].sort());
   });
 
   it('gc deletes expired manifests and blobs only they used; keeps shared and live blobs; dryRun deletes nothing', async () => {
@@ -289,10 +292,10 @@ describe.each([
     const liveB = await e.strata.createBackup({ dir: srcB }); // live, sole user of blob B
     const expC = await e.strata.createBackup({ dir: srcC, ttl: 1 }); // expired, shares blob C ...
     const liveC = await e.strata.createBackup({ dir: srcC, ttl: null }); // ... with a live one
-    const blobOf = async (id: string) => `blobs/sha256/${(await e.strata.getBackup(id)).layers[0]!.digest.slice(7)}`;
+    const blobOf = async (id: string) => layerKeysOf(await e.strata.getBackup(id));
     const [blobA, blobB, blobC] = [await blobOf(expA.id), await blobOf(liveB.id), await blobOf(liveC.id)];
-    expect(await blobOf(expC.id)).toBe(blobC);
-    expect(await keysOf(e.store, 'blobs/')).toEqual([blobA, blobB, blobC].sort());
+    expect(await blobOf(expC.id)).toEqual(blobC);
+    expect(await keysOf(e.store, 'blobs/')).toEqual([...blobA, ...blobB, ...blobC].sort());
 
     await untilExpired(expA, expC);
     // Within the default grace an expired manifest still protects its blobs.
@@ -304,17 +307,18 @@ describe.each([
     const dry = await e.strata.gc({ dryRun: true, graceMs: 0 });
     expect(dry.dryRun).toBe(true);
     expect([...dry.expiredManifests].sort()).toEqual([expA.id, expC.id].sort());
-    expect(dry.deletedBlobs.map((b) => b.key)).toEqual([blobA]);
-    expect(dry.deletedBlobs[0]!.size).toBe((await e.strata.getBackup(expA.id)).size);
-    expect(dry.freedBytes).toBe(dry.deletedBlobs[0]!.size);
-    expect(dry.keptBlobs).toBe(2);
+    expect(dry.deletedBlobs.map((b) => b.key).sort()).toEqual(blobA);
+    const infoA = await e.strata.getBackup(expA.id);
+    expect(dry.deletedBlobs.find((b) => b.key === (infoA.layers[0]!.key ?? blobA[0]))!.size).toBe(infoA.size);
+    expect(dry.freedBytes).toBe(dry.deletedBlobs.reduce((n, b) => n + b.size, 0));
+    expect(dry.keptBlobs).toBe(blobB.length + blobC.length);
     expect(await keysOf(e.store, 'manifests/')).toEqual(manifestsBefore);
     expect(await keysOf(e.store, 'blobs/')).toEqual(blobsBefore);
 
     const real = await e.strata.gc({ graceMs: 0 });
     expect({ ...real, dryRun: true }).toEqual(dry);
     expect(real.dryRun).toBe(false);
-    expect(await keysOf(e.store, 'blobs/')).toEqual([blobB, blobC].sort());
+    expect(await keysOf(e.store, 'blobs/')).toEqual([...blobB, ...blobC].sort());
     expect(await keysOf(e.store, 'manifests/')).toEqual([`manifests/${liveB.id}.json`, `manifests/${liveC.id}.json`].sort());
     await expectCode(e.strata.getBackup(expA.id), 'BACKUP_NOT_FOUND');
     await expectCode(e.strata.getBackup(expC.id), 'BACKUP_NOT_FOUND');
@@ -330,7 +334,7 @@ describe.each([
     }
     // A second gc finds nothing more.
     const again = await e.strata.gc({ graceMs: 0 });
-    expect(again).toMatchObject({ expiredManifests: [], deletedBlobs: [], keptBlobs: 2, freedBytes: 0 });
+    expect(again).toMatchObject({ expiredManifests: [], deletedBlobs: [], keptBlobs: blobB.length + blobC.length, freedBytes: 0 });
   });
 
   it('gc keeps a live backup\'s prefetch record blob, and collects it with its expired backup', async () => {
@@ -364,10 +368,11 @@ describe.each([
     await writeFile(orphanFile, randomBytes(1000));
     const orphan = `blobs/sha256/${'ab'.repeat(32)}`;
     await e.store.putFile(orphan, orphanFile);
-    expect(await keysOf(e.store, 'blobs/')).toHaveLength(2);
+    const liveKeys = layerKeysOf(await e.strata.getBackup(live.id));
+    expect(await keysOf(e.store, 'blobs/')).toEqual([...liveKeys, orphan].sort());
 
     const kept = await e.strata.gc({ graceMs: 60_000 });
-    expect(kept).toMatchObject({ expiredManifests: [], deletedBlobs: [], keptBlobs: 2 });
+    expect(kept).toMatchObject({ expiredManifests: [], deletedBlobs: [], keptBlobs: liveKeys.length + 1 });
     const keptDefault = await e.strata.gc();
     expect(keptDefault.deletedBlobs).toEqual([]);
     expect(await e.store.head(orphan)).not.toBeNull();
@@ -377,19 +382,19 @@ describe.each([
     const collected = await e.strata.gc({ graceMs: 0 });
     expect(collected.deletedBlobs).toEqual([{ key: orphan, size: 1000 }]);
     expect(collected.freedBytes).toBe(1000);
-    expect(collected.keptBlobs).toBe(1);
+    expect(collected.keptBlobs).toBe(liveKeys.length);
     expect(await e.store.head(orphan)).toBeNull();
     await e.strata.restoreBackup(live, { dir: dest('orphan-live') });
   });
 
   it('a corrupt manifest makes gc throw STORE_ERROR and delete nothing', async () => {
     const e = await fresh();
-    await e.strata.createBackup({ dir: srcA });
+    const h = await e.strata.createBackup({ dir: srcA });
     await e.store.putBytes(`blobs/sha256/${'cd'.repeat(32)}`, Buffer.from('orphan'));
     await e.store.putBytes('manifests/x.json', Buffer.from([0xde, 0xad, 0xbe, 0xef, 0x00, 0x7b]));
     const all = async () => [...(await keysOf(e.store, 'manifests/')), ...(await keysOf(e.store, 'blobs/'))];
     const before = await all();
-    expect(before).toHaveLength(4);
+    expect(before).toHaveLength(3 + layerKeysOf(await e.strata.getBackup(h.id)).length);
     await sleep(1100);
 
     const seen: string[] = [];
@@ -447,12 +452,14 @@ describe.each([
     expect(await s.listBackups()).toEqual([]);
     expect(await keysOf(e.store, 'manifests/')).toEqual([]);
     await expectCode(e.strata.restoreBackup('doomed', { dir: dest('doomed') }), 'BACKUP_NOT_FOUND');
-    // The uploaded blob is an orphan: within the grace period kept, with graceMs 0 collected.
-    expect(await keysOf(e.store, 'blobs/')).toHaveLength(1);
+    // The uploaded blob (and on a remote store its locator) is an orphan: within the grace
+    // period kept, with graceMs 0 collected.
+    const orphans = await keysOf(e.store, 'blobs/');
+    expect(orphans.filter((k) => !k.startsWith('blobs/at/'))).toHaveLength(1);
     expect((await e.strata.gc()).deletedBlobs).toEqual([]);
     await sleep(1100);
     const r = await e.strata.gc({ graceMs: 0 });
-    expect(r.deletedBlobs).toHaveLength(1);
+    expect(r.deletedBlobs.map((b) => b.key).sort()).toEqual(orphans);
     expect(await keysOf(e.store, 'blobs/')).toEqual([]);
     // No local temp files were left behind.
     expect(await readdir(join(e.home, 'tmp'))).toEqual([]);

@@ -1,7 +1,8 @@
 /**
  * A backup to a remote store uploads the layer while it is captured (multipart parts in flight
- * before the capture ends), under a staging key copied to the blob's content-addressed name at the
- * end. A failed backup leaves no staging object, no blob and no upload behind.
+ * before the capture ends), under a staging key where it stays: the manifest names it, and a
+ * locator under its digest lets the next backup of the same content keep the first copy. Nothing
+ * is copied server side. A failed backup leaves no staging object, no blob and no upload behind.
  */
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -9,6 +10,7 @@ import { join } from 'node:path';
 import { ListMultipartUploadsCommand, S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { Strata, type ProgressEvent } from '../src/index.js';
+import { decodeManifest } from '../src/store/manifest.js';
 import { type FaultProxy, startFaultProxy } from './helpers/faultproxy.js';
 import { startBusyWriter } from './helpers/busy.js';
 import { prng } from './helpers/fidelity.js';
@@ -48,7 +50,7 @@ async function uploadsInFlight(): Promise<number> {
   }
 }
 
-it('uploads parts while capturing, lands under the content digest, and leaves no staging object', async () => {
+it('uploads parts while capturing, keeps the layer where it was uploaded (no server-side copy), and stores identical content once', async () => {
   const src = join(work, 'src');
   await mkdir(src);
   // Incompressible files in capture order: 96 MiB of blob, six 5 MiB parts before the last file.
@@ -57,21 +59,32 @@ it('uploads parts while capturing, lands under the content digest, and leaves no
   const events: Array<ProgressEvent['phase']> = [];
   const store = s3StoreFor(s3, { endpoint: proxy.endpoint, partSize: 5 * MiB, queueSize: 2 });
   const strata = new Strata({ home: join(work, 'home'), store, mode: 'copy', onProgress: (e) => events.push(e.phase) });
+  proxy.reset();
   const h = await strata.createBackup({ dir: src });
   // Part uploads finished before the capture did: the upload ran alongside it.
   const lastCapture = events.lastIndexOf('capture');
   expect(events.indexOf('upload')).toBeGreaterThanOrEqual(0);
   expect(events.indexOf('upload')).toBeLessThan(lastCapture);
-  expect(await keys('blobs/staging/')).toEqual([]);
+  expect(proxy.log.filter((e) => e.op === 'CopyObject')).toEqual([]);
+  const layer = (await strata.getBackup(h.id)).layers[0]!;
+  expect(layer.key).toMatch(/^blobs\/staging\//);
+  expect(await keys('blobs/staging/')).toEqual([layer.key]);
+  expect((await s3StoreFor(s3).getBytes(`blobs/at/${layer.digest.slice(7)}`)).toString()).toBe(layer.key);
   expect(await uploadsInFlight()).toBe(0);
   const out = join(work, 'out');
   await strata.restoreBackup(h, { dir: out });
   expect(diffTrees(await summarize(src), await summarize(out))).toEqual([]);
-  // A second full backup of the same tree: same blob, not sent again, still no staging left.
-  const blobs = await keys('blobs/sha256/');
-  await strata.createBackup({ dir: src });
-  expect(await keys('blobs/sha256/')).toEqual(blobs);
-  expect(await keys('blobs/staging/')).toEqual([]);
+  // A second full backup of the same tree: its upload is dropped for the first copy.
+  const h2 = await strata.createBackup({ dir: src });
+  expect((await strata.getBackup(h2.id)).layers[0]!.key).toBe(layer.key);
+  expect(await keys('blobs/staging/')).toEqual([layer.key]);
+  // gc keeps the layer and its locator while a backup names them.
+  const report = await strata.gc({ graceMs: 0 });
+  expect(report.deletedBlobs.map((b) => b.key)).toEqual([]);
+  await strata.deleteBackup(h.id);
+  await strata.deleteBackup(h2.id);
+  const after = await strata.gc({ graceMs: 0 });
+  expect(after.deletedBlobs.map((b) => b.key).sort()).toEqual(expect.arrayContaining([layer.key, `blobs/at/${layer.digest.slice(7)}`]));
 }, 120_000);
 
 it('a backup that fails mid-capture leaves no staging object, blob or upload', async () => {
@@ -97,5 +110,16 @@ it('a backup that fails mid-capture leaves no staging object, blob or upload', a
     expect(await keys('manifests/')).toEqual(listed);
   } finally {
     stopWriter();
+  }
+}, 120_000);
+
+it('a manifest may point a layer only at a staging name', async () => {
+  const h = await new Strata({ home: join(work, 'home-keys'), store: s3StoreFor(s3), mode: 'copy' }).createBackup({ dir: join(work, 'src') });
+  const raw = await s3StoreFor(s3).getBytes(`manifests/${h.id}.json`);
+  const m = JSON.parse(raw.toString()) as { layers: Array<Record<string, unknown>> };
+  expect(decodeManifest(raw).layers[0]!.key).toMatch(/^blobs\/staging\/\d+-[0-9a-f]{24}$/);
+  for (const key of ['manifests/other.json', `blobs/sha256/${'0'.repeat(64)}`, 'blobs/staging/../../manifests/x', 'blobs/staging/1-abc', 42]) {
+    m.layers[0]!.key = key;
+    expect(() => decodeManifest(Buffer.from(JSON.stringify(m))), String(key)).toThrow(/layer 0 key/);
   }
 }, 120_000);

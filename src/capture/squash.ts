@@ -6,7 +6,7 @@
  */
 import { codecFor } from '../format/codec.js';
 import { type BytePath, baseOf, compareBytes, parentOf } from '../format/paths.js';
-import { blobKey, decodeChunk, decodeFrame, type LayerDescriptor, sha256 } from '../format/reader.js';
+import { layerKey, decodeChunk, decodeFrame, type LayerDescriptor, sha256 } from '../format/reader.js';
 import type { Extent } from '../format/tar.js';
 import type { Toc, TocEntry } from '../format/toc.js';
 import type { LayerWriter } from '../format/writer.js';
@@ -102,13 +102,13 @@ export async function squashLayers(
         for (const c of chunks ?? []) {
           let data: Buffer;
           if (c.frameSize === undefined) {
-            const frame = await store.getBytes(blobKey(d.digest), { start: c.blobOffset, end: c.blobOffset + c.blobLength });
-            data = await decodeChunk(codec, frame, c, blobKey(d.digest));
+            const frame = await store.getBytes(layerKey(d), { start: c.blobOffset, end: c.blobOffset + c.blobLength });
+            data = await decodeChunk(codec, frame, c, layerKey(d));
           } else {
             // Consecutive files of a shared frame: fetch and verify it once.
             if (lastFrame?.layer !== n.layer || lastFrame.blobOffset !== c.blobOffset) {
-              const frame = await store.getBytes(blobKey(d.digest), { start: c.blobOffset, end: c.blobOffset + c.blobLength });
-              lastFrame = { layer: n.layer, blobOffset: c.blobOffset, bytes: await decodeFrame(codec, frame, c, blobKey(d.digest)) };
+              const frame = await store.getBytes(layerKey(d), { start: c.blobOffset, end: c.blobOffset + c.blobLength });
+              lastFrame = { layer: n.layer, blobOffset: c.blobOffset, bytes: await decodeFrame(codec, frame, c, layerKey(d)) };
             }
             data = lastFrame.bytes.subarray(c.frameOffset!, c.frameOffset! + c.size);
           }

@@ -27,10 +27,31 @@ export interface LayerDescriptor {
   tocDigest: string;
   entries: number;
   dataBytes: number;
+  /**
+   * Where the blob is stored when not under its digest: a layer uploaded while it was captured
+   * keeps the staging name it was uploaded under (renaming it would copy it server side).
+   */
+  key?: string;
 }
 
 export function blobKey(digest: string): string {
   return `blobs/sha256/${parseDigest(digest)}`;
+}
+
+/** The name of a staging upload (src/strata.ts), the only other place a layer may live. */
+export const STAGED_KEY_RE = /^blobs\/staging\/[0-9]{1,10}-[0-9a-f]{24}$/;
+
+/**
+ * A small object naming the staging key that holds the blob of this digest, so that a later
+ * backup of the same content finds it (src/strata.ts); kept by gc as long as a layer using it is.
+ */
+export function locatorKey(digest: string): string {
+  return `blobs/at/${parseDigest(digest)}`;
+}
+
+/** The store key of a layer's blob. */
+export function layerKey(d: { digest: string; key?: string | undefined }): string {
+  return d.key ?? blobKey(d.digest);
 }
 
 export function sha256(buf: Buffer): string {

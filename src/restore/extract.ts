@@ -14,7 +14,7 @@ import { BackupRestoreError, StrataError } from '../errors.js';
 import { besideTarget, checkTarget, swapInto } from './target.js';
 import { codecFor } from '../format/codec.js';
 import { type BytePath, displayPath, joinPath, toFsPath, fromFsPath } from '../format/paths.js';
-import { blobKey, decodeFrame, type LayerDescriptor } from '../format/reader.js';
+import { layerKey, decodeFrame, type LayerDescriptor } from '../format/reader.js';
 import type { Chunk, TocEntry } from '../format/toc.js';
 import type { ObjectStore } from '../store/store.js';
 import { sys } from '../sys/native.js';
@@ -233,7 +233,7 @@ export async function extractView(
     for (const [layer, jobs] of perLayer) {
       const d = layers[layer]!;
       const codec = codecFor(d.codec);
-      const key = blobKey(d.digest);
+      const key = layerKey(d);
       for (const span of spans(jobs, opts.maxGap ?? DEFAULT_MAX_GAP)) {
         stats.requests++;
         const stream = await store.get(key, { start: span.start, end: span.end });

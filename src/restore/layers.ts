@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { DigestMismatchError } from '../errors.js';
-import { blobKey, decodeTocFrame, type LayerDescriptor } from '../format/reader.js';
+import { layerKey, decodeTocFrame, type LayerDescriptor } from '../format/reader.js';
 import { FileStore } from '../store/file.js';
 import { fetchToc } from '../store/blobs.js';
 import { parseDigest, type Toc } from '../format/toc.js';
@@ -115,7 +115,7 @@ const tocFramePath = (home: string, digest: string): string => join(home, 'layer
  * an extract restore, which keeps none) one TOC range read.
  */
 async function ensureWhole(store: ObjectStore, home: string, d: LayerDescriptor, onWarning?: (m: string) => void): Promise<Toc> {
-  const key = blobKey(d.digest);
+  const key = layerKey(d);
   const dir = layerDir(home, d.digest);
   if (await exists(dir)) {
     const frame = await readFile(tocFramePath(home, d.digest)).catch(() => undefined);

@@ -4,7 +4,7 @@
  */
 import { InvalidLayerError, ObjectNotFoundError } from '../errors.js';
 import { decodeFooter, FOOTER_READ_SIZE, type Footer } from '../format/footer.js';
-import { blobKey, decodeTocFrame, type LayerDescriptor } from '../format/reader.js';
+import { blobKey, decodeTocFrame, layerKey, type LayerDescriptor } from '../format/reader.js';
 import { decodePrefetch, type PrefetchDescriptor, unpackPrefetch } from '../format/prefetch.js';
 import { type IndexDescriptor, unpackIndex } from '../format/restore-index.js';
 import type { Toc } from '../format/toc.js';
@@ -12,7 +12,7 @@ import type { ObjectStore } from './store.js';
 
 /** Fetch and verify a layer's TOC with one range request. */
 export async function fetchToc(store: ObjectStore, d: LayerDescriptor): Promise<Toc> {
-  const key = blobKey(d.digest);
+  const key = layerKey(d);
   if (d.tocOffset + d.tocLength > d.size) throw new InvalidLayerError(`manifest places the TOC of ${key} past its end`);
   const frame = await store.getBytes(key, { start: d.tocOffset, end: d.tocOffset + d.tocLength });
   if (frame.length !== d.tocLength) throw new InvalidLayerError(`short read of the TOC of ${key}`);

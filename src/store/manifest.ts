@@ -3,7 +3,7 @@
  * object a backup writes: a backup exists exactly when its manifest does.
  */
 import { InvalidBackupConfigError, InvalidLayerError } from '../errors.js';
-import { blobKey, type LayerDescriptor } from '../format/reader.js';
+import { blobKey, layerKey, type LayerDescriptor, locatorKey, STAGED_KEY_RE } from '../format/reader.js';
 import type { PrefetchDescriptor } from '../format/prefetch.js';
 import type { IndexDescriptor } from '../format/restore-index.js';
 
@@ -129,6 +129,11 @@ export function decodeManifest(buf: Buffer): Manifest {
         dataBytes: nat(o.dataBytes, 'dataBytes'),
       };
       if (d.tocOffset + d.tocLength > d.size) bad(`layer ${i} TOC lies past the blob's end`);
+      if (o.key !== undefined) {
+        // Only a staging name: a manifest must not point a layer at any other object.
+        if (typeof o.key !== 'string' || !STAGED_KEY_RE.test(o.key)) bad(`layer ${i} key`);
+        d.key = o.key;
+      }
       return d;
     }),
   };
@@ -197,16 +202,16 @@ export function parseHandle(v: unknown): BackupHandle {
 }
 
 /**
- * Every blob key a backup needs (what gc keeps for it): its layers and, unless inline, its
- * restore index and its prefetch record.
+ * Every blob key a backup needs (what gc keeps for it): its layers (and the locator of a layer
+ * that stays under its staging key) and, unless inline, its restore index and its prefetch record.
  */
 export function blobsOf(b: {
-  layers: Array<{ digest: string }>;
+  layers: Array<{ digest: string; key?: string | undefined }>;
   index?: { digest: string; inline?: string | boolean | undefined } | undefined;
   prefetch?: { digest: string; inline?: string | boolean | undefined } | undefined;
 }): string[] {
   return [
-    ...b.layers.map((l) => blobKey(l.digest)),
+    ...b.layers.flatMap((l) => (l.key ? [l.key, locatorKey(l.digest)] : [layerKey(l)])),
     ...(b.index && !b.index.inline ? [blobKey(b.index.digest)] : []),
     ...(b.prefetch && !b.prefetch.inline ? [blobKey(b.prefetch.digest)] : []),
   ];

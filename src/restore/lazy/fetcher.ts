@@ -15,7 +15,7 @@ import { chmod, rm } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { DigestMismatchError, InvalidLayerError } from '../../errors.js';
 import { codecFor, type Codec } from '../../format/codec.js';
-import { blobKey, decodeChunk, type LayerDescriptor } from '../../format/reader.js';
+import { layerKey, decodeChunk, type LayerDescriptor } from '../../format/reader.js';
 import { span } from '../../util/trace.js';
 import { type Chunk, MAX_CHUNK_SIZE, parseDigest } from '../../format/toc.js';
 import type { ObjectStore } from '../../store/store.js';
@@ -249,7 +249,7 @@ export class Fetcher {
       let st = this.layers.get(hex);
       if (!st) {
         const desc = layers[i]!;
-        st = { store, desc, codec: codecFor(desc.codec), key: blobKey(desc.digest), order: [], sorted: true, refs: 0 };
+        st = { store, desc, codec: codecFor(desc.codec), key: layerKey(desc), order: [], sorted: true, refs: 0 };
         this.layers.set(hex, st);
       }
       st.refs++;

@@ -14,7 +14,7 @@ import { promisify } from 'node:util';
 import { BackupRestoreError } from '../../errors.js';
 import { span } from '../../util/trace.js';
 import { envCount } from '../../util/env.js';
-import { blobKey, type LayerDescriptor } from '../../format/reader.js';
+import { blobKey, layerKey, type LayerDescriptor } from '../../format/reader.js';
 import { FileStore } from '../../store/file.js';
 import { parseDigest, type Toc } from '../../format/toc.js';
 import type { ObjectStore } from '../../store/store.js';
@@ -148,7 +148,7 @@ export function servesAlone(store: ObjectStore, layers: LayerDescriptor[], presi
 
 /** Presigned URLs (PRESIGN_SECONDS) of the layers remoteLayers names, and of a paged index's blob. */
 export function presignSources(store: ObjectStore, layers: LayerDescriptor[], enabled?: boolean, index?: IndexBlob): Promise<PresignedSource[]> {
-  const layerUrls = remoteLayers(store, layers, enabled).map(async (layer) => ({ layer, url: await store.presignGet!(blobKey(layers[layer]!.digest), PRESIGN_SECONDS) }));
+  const layerUrls = remoteLayers(store, layers, enabled).map(async (layer) => ({ layer, url: await store.presignGet!(layerKey(layers[layer]!), PRESIGN_SECONDS) }));
   const indexUrl = index && (enabled ?? process.env.STRATA_DIRECT !== '0') && indexRemote(store) ? [store.presignGet!(blobKey(index.digest), PRESIGN_SECONDS).then((url) => ({ layer: layers.length, url }))] : [];
   return Promise.all([...layerUrls, ...indexUrl]);
 }
@@ -170,7 +170,7 @@ async function writeSources(store: ObjectStore, layers: LayerDescriptor[], remot
 /** The layers strata-fuse can read straight from a local blob file: `--blob N=PATH` each. */
 export function directBlobs(store: ObjectStore, layers: LayerDescriptor[], enabled = process.env.STRATA_DIRECT !== '0'): Array<{ layer: number; path: string }> {
   if (!enabled || !(store instanceof FileStore)) return [];
-  return layers.flatMap((l, layer) => (l.codec === 'zstd' ? [{ layer, path: store.localPath(blobKey(l.digest)) }] : []));
+  return layers.flatMap((l, layer) => (l.codec === 'zstd' ? [{ layer, path: store.localPath(layerKey(l)) }] : []));
 }
 
 export interface LazyMount {
