@@ -11,6 +11,8 @@
  *   zstdCompress/Frame/Decompress  zstd frames on the libuv threadpool (codec.c)
  *   scanDir                    a directory's entries for capture (scan.c)
  *   writeFiles                 extract restore's small files, a frame at a time (extract.c)
+ *   extractFrames              the same for many compressed frames, decoded and verified there
+ *   fsBatch                    extract restore's mkdirs and metadata, in order, one job
  *   captureStart/Next/Stop     a whole tree into layer frames on C threads (capture.c, tar.c)
  *
  * Paths arrive as Buffers of raw bytes because file names need not be UTF-8.
@@ -825,6 +827,10 @@ NAPI_MODULE_INIT()
 		{ .utf8name = "zstdDecompress", .method = js_zstd_decompress,
 		  .attributes = napi_enumerable },
 		{ .utf8name = "writeFiles", .method = js_write_files,
+		  .attributes = napi_enumerable },
+		{ .utf8name = "extractFrames", .method = js_extract_frames,
+		  .attributes = napi_enumerable },
+		{ .utf8name = "fsBatch", .method = js_fs_batch,
 		  .attributes = napi_enumerable },
 		{ .utf8name = "scanDir", .method = js_scan_dir,
 		  .attributes = napi_enumerable },

@@ -65,6 +65,8 @@ napi_status errno_value(napi_env env, int err, const char *syscall,
 
 /* extract.c */
 napi_value js_write_files(napi_env env, napi_callback_info info);
+napi_value js_extract_frames(napi_env env, napi_callback_info info);
+napi_value js_fs_batch(napi_env env, napi_callback_info info);
 
 /* scan.c */
 napi_value js_scan_dir(napi_env env, napi_callback_info info);

@@ -60,6 +60,16 @@ export interface NativeSys {
    *  threadpool (native/sys/extract.c; records: WRITE_FILE_RECORD in src/restore/extract.ts).
    *  Rejects like fs with the first failure. */
   writeFiles(root: Buffer, data: Buffer, recs: Buffer, paths: Buffer): Promise<void>;
+  /** writeFiles for many zstd frames of one blob, still compressed (`blob`: the bytes holding
+   *  them): each is decoded, checked against its sha256 and its whole files written, on the
+   *  threadpool (native/sys/extract.c; frame records: EXTRACT_FRAME_RECORD in
+   *  src/restore/extract.ts). Rejects with code 'EDIGEST' when a frame is damaged (nothing of
+   *  it is written), else like fs. */
+  extractFrames(root: Buffer, blob: Buffer, frames: Buffer, files: Buffer, paths: Buffer): Promise<void>;
+  /** mkdir (0700) and metadata (lchown, chmod, utimensat, never following symlinks) of many
+   *  entries under `root`, in order, on the threadpool (native/sys/extract.c; records:
+   *  FS_BATCH_RECORD in src/restore/extract.ts). Rejects like fs with the first failure. */
+  fsBatch(root: Buffer, recs: Buffer, paths: Buffer): Promise<void>;
   /** One directory's entries for capture, on the threadpool (native/sys/scan.c); decoded by
    *  src/sys/scan.ts. `names` null lists the directory (sorted bytewise). Rejects like fs
    *  (syscall 'scandir') when the directory cannot be opened or listed. */
@@ -101,6 +111,8 @@ const FUNCTIONS = [
   'zstdFrame',
   'zstdDecompress',
   'writeFiles',
+  'extractFrames',
+  'fsBatch',
   'scanDir',
   'captureStart',
   'captureNext',
