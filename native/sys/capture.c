@@ -155,11 +155,6 @@ struct capture {
 /* Small helpers                                                       */
 /* ------------------------------------------------------------------ */
 
-static int64_t ns_of(const struct timespec *t)
-{
-	return (int64_t)t->tv_sec * 1000000000LL + t->tv_nsec;
-}
-
 static int64_t now_ns(void)
 {
 	struct timespec t;
@@ -182,15 +177,6 @@ static void sleep_ms(long ms)
 
 	while (nanosleep(&t, &t) != 0 && errno == EINTR)
 		;
-}
-
-static bool same_file(const struct stat *a, const struct stat *b)
-{
-	return a->st_size == b->st_size && a->st_ino == b->st_ino &&
-	       a->st_mtim.tv_sec == b->st_mtim.tv_sec &&
-	       a->st_mtim.tv_nsec == b->st_mtim.tv_nsec &&
-	       a->st_ctim.tv_sec == b->st_ctim.tv_sec &&
-	       a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
 }
 
 static bool is_sparse(const struct stat *st)

@@ -336,11 +336,32 @@ static bool check_records(napi_env env, struct wf_job *job, size_t data_len,
 	return true;
 }
 
+/*
+ * Keep the job's Buffers alive and queue it; on failure free it. Returns the
+ * promise (NULL with an exception pending when even that could not be made).
+ */
+static napi_value queue_wf(napi_env env, struct wf_job *job, napi_value *bufs,
+			   int n, const char *name, napi_async_execute_callback execute)
+{
+	napi_value promise = NULL;
+	bool queued = false;
+
+	for (int i = 0; i < n; i++)
+		if (napi_failed(env, napi_create_reference(env, bufs[i], 1, &job->refs[i])))
+			goto fail;
+	promise = queue_work(env, name, execute, wf_complete, job, &job->work,
+			     &job->deferred, &queued);
+	if (queued)
+		return promise;
+fail:
+	wf_free(env, job);
+	return promise;
+}
+
 napi_value js_write_files(napi_env env, napi_callback_info info)
 {
 	napi_value argv[4], promise = NULL;
 	struct wf_job *job;
-	bool queued = false;
 	void *data = NULL, *recs = NULL, *paths = NULL;
 	size_t data_len = 0, recs_len = 0, paths_len = 0;
 
@@ -367,13 +388,7 @@ napi_value js_write_files(napi_env env, napi_callback_info info)
 	job->count = recs_len / WF_REC_SIZE;
 	if (!check_records(env, job, data_len, paths_len))
 		goto fail;
-	for (int i = 0; i < 3; i++)
-		if (napi_failed(env, napi_create_reference(env, argv[i + 1], 1, &job->refs[i])))
-			goto fail;
-	promise = queue_work(env, "strata.writeFiles", wf_execute, wf_complete, job,
-			     &job->work, &job->deferred, &queued);
-	if (queued)
-		return promise;
+	return queue_wf(env, job, argv + 1, 3, "strata.writeFiles", wf_execute);
 fail:
 	wf_free(env, job);
 	return promise;
@@ -409,7 +424,6 @@ napi_value js_extract_frames(napi_env env, napi_callback_info info)
 {
 	napi_value argv[5], promise = NULL;
 	struct wf_job *job;
-	bool queued = false;
 	void *blob = NULL, *frames = NULL, *recs = NULL, *paths = NULL;
 	size_t blob_len = 0, frames_len = 0, recs_len = 0, paths_len = 0;
 
@@ -440,13 +454,7 @@ napi_value js_extract_frames(napi_env env, napi_callback_info info)
 	/* Contents are checked against their frame below, not against the blob. */
 	if (!check_records(env, job, SIZE_MAX, paths_len) || !check_frames(env, job, blob_len))
 		goto fail;
-	for (int i = 0; i < 4; i++)
-		if (napi_failed(env, napi_create_reference(env, argv[i + 1], 1, &job->refs[i])))
-			goto fail;
-	promise = queue_work(env, "strata.extractFrames", fx_execute, wf_complete, job,
-			     &job->work, &job->deferred, &queued);
-	if (queued)
-		return promise;
+	return queue_wf(env, job, argv + 1, 4, "strata.extractFrames", fx_execute);
 fail:
 	wf_free(env, job);
 	return promise;
@@ -515,7 +523,6 @@ napi_value js_fs_batch(napi_env env, napi_callback_info info)
 {
 	napi_value argv[3], promise = NULL;
 	struct wf_job *job;
-	bool queued = false;
 	void *recs = NULL, *paths = NULL;
 	size_t recs_len = 0, paths_len = 0;
 
@@ -551,13 +558,7 @@ napi_value js_fs_batch(napi_env env, napi_callback_info info)
 			goto fail;
 		}
 	}
-	for (int i = 0; i < 2; i++)
-		if (napi_failed(env, napi_create_reference(env, argv[i + 1], 1, &job->refs[i])))
-			goto fail;
-	promise = queue_work(env, "strata.fsBatch", fb_execute, wf_complete, job,
-			     &job->work, &job->deferred, &queued);
-	if (queued)
-		return promise;
+	return queue_wf(env, job, argv + 1, 2, "strata.fsBatch", fb_execute);
 fail:
 	wf_free(env, job);
 	return promise;

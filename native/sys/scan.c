@@ -168,20 +168,6 @@ static void put_stat(int64_t *f, const struct stat *st)
 	f[F_CTIME_NS] = st->st_ctim.tv_nsec;
 }
 
-static bool same_file(const struct stat *a, const struct stat *b)
-{
-	return a->st_size == b->st_size && a->st_ino == b->st_ino &&
-	       a->st_mtim.tv_sec == b->st_mtim.tv_sec &&
-	       a->st_mtim.tv_nsec == b->st_mtim.tv_nsec &&
-	       a->st_ctim.tv_sec == b->st_ctim.tv_sec &&
-	       a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
-}
-
-static int64_t ns_of(const struct timespec *t)
-{
-	return (int64_t)t->tv_sec * 1000000000LL + t->tv_nsec;
-}
-
 /*
  * Read a small file whole; keep it (SCAN_DATA) only if it held still. Any
  * failure simply leaves it to the careful path, which reports real errors.

@@ -12,6 +12,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/stat.h>
+#include <time.h>
 
 /* Retries when an xattr grows between the size query and the read. */
 #define XATTR_MAX_RETRIES 16
@@ -44,6 +46,21 @@ int read_xattr_list(const char *path, char **list, size_t *len);
 int read_xattr(const char *path, const char *name, uint8_t **val, size_t *len);
 /* qsort comparator for char * names, bytewise. */
 int cmp_names(const void *a, const void *b);
+
+/* The point-in-time test of capture: nothing of the file moved between two stats. */
+static inline bool same_file(const struct stat *a, const struct stat *b)
+{
+	return a->st_size == b->st_size && a->st_ino == b->st_ino &&
+	       a->st_mtim.tv_sec == b->st_mtim.tv_sec &&
+	       a->st_mtim.tv_nsec == b->st_mtim.tv_nsec &&
+	       a->st_ctim.tv_sec == b->st_ctim.tv_sec &&
+	       a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
+}
+
+static inline int64_t ns_of(const struct timespec *t)
+{
+	return (int64_t)t->tv_sec * 1000000000LL + t->tv_nsec;
+}
 
 /* codec.c */
 napi_value js_zstd_compress(napi_env env, napi_callback_info info);

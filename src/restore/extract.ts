@@ -148,29 +148,49 @@ async function fsBatch(staging: string, stagingB: BytePath, ops: Array<{ p: Byte
 /** Native writes need root (owners) and the addon; elsewhere every file takes the fs path. */
 const NATIVE_WRITES = IS_ROOT;
 
-/** The whole files of one decoded frame, written by one native job. */
-function writeWholeFiles(staging: string, stagingB: BytePath, frame: Buffer, jobs: ChunkJob[]): Promise<void> {
+/**
+ * Write the writeFiles record of one chunk job at `r` of `recs`: a whole file with its metadata,
+ * or (no meta) one chunk of a file finished later, written at its offset.
+ */
+function putFileRecord(recs: Buffer, r: number, pathOff: number, j: ChunkJob): void {
   const R = WRITE_FILE_RECORD;
-  const recs = Buffer.alloc(jobs.length * R.size);
-  const names: Buffer[] = [];
-  let pathsLen = 0;
-  jobs.forEach((j, i) => {
-    const e = j.meta!;
-    const rel = Buffer.from(j.file.slice(stagingB.length + 1), 'latin1');
-    const r = i * R.size;
-    recs.writeUInt32LE(pathsLen, r + R.path);
-    recs.writeUInt32LE(j.chunk.frameOffset ?? 0, r + R.dataOff);
-    recs.writeUInt32LE(j.chunk.size, r + R.len);
+  const e = j.meta;
+  recs.writeUInt32LE(pathOff, r + R.path);
+  recs.writeUInt32LE(j.chunk.frameOffset ?? 0, r + R.dataOff);
+  recs.writeUInt32LE(j.chunk.size, r + R.len);
+  if (e) {
     recs.writeUInt32LE(e.mode, r + R.mode);
     recs.writeUInt32LE(e.uid, r + R.uid);
     recs.writeUInt32LE(e.gid, r + R.gid);
     recs.writeBigInt64LE(BigInt(e.mtime[0]), r + R.mtimeS);
     recs.writeUInt32LE(e.mtime[1], r + R.mtimeNs);
     recs.writeUInt32LE(WF_OWNER, r + R.flags);
+  } else {
+    recs.writeBigInt64LE(BigInt(j.chunk.offset), r + R.mtimeS);
+    recs.writeUInt32LE(WF_CHUNK, r + R.flags);
+  }
+}
+
+/** The NUL-terminated paths of jobs' files, relative to staging, and each one's offset. */
+function relPaths(stagingB: BytePath, jobs: ChunkJob[]): { paths: Buffer; offsets: number[] } {
+  const names: Buffer[] = [];
+  const offsets: number[] = [];
+  let len = 0;
+  for (const j of jobs) {
+    const rel = Buffer.from(j.file.slice(stagingB.length + 1), 'latin1');
+    offsets.push(len);
     names.push(rel, Buffer.alloc(1));
-    pathsLen += rel.length + 1;
-  });
-  return sys.writeFiles(Buffer.from(staging), frame, recs, Buffer.concat(names, pathsLen));
+    len += rel.length + 1;
+  }
+  return { paths: Buffer.concat(names, len), offsets };
+}
+
+/** The whole files of one decoded frame, written by one native job. */
+function writeWholeFiles(staging: string, stagingB: BytePath, frame: Buffer, jobs: ChunkJob[]): Promise<void> {
+  const recs = Buffer.alloc(jobs.length * WRITE_FILE_RECORD.size);
+  const { paths, offsets } = relPaths(stagingB, jobs);
+  jobs.forEach((j, i) => putFileRecord(recs, i * WRITE_FILE_RECORD.size, offsets[i]!, j));
+  return sys.writeFiles(Buffer.from(staging), frame, recs, paths);
 }
 
 /** Blob bytes read in one piece and handed to one native job (several frames). */
@@ -216,15 +236,14 @@ class SpanReader {
   }
 }
 
-/** Frames whose files are all whole, decoded, verified and written by one native job. */
+/** Frames decoded, verified and written (whole files, or chunks at their offsets) by one native job. */
 async function extractNative(staging: string, stagingB: BytePath, buf: Buffer, base: number, frames: FrameJob[], key: string): Promise<void> {
   const F = EXTRACT_FRAME_RECORD;
-  const R = WRITE_FILE_RECORD;
   const fileJobs = frames.flatMap((fj) => fj.jobs);
   const recs = Buffer.alloc(frames.length * F.size);
-  const files = Buffer.alloc(fileJobs.length * R.size);
-  const names: Buffer[] = [];
-  let pathsLen = 0;
+  const files = Buffer.alloc(fileJobs.length * WRITE_FILE_RECORD.size);
+  const { paths, offsets } = relPaths(stagingB, fileJobs);
+  fileJobs.forEach((j, i) => putFileRecord(files, i * WRITE_FILE_RECORD.size, offsets[i]!, j));
   let n = 0;
   frames.forEach((fj, f) => {
     const c = fj.chunk;
@@ -236,31 +255,10 @@ async function extractNative(staging: string, stagingB: BytePath, buf: Buffer, b
     recs.writeUInt32LE(fj.jobs.length, r + F.files);
     recs.writeBigUInt64LE(BigInt(c.blobOffset), r + F.blobOffset);
     Buffer.from(c.digest.slice(7), 'hex').copy(recs, r + F.digest);
-    for (const j of fj.jobs) {
-      const e = j.meta;
-      const rel = Buffer.from(j.file.slice(stagingB.length + 1), 'latin1');
-      const w = n++ * R.size;
-      files.writeUInt32LE(pathsLen, w + R.path);
-      files.writeUInt32LE(j.chunk.frameOffset ?? 0, w + R.dataOff);
-      files.writeUInt32LE(j.chunk.size, w + R.len);
-      if (e) {
-        files.writeUInt32LE(e.mode, w + R.mode);
-        files.writeUInt32LE(e.uid, w + R.uid);
-        files.writeUInt32LE(e.gid, w + R.gid);
-        files.writeBigInt64LE(BigInt(e.mtime[0]), w + R.mtimeS);
-        files.writeUInt32LE(e.mtime[1], w + R.mtimeNs);
-        files.writeUInt32LE(WF_OWNER, w + R.flags);
-      } else {
-        // One chunk of a file finished later (several chunks, xattrs): written at its offset.
-        files.writeBigInt64LE(BigInt(j.chunk.offset), w + R.mtimeS);
-        files.writeUInt32LE(WF_CHUNK, w + R.flags);
-      }
-      names.push(rel, Buffer.alloc(1));
-      pathsLen += rel.length + 1;
-    }
+    n += fj.jobs.length;
   });
   try {
-    await sys.extractFrames(Buffer.from(staging), buf, recs, files, Buffer.concat(names, pathsLen));
+    await sys.extractFrames(Buffer.from(staging), buf, recs, files, paths);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'EDIGEST') throw new DigestMismatchError(`${(err as Error).message} (${key})`);
     throw err;
