@@ -497,20 +497,7 @@ static int read_entry_xattrs(struct capture *cap, struct cap_entry *e)
 		}
 		e->nx++;
 	}
-	/* Bytewise by name, as llistxattrs returns them (few: insertion sort). */
-	for (size_t a = 1; a < e->nx; a++)
-		for (size_t b = a; b > 0 && strcmp(e->xnames[b - 1], e->xnames[b]) > 0; b--) {
-			char *tn = e->xnames[b];
-			uint8_t *tv = e->xvals[b];
-			size_t tl = e->xlens[b];
-
-			e->xnames[b] = e->xnames[b - 1];
-			e->xvals[b] = e->xvals[b - 1];
-			e->xlens[b] = e->xlens[b - 1];
-			e->xnames[b - 1] = tn;
-			e->xvals[b - 1] = tv;
-			e->xlens[b - 1] = tl;
-		}
+	sort_xattrs(e->xnames, e->xvals, e->xlens, e->nx);
 out:
 	free(list);
 	free(path);

@@ -309,23 +309,7 @@ static bool read_xattrs(struct scan_job *job, size_t i, bool *unsupported)
 		x->n++;
 	}
 	/* Sorted by name bytes, as llistxattrs returns them. */
-	if (x->n > 1) {
-		size_t a, b;
-
-		for (a = 1; a < x->n; a++)
-			for (b = a; b > 0 && strcmp(x->names[b - 1], x->names[b]) > 0; b--) {
-				char *tn = x->names[b];
-				uint8_t *tv = x->vals[b];
-				size_t tl = x->lens[b];
-
-				x->names[b] = x->names[b - 1];
-				x->vals[b] = x->vals[b - 1];
-				x->lens[b] = x->lens[b - 1];
-				x->names[b - 1] = tn;
-				x->vals[b - 1] = tv;
-				x->lens[b - 1] = tl;
-			}
-	}
+	sort_xattrs(x->names, x->vals, x->lens, x->n);
 	job->xattrs[i] = x;
 	job->any_xattrs = job->any_xattrs || x->n > 0;
 	f[F_FLAGS] |= SCAN_XATTRS;

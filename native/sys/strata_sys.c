@@ -411,6 +411,24 @@ int read_xattr(const char *path, const char *name, uint8_t **val,
 	return ERANGE;
 }
 
+void sort_xattrs(char **names, uint8_t **vals, size_t *lens, size_t n)
+{
+	/* Few per entry: an insertion sort, bytewise by name. */
+	for (size_t a = 1; a < n; a++)
+		for (size_t b = a; b > 0 && strcmp(names[b - 1], names[b]) > 0; b--) {
+			char *tn = names[b];
+			uint8_t *tv = vals[b];
+			size_t tl = lens[b];
+
+			names[b] = names[b - 1];
+			vals[b] = vals[b - 1];
+			lens[b] = lens[b - 1];
+			names[b - 1] = tn;
+			vals[b - 1] = tv;
+			lens[b - 1] = tl;
+		}
+}
+
 int cmp_names(const void *a, const void *b)
 {
 	/* strcmp compares as unsigned char: byte order, as documented. */

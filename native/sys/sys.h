@@ -44,6 +44,8 @@ bool get_int(napi_env env, napi_value v, const char *what, double min,
 /* Return 0 or an errno; the caller frees what they return. */
 int read_xattr_list(const char *path, char **list, size_t *len);
 int read_xattr(const char *path, const char *name, uint8_t **val, size_t *len);
+/* Sort xattr names (and their values) bytewise, as llistxattrs returns them. */
+void sort_xattrs(char **names, uint8_t **vals, size_t *lens, size_t n);
 /* qsort comparator for char * names, bytewise. */
 int cmp_names(const void *a, const void *b);
 
