@@ -12,7 +12,7 @@ import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { Strata } from '../src/index.js';
-import { blobKey } from '../src/format/reader.js';
+import { blobKey, layerKey } from '../src/format/reader.js';
 import { encodePrefetch, type PrefetchRef } from '../src/format/prefetch.js';
 import type { Toc } from '../src/format/toc.js';
 import { buildView, findNode } from '../src/format/view.js';
@@ -28,6 +28,8 @@ import { type Fault, type FaultProxy, startFaultProxy } from './helpers/faultpro
 import { prng } from './helpers/fidelity.js';
 import { s3StoreFor, type S3TestServer, startS3Server } from './helpers/s3server.js';
 import { diffTrees, summarize } from './helpers/tree.js';
+/** A GET of a blob: a layer (under its digest, or its staging key on S3) or an index. */
+const isBlobKey = (k: string): boolean => /\/blobs\/(sha256|staging)\//.test(k);
 
 const run = promisify(execFile);
 const RUN = need('fuse') && need('root') && need('fuse', existsSync(defaultFuseBinary()));
@@ -59,7 +61,7 @@ async function tryCat(p: string): Promise<{ ok: boolean; err?: string; ms: numbe
 const store = (): S3Store => s3StoreFor(s3, { url: `${s3.url}/native`, endpoint: proxy.endpoint });
 
 /** The GETs of layer blobs the proxy saw (strata-fuse's, since nothing else reads blobs here). */
-const blobGets = (): number => proxy.log.filter((e) => e.op === 'GetObject' && e.key.includes('/blobs/sha256/')).length;
+const blobGets = (): number => proxy.log.filter((e) => e.op === 'GetObject' && isBlobKey(e.key)).length;
 
 async function mount(o: Partial<MountLazyOptions> = {}, name = 'mnt', logs: string[] = []): Promise<LazyMount> {
   const mountpoint = join(caseDir, name);
@@ -296,7 +298,7 @@ describe.runIf(RUN)('strata-fuse fetching s3:// layers itself', () => {
         }),
       ),
     );
-    const fetched = proxy.log.filter((e) => e.op === 'GetObject' && e.key.includes('/blobs/sha256/')).reduce((n, e) => n + e.bytesOut, 0);
+    const fetched = proxy.log.filter((e) => e.op === 'GetObject' && isBlobKey(e.key)).reduce((n, e) => n + e.bytesOut, 0);
     // Everything was read, each byte fetched once (readahead past the files' frames: the TOC's few kB).
     expect(fetched).toBeGreaterThan(layers[0]!.size * 0.9);
     expect(fetched).toBeLessThanOrEqual(layers[0]!.size * 1.02);
@@ -354,7 +356,7 @@ describe.runIf(RUN)('strata-fuse fetching s3:// layers itself', () => {
       // none was refused (a URL signed with the daemon's key would have been).
       expect(st.fetcher!.requests).toBe(0);
       expect(blobGets()).toBeGreaterThan(0);
-      expect(proxy.log.filter((e) => e.op === 'GetObject' && e.key.includes('/blobs/sha256/') && e.status === 403)).toEqual([]);
+      expect(proxy.log.filter((e) => e.op === 'GetObject' && isBlobKey(e.key) && e.status === 403)).toEqual([]);
       expect((await stat(mirrorPath(join(home, 'cache', 'chunks'), layers[0]!.digest))).blocks * 512).toBeGreaterThanOrEqual(layers[0]!.size - 4096);
     } finally {
       await s.unmount(ws, { discard: true }).catch(() => undefined);
@@ -456,7 +458,7 @@ describe.runIf(RUN)('strata-fuse fetching s3:// layers itself', () => {
     const m = await mount({ fetcherOptions: { deadlineMs: 3000, stallTimeoutMs: 1000, demandSpan: 0, readahead: 0 } });
     const mirror = mirrorPath(join(caseDir, 'cache'), layers[0]!.digest);
     for (const i of [3, 50, 51, 120]) expect(await readFile(join(m.mountpoint, `lib/m${i}.js`))).toEqual(await readFile(join(src, `lib/m${i}.js`)));
-    const blob = await store().getBytes(blobKey(layers[0]!.digest));
+    const blob = await store().getBytes(layerKey(layers[0]!));
     const held = await readFile(mirror);
     const ext = await extentsOf(mirror);
     expect(ext.length).toBeGreaterThan(0);
@@ -538,7 +540,7 @@ describe.runIf(RUN)('strata-fuse fetching s3:// layers itself', () => {
     const m = await mount({ hydrate: true });
     const k = findNode(buildView(tocs), 'hello.txt')!.entry!.chunks![0]!;
     expect((await catFile(join(m.mountpoint, 'hello.txt'))).toString()).toBe('hello, world\n');
-    const gets = proxy.log.filter((e) => e.op === 'GetObject' && e.key.includes('/blobs/sha256/'));
+    const gets = proxy.log.filter((e) => e.op === 'GetObject' && isBlobKey(e.key));
     // The first blob GET is the read's own range (its frame, look-behind and readahead), not hydration's.
     expect(gets.length).toBeGreaterThan(0);
     const first = /^bytes=(\d+)-(\d+)$/.exec(gets[0]!.range ?? '');
@@ -560,7 +562,7 @@ describe.runIf(RUN)('strata-fuse fetching s3:// layers itself', () => {
     const whole = async (): Promise<boolean> => (await stat(mirror)).blocks * 512 >= layers[0]!.size - 4096;
     for (let i = 0; i < 300 && !(await whole()); i++) await new Promise((r) => setTimeout(r, 50));
     const gets = proxy.log
-      .filter((e) => e.op === 'GetObject' && e.key.includes('/blobs/sha256/'))
+      .filter((e) => e.op === 'GetObject' && isBlobKey(e.key))
       .map((e) => /^bytes=(\d+)-(\d+)$/.exec(e.range ?? '')!)
       .map((r) => [Number(r[1]), Number(r[2]) + 1] as const);
     // A GET "of big.bin" holds more than the 4 KiB a block-aligned run may take of its edge.
@@ -586,6 +588,6 @@ describe.runIf(RUN)('strata-fuse fetching s3:// layers itself', () => {
     const before = blobGets();
     expect(diffTrees(await summarize(src), await summarize(m.mountpoint))).toEqual([]);
     expect(blobGets()).toBe(before);
-    expect((await readFile(mirror)).equals(await store().getBytes(blobKey(layers[0]!.digest)))).toBe(true);
+    expect((await readFile(mirror)).equals(await store().getBytes(layerKey(layers[0]!)))).toBe(true);
   });
 });

@@ -48,6 +48,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -124,6 +125,15 @@ static int write_all(int fd, const uint8_t *buf, size_t len, off_t at)
 	return 0;
 }
 
+/*
+ * A path under root longer than the kernel takes whole: refused as an
+ * absolute open would be, so nothing is made that rm -r could not remove.
+ */
+static bool too_long(const struct wf_job *job, const char *rel)
+{
+	return strlen(job->root) + 1 + strlen(rel) >= PATH_MAX;
+}
+
 /* Create, write and finish records [from, from + n) whose content lies in data. */
 static void write_records(struct wf_job *job, int root, const uint8_t *data,
 			  size_t from, size_t n)
@@ -135,6 +145,10 @@ static void write_records(struct wf_job *job, int root, const uint8_t *data,
 		struct timespec ts[2];
 		int fd, e;
 
+		if (too_long(job, rel)) {
+			wf_fail(job, ENAMETOOLONG, "open", rel);
+			break;
+		}
 		if (flags & WF_CHUNK) {
 			/* Only our own files are under root, and no symlink exists there yet. */
 			fd = openat(root, rel, O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
@@ -493,6 +507,10 @@ static void fb_execute(napi_env env, void *data)
 		uint32_t op = le32(r + 4), flags = le32(r + 20);
 		struct timespec ts[2];
 
+		if (too_long(job, rel)) {
+			wf_fail(job, ENAMETOOLONG, op == FB_MKDIR ? "mkdir" : "lchown", rel);
+			break;
+		}
 		if (op == FB_MKDIR) {
 			if (mkdirat(root, rel, 0700) != 0) {
 				wf_fail(job, errno, "mkdir", rel);
