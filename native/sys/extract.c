@@ -350,6 +350,23 @@ static bool check_records(napi_env env, struct wf_job *job, size_t data_len,
 	return true;
 }
 
+/* A job for `root` (an absolute path Buffer), or NULL with an exception pending. */
+static struct wf_job *wf_new(napi_env env, napi_value root)
+{
+	struct wf_job *job = calloc(1, sizeof(*job));
+
+	if (job == NULL) {
+		throw_errno(env, ENOMEM, "malloc", NULL, NULL);
+		return NULL;
+	}
+	job->root = get_path(env, root, "root");
+	if (job->root == NULL) {
+		free(job);
+		return NULL;
+	}
+	return job;
+}
+
 /*
  * Keep the job's Buffers alive and queue it; on failure free it. Returns the
  * promise (NULL with an exception pending when even that could not be made).
@@ -381,13 +398,10 @@ napi_value js_write_files(napi_env env, napi_callback_info info)
 
 	if (!get_args(env, info, 4, argv))
 		return NULL;
-	job = calloc(1, sizeof(*job));
-	if (job == NULL) {
-		throw_errno(env, ENOMEM, "malloc", NULL, NULL);
+	job = wf_new(env, argv[0]);
+	if (job == NULL)
 		return NULL;
-	}
-	job->root = get_path(env, argv[0], "root");
-	if (job->root == NULL || !get_buffer(env, argv[1], "data", &data, &data_len) ||
+	if (!get_buffer(env, argv[1], "data", &data, &data_len) ||
 	    !get_buffer(env, argv[2], "recs", &recs, &recs_len) ||
 	    !get_buffer(env, argv[3], "paths", &paths, &paths_len))
 		goto fail;
@@ -443,13 +457,10 @@ napi_value js_extract_frames(napi_env env, napi_callback_info info)
 
 	if (!get_args(env, info, 5, argv))
 		return NULL;
-	job = calloc(1, sizeof(*job));
-	if (job == NULL) {
-		throw_errno(env, ENOMEM, "malloc", NULL, NULL);
+	job = wf_new(env, argv[0]);
+	if (job == NULL)
 		return NULL;
-	}
-	job->root = get_path(env, argv[0], "root");
-	if (job->root == NULL || !get_buffer(env, argv[1], "blob", &blob, &blob_len) ||
+	if (!get_buffer(env, argv[1], "blob", &blob, &blob_len) ||
 	    !get_buffer(env, argv[2], "frames", &frames, &frames_len) ||
 	    !get_buffer(env, argv[3], "files", &recs, &recs_len) ||
 	    !get_buffer(env, argv[4], "paths", &paths, &paths_len))
@@ -546,13 +557,10 @@ napi_value js_fs_batch(napi_env env, napi_callback_info info)
 
 	if (!get_args(env, info, 3, argv))
 		return NULL;
-	job = calloc(1, sizeof(*job));
-	if (job == NULL) {
-		throw_errno(env, ENOMEM, "malloc", NULL, NULL);
+	job = wf_new(env, argv[0]);
+	if (job == NULL)
 		return NULL;
-	}
-	job->root = get_path(env, argv[0], "root");
-	if (job->root == NULL || !get_buffer(env, argv[1], "recs", &recs, &recs_len) ||
+	if (!get_buffer(env, argv[1], "recs", &recs, &recs_len) ||
 	    !get_buffer(env, argv[2], "paths", &paths, &paths_len))
 		goto fail;
 	if (job->root[0] != '/' || recs_len % FB_REC_SIZE != 0) {

@@ -371,7 +371,7 @@ export async function extractView(
       const codec = codecFor(d.codec);
       const key = layerKey(d);
       /** zstd frames are decoded, checked and written by native jobs, several frames each. */
-      const native = (_fj: FrameJob): boolean => d.codec === 'zstd';
+      const native = d.codec === 'zstd';
       const writeFrame = async (fj: FrameJob, frame: Buffer): Promise<void> => {
         const where = `${key} (${displayPath(fj.jobs[0]!.file.slice(stagingB.length + 1))})`;
         // One decode and one digest check for every file of a shared frame.
@@ -399,8 +399,8 @@ export async function extractView(
       };
       /** A group of consecutive frames, `buf` holding the blob from `base`: written, verified. */
       const writeGroup = async (buf: Buffer, base: number, group: FrameJob[]): Promise<void> => {
-        const nat = group.filter(native);
-        const rest = group.filter((fj) => !native(fj));
+        const nat = native ? group : [];
+        const rest = native ? [] : group;
         await Promise.all([
           nat.length > 0 ? extractNative(staging, stagingB, buf, base, nat, key) : undefined,
           ...rest.map((fj) => writeFrame(fj, buf.subarray(fj.chunk.blobOffset - base, fj.chunk.blobOffset - base + fj.chunk.blobLength))),
