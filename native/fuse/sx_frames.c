@@ -924,7 +924,9 @@ static bool hydrate_range(struct sx_frames *f, uint32_t layer, uint64_t a, uint6
  * in runs that skip the large frames between them, and only then the rest: the workload's data
  * is local in about half the time, and a read that wants a large frame still fetches it itself.
  */
-#define SX_SMALL_FRAME (256u << 10) /* a frame this size (uncompressed) or less: a small file's */
+/* A frame this size (uncompressed) or less holds small files: a shared frame closes once it
+ * reaches the writer's bound (256 KiB, src/format/writer.ts), so it can hold up to twice that. */
+#define SX_SMALL_FRAME (528u << 10)
 #define SX_SMALL_GAP (64u << 10)    /* bridged rather than split: a GET costs ~4 MB of transfer */
 
 struct sx_run {

@@ -53,7 +53,7 @@ const WINDOW = 16;
  * measurement (docs/codecs.md): bigger frames compress better but a lazy read of one small file
  * fetches and decodes its whole frame.
  */
-export const FRAME_BOUND = 64 * 1024;
+export const FRAME_BOUND = 256 * 1024;
 
 export interface WriterOptions {
   /** Shared-frame bound in bytes; 0 writes one frame per header and per chunk (TOC v1). */
