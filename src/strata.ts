@@ -580,7 +580,10 @@ export class Strata {
       }
       // Lazy: the index alone (no TOC). Extract: the TOCs unpack the layers, the index gives the
       // workspace the base of its next backup; both are fetched at once.
-      const tocs = mode === 'extract' ? await Promise.all(m.layers.map((l) => fetchToc(this.store, l))) : undefined;
+      const tocsP = mode === 'extract' ? Promise.all(m.layers.map((l) => fetchToc(this.store, l))) : undefined;
+      tocsP?.catch(() => undefined); // awaited below; a failure must not go unhandled meanwhile
+      // A manifest's own index does not need the TOCs: fetched alongside them.
+      const tocs = m.index ? undefined : await tocsP;
       // Lazy: the prefetch record too, in parallel (a bad one costs its prefetch only).
       // Lazy from a paged index: its head (in the manifest) is all the mount needs; strata-fuse
       // loads the pages.
@@ -595,6 +598,8 @@ export class Strata {
           : undefined,
       ]);
       tr.step(raw ? `index (${raw.length} bytes)` : 'index head');
+      const layerTocs = tocs ?? (await tocsP);
+      if (tocsP) tr.step('tocs');
       const r = await this.workspaces.prepare({
         backupId: m.id,
         layers: m.layers,
@@ -604,7 +609,7 @@ export class Strata {
         force: !!options.force,
         index: { raw, head: paged?.head, root: paged?.head.root ?? index!.rootEntry(), desc: m.index, layers: indexed },
         ...(m.prefetch ? { prefetch: { desc: m.prefetch, ...(prefetch ? { raw: prefetch } : {}) } } : {}),
-        ...(tocs ? { tocs } : {}),
+        ...(layerTocs ? { tocs: layerTocs } : {}),
       });
       tr.step('workspace mounted');
       return result(r);

@@ -14,7 +14,7 @@
  * Reproduce: npx vitest run test/faults.test.ts
  */
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
-import { mkdir, mkdtemp, readdir, rm, symlink, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, readdir, rm, symlink, writeFile } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -461,7 +461,9 @@ describe('a server that lies about ranges or corrupts bytes in transit', () => {
 
 describe('a store whose streams lie about sizes', () => {
   /** A FileStore whose reads of blobs lie as `lie` says. */
-  function lyingStore(inner: ObjectStore, lie: { get?: (b: Buffer) => Buffer; getBytes?: (b: Buffer) => Buffer; head?: boolean }): ObjectStore {
+  type Lie = { get?: (b: Buffer) => Buffer; getBytes?: (b: Buffer) => Buffer; file?: (b: Buffer) => Buffer; head?: boolean };
+  /** A store whose answers `lie` alters; `fired` counts the altered answers. */
+  function lyingStore(inner: FileStore, lie: Lie, fired: { n: number }): ObjectStore {
     return new Proxy(inner, {
       get(target, prop, receiver) {
         if (prop === 'get' && lie.get) {
@@ -469,11 +471,34 @@ describe('a store whose streams lie about sizes', () => {
             const s = await target.get(key, range);
             const chunks: Buffer[] = [];
             for await (const c of s) chunks.push(c as Buffer);
+            fired.n++;
             return Readable.from([lie.get!(Buffer.concat(chunks))], { objectMode: false });
           };
         }
-        if (prop === 'getBytes' && lie.getBytes) return async (key: string, range?: ByteRange) => lie.getBytes!(await target.getBytes(key, range));
-        if (prop === 'head' && lie.head) return async (key: string) => ({ key, size: 1, mtime: new Date() });
+        // A store lying on GETs is a remote one: no local file to read beside them.
+        if (prop === 'openFile' && lie.get) return undefined;
+        if (prop === 'openFile' && lie.file) {
+          // The layer file as the lie has it: a copy, opened in its place.
+          return async (key: string) => {
+            const copy = join(work, `lied-file-${++seq}`);
+            await writeFile(copy, lie.file!(await target.getBytes(key)));
+            fired.n++;
+            const fh = await open(copy, 'r');
+            return { fh, size: (await fh.stat()).size };
+          };
+        }
+        if (prop === 'getBytes' && lie.getBytes) {
+          return async (key: string, range?: ByteRange) => {
+            fired.n++;
+            return lie.getBytes!(await target.getBytes(key, range));
+          };
+        }
+        if (prop === 'head' && lie.head) {
+          return async (key: string) => {
+            fired.n++;
+            return { key, size: 1, mtime: new Date() };
+          };
+        }
         const v = Reflect.get(target, prop, receiver) as unknown;
         return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
       },
@@ -494,12 +519,17 @@ describe('a store whose streams lie about sizes', () => {
     ['an empty data stream', { get: () => Buffer.alloc(0) }, 'BACKUP_RESTORE_FAILED'],
     ['TOC/manifest reads one byte short', { getBytes: (b) => b.subarray(0, b.length - 1) }, 'DIGEST_MISMATCH'],
     ['TOC/manifest reads one byte long', { getBytes: (b) => Buffer.concat([b, Buffer.from(' ')]) }, 'DIGEST_MISMATCH'],
+    // A local store's layer is read as a file (ObjectStore.openFile), by native jobs.
+    ['a local layer file cut to half its size', { file: (b) => b.subarray(0, b.length >> 1) }, 'BACKUP_RESTORE_FAILED'],
+    ['a local layer file shifted by one byte', { file: (b) => Buffer.concat([Buffer.alloc(1), b.subarray(0, b.length - 1)]) }, 'DIGEST_MISMATCH'],
+    ['a local layer file of zeros', { file: (b) => Buffer.alloc(b.length) }, 'DIGEST_MISMATCH'],
   ];
   it.each(cases)('%s: completes identical or fails cleanly', async (what, lie, code) => {
     const lab = join(work, `lie-${++seq}`);
     await mkdir(lab);
     const target = join(lab, 'target');
-    const s = new Strata({ home: join(work, `home-${seq}`), store: lyingStore(fileStore, lie), mode: 'copy' });
+    const fired = { n: 0 };
+    const s = new Strata({ home: join(work, `home-${seq}`), store: lyingStore(fileStore, lie, fired), mode: 'copy' });
     const t0 = Date.now();
     const err = await s.restoreBackup(handle, { dir: target }).then(
       () => null,
@@ -513,15 +543,18 @@ describe('a store whose streams lie about sizes', () => {
       expect((err as StrataError).code, (err as Error).message).toBe(code);
       expect(await readdir(lab)).toEqual([]);
     }
-    record('restore', `store lies: ${what}`, { ok: code === null, ...(code ? { code } : {}), ms: Date.now() - t0, fired: 1 });
+    expect(fired.n, 'the lie was told').toBeGreaterThan(0);
+    record('restore', `store lies: ${what}`, { ok: code === null, ...(code ? { code } : {}), ms: Date.now() - t0, fired: fired.n });
   });
 
   it('a store that says a blob exists when it does not: the backup fails cleanly (touch finds nothing)', async () => {
     const store = new FileStore(join(work, `lying-head-${++seq}`));
-    const s = new Strata({ home: join(work, `home-${seq}`), store: lyingStore(store, { head: true }), mode: 'copy' });
+    const fired = { n: 0 };
+    const s = new Strata({ home: join(work, `home-${seq}`), store: lyingStore(store, { head: true }, fired), mode: 'copy' });
     await expect(s.createBackup({ dir: src })).rejects.toMatchObject({ code: 'BACKUP_CREATE_FAILED' });
+    expect(fired.n, 'the lie was told').toBeGreaterThan(0);
     expect(await new Strata({ home: join(work, `home-${seq}`), store, mode: 'copy' }).listBackups()).toEqual([]);
-    record('backup', 'store lies: HEAD says the blob exists', { ok: false, code: 'BACKUP_CREATE_FAILED', ms: 0, fired: 1 });
+    record('backup', 'store lies: HEAD says the blob exists', { ok: false, code: 'BACKUP_CREATE_FAILED', ms: 0, fired: fired.n });
   });
 });
 

@@ -28,12 +28,15 @@
  * removes the staging directory. Records are checked here, on the JS thread,
  * before the job is queued: the worker trusts them.
  *
- * extractFrames(root, blob, frames, files, paths): Promise<void>
+ * extractFrames(root, blob, frames, files, paths, fd, at): Promise<void>
  *   The same for many frames at once, still compressed: each is decoded (zstd),
  *   its sha256 checked against the TOC's before any byte is used, and its whole
  *   files written as above. One job per few MiB of blob instead of two per
  *   frame (decode, then write) with a JS hop between.
- *   blob    consecutive bytes of the layer blob holding the frames
+ *   blob    consecutive bytes of the layer blob holding the frames; when fd is
+ *           not -1, the job first fills it with pread(fd) from blob offset
+ *           `at` (a local store: the read is part of the job, not another
+ *           threadpool job queued behind the decodes)
  *   frames  FX_REC_SIZE bytes per frame, little-endian:
  *            0 u32 offset of the frame in `blob`
  *            4 u32 its compressed length
@@ -82,6 +85,9 @@ struct wf_job {
 	char where[4096];
 	/* extractFrames */
 	const uint8_t *blob;
+	size_t blob_len;
+	int fd; /* -1, or the layer file to fill blob from, at fd_at */
+	uint64_t fd_at;
 	const uint8_t *frames;
 	size_t nframes;
 	char digest_msg[256]; /* set when a frame failed its check */
@@ -239,6 +245,29 @@ static uint8_t *thread_scratch(void)
 }
 
 /* Runs on a threadpool thread: decode, check and write every frame in turn. */
+/* Fill the job's blob buffer from its layer file; a short file is damage. */
+static bool read_blob(struct wf_job *job)
+{
+	uint8_t *buf = (uint8_t *)job->blob;
+	size_t got = 0;
+
+	while (got < job->blob_len) {
+		ssize_t n = pread(job->fd, buf + got, job->blob_len - got, (off_t)(job->fd_at + got));
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			job->err = n < 0 ? errno : EIO;
+			job->syscall = "pread";
+			snprintf(job->where, sizeof(job->where), "layer file at offset %llu%s",
+				 (unsigned long long)(job->fd_at + got), n == 0 ? " (shorter than its TOC says)" : "");
+			return false;
+		}
+		got += (size_t)n;
+	}
+	return true;
+}
+
 static void fx_execute(napi_env env, void *data)
 {
 	struct wf_job *job = data;
@@ -253,6 +282,8 @@ static void fx_execute(napi_env env, void *data)
 		snprintf(job->where, sizeof(job->where), "%s", job->root);
 		return;
 	}
+	if (job->fd >= 0 && !read_blob(job))
+		return;
 	root = open_root(job);
 	if (root < 0)
 		return;
@@ -450,12 +481,13 @@ bad:
 
 napi_value js_extract_frames(napi_env env, napi_callback_info info)
 {
-	napi_value argv[5], promise = NULL;
+	napi_value argv[7], promise = NULL;
 	struct wf_job *job;
 	void *blob = NULL, *frames = NULL, *recs = NULL, *paths = NULL;
 	size_t blob_len = 0, frames_len = 0, recs_len = 0, paths_len = 0;
+	int64_t fd, at;
 
-	if (!get_args(env, info, 5, argv))
+	if (!get_args(env, info, 7, argv))
 		return NULL;
 	job = wf_new(env, argv[0]);
 	if (job == NULL)
@@ -463,7 +495,9 @@ napi_value js_extract_frames(napi_env env, napi_callback_info info)
 	if (!get_buffer(env, argv[1], "blob", &blob, &blob_len) ||
 	    !get_buffer(env, argv[2], "frames", &frames, &frames_len) ||
 	    !get_buffer(env, argv[3], "files", &recs, &recs_len) ||
-	    !get_buffer(env, argv[4], "paths", &paths, &paths_len))
+	    !get_buffer(env, argv[4], "paths", &paths, &paths_len) ||
+	    !get_int(env, argv[5], "fd", -1, INT32_MAX, &fd) ||
+	    !get_int(env, argv[6], "at", 0, 9007199254740991.0, &at))
 		goto fail;
 	if (job->root[0] != '/' || recs_len % WF_REC_SIZE != 0 || frames_len % FX_REC_SIZE != 0) {
 		throw_fmt(env, THROW_TYPE, "ERR_INVALID_ARG_VALUE",
@@ -471,6 +505,9 @@ napi_value js_extract_frames(napi_env env, napi_callback_info info)
 		goto fail;
 	}
 	job->blob = blob;
+	job->blob_len = blob_len;
+	job->fd = (int)fd;
+	job->fd_at = (uint64_t)at;
 	job->frames = frames;
 	job->nframes = frames_len / FX_REC_SIZE;
 	job->recs = recs;

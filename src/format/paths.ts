@@ -45,8 +45,11 @@ export function decodeUtf8(p: BytePath): string | null {
   }
 }
 
+const NON_ASCII = /[^\x00-\x7f]/;
+
 export function encodeUtf8(s: string): BytePath {
-  return Buffer.from(s, 'utf8').toString('latin1');
+  // ASCII spells its own bytes: most names are, and a TOC holds a hundred thousand of them.
+  return NON_ASCII.test(s) ? Buffer.from(s, 'utf8').toString('latin1') : s;
 }
 
 export function parentOf(p: BytePath): BytePath {
@@ -70,10 +73,15 @@ export function checkLayerPath(p: BytePath, what = 'path'): BytePath {
   if (p.length > 65535) throw new UnsafePathError(`${what} longer than 65535 bytes in layer`);
   if (p.includes('\0')) throw new UnsafePathError(`${what} contains NUL: ${displayPath(p)}`);
   if (p.startsWith('/')) throw new UnsafePathError(`absolute ${what} in layer: ${displayPath(p)}`);
-  for (const part of p.split('/')) {
-    if (part === '' || part === '.' || part === '..') {
+  // Each '/'-separated component: not empty, not '.', not '..' (scanned, not split: no arrays).
+  for (let start = 0; start <= p.length; ) {
+    let end = p.indexOf('/', start);
+    if (end < 0) end = p.length;
+    const n = end - start;
+    if (n === 0 || (p.charCodeAt(start) === 0x2e && (n === 1 || (n === 2 && p.charCodeAt(start + 1) === 0x2e)))) {
       throw new UnsafePathError(`${what} is not a clean relative path: ${displayPath(p)}`);
     }
+    start = end + 1;
   }
   return p;
 }

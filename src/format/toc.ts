@@ -229,7 +229,8 @@ export function decodeToc(buf: Buffer, dataEnd: number): Toc {
           size: int(c[1], 'chunk size', 1, MAX_CHUNK_SIZE),
           blobOffset: int(c[2], 'chunk blobOffset'),
           blobLength: int(c[3], 'chunk blobLength', 1, MAX_CHUNK_SIZE * 2),
-          digest: digest(c[4], 'chunk digest'),
+          // The files of a shared frame name its digest alike: checked once.
+          digest: lastShared !== undefined && c[4] === lastShared.digest ? lastShared.digest : digest(c[4], 'chunk digest'),
         };
         if (c.length === 7) {
           ch.frameSize = int(c[6], 'chunk frameSize', 1, MAX_FRAME_SIZE);

@@ -197,12 +197,40 @@ function writeWholeFiles(staging: string, stagingB: BytePath, frame: Buffer, job
 const GROUP_BYTES = 4 * 1024 * 1024;
 /** Groups being decoded and written at once (the threadpool has 4 threads). */
 const GROUPS_IN_FLIGHT = 4;
+/** A pooled group buffer: a group is at most GROUP_BYTES unless one frame alone is larger. */
+const POOLED_BYTES = GROUP_BYTES + 64 * 1024;
 
 /** extractFrames' frame record (native/sys/extract.c): offsets of its little-endian fields. */
 export const EXTRACT_FRAME_RECORD = { size: 64, offset: 0, length: 4, frameSize: 8, firstFile: 12, files: 16, blobOffset: 24, digest: 32 } as const;
 
+/** Where a layer's groups are read from: forward, [from, to) at a time. */
+interface GroupReader {
+  take(from: number, to: number, into?: Buffer): Promise<Buffer>;
+  close(): void;
+}
+
+/** A local store's layer file, read straight into the caller's buffer. */
+class HandleReader implements GroupReader {
+  constructor(
+    private readonly fh: FileHandle,
+    private readonly key: string,
+  ) {}
+
+  async take(from: number, to: number, into?: Buffer): Promise<Buffer> {
+    const buf = into && into.length >= to - from ? into.subarray(0, to - from) : Buffer.allocUnsafe(to - from);
+    for (let off = 0; off < buf.length; ) {
+      const { bytesRead } = await this.fh.read(buf, off, buf.length - off, from + off);
+      if (bytesRead === 0) throw new BackupRestoreError(`short read of ${this.key} at offset ${from + off}: the layer file is shorter than its TOC says`);
+      off += bytesRead;
+    }
+    return buf;
+  }
+
+  close(): void {}
+}
+
 /** A ranged GET's body, read forward: the bytes of [from, to) as one Buffer, one copy. */
-class SpanReader {
+class SpanReader implements GroupReader {
   private pieces: Buffer[] = [];
   private len = 0;
   private readonly it: AsyncIterator<Buffer>;
@@ -215,16 +243,34 @@ class SpanReader {
     this.it = (stream as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
   }
 
-  async take(from: number, to: number): Promise<Buffer> {
+  /**
+   * The bytes of [from, to). Into `into` when given and large enough (a pooled buffer: no
+   * allocation, which at a gigabyte of layer is what kept V8 collecting), else one new Buffer.
+   */
+  async take(from: number, to: number, into?: Buffer): Promise<Buffer> {
     while (this.pos + this.len < to) {
       const r = await this.it.next();
       if (r.done) throw new BackupRestoreError(`short read of ${this.key} at offset ${this.pos + this.len}: the store returned less than asked`);
       this.pieces.push(r.value);
       this.len += r.value.length;
     }
-    const all = this.pieces.length === 1 ? this.pieces[0]! : Buffer.concat(this.pieces, this.len);
-    const out = all.subarray(from - this.pos, to - this.pos);
-    const rest = all.subarray(to - this.pos);
+    const want = to - this.pos;
+    let out: Buffer;
+    let rest: Buffer;
+    if (this.pieces.length === 1 || !into || into.length < want) {
+      const all = this.pieces.length === 1 ? this.pieces[0]! : Buffer.concat(this.pieces, this.len);
+      out = all.subarray(from - this.pos, want);
+      rest = all.subarray(want);
+    } else {
+      let n = 0;
+      rest = Buffer.alloc(0);
+      for (const piece of this.pieces) {
+        const use = Math.min(piece.length, want - n);
+        if (use > 0) n += piece.copy(into, n, 0, use);
+        if (use < piece.length) rest = piece.subarray(use);
+      }
+      out = into.subarray(from - this.pos, want);
+    }
     this.pieces = rest.length > 0 ? [rest] : [];
     this.len = rest.length;
     this.pos = to;
@@ -236,8 +282,11 @@ class SpanReader {
   }
 }
 
-/** Frames decoded, verified and written (whole files, or chunks at their offsets) by one native job. */
-async function extractNative(staging: string, stagingB: BytePath, buf: Buffer, base: number, frames: FrameJob[], key: string): Promise<void> {
+/**
+ * Frames decoded, verified and written (whole files, or chunks at their offsets) by one native
+ * job. `fd` not -1: the job fills `buf` from that layer file at blob offset `base` first.
+ */
+async function extractNative(staging: string, stagingB: BytePath, buf: Buffer, base: number, frames: FrameJob[], key: string, fd = -1): Promise<void> {
   const F = EXTRACT_FRAME_RECORD;
   const fileJobs = frames.flatMap((fj) => fj.jobs);
   const recs = Buffer.alloc(frames.length * F.size);
@@ -258,7 +307,7 @@ async function extractNative(staging: string, stagingB: BytePath, buf: Buffer, b
     n += fj.jobs.length;
   });
   try {
-    await sys.extractFrames(Buffer.from(staging), buf, recs, files, paths);
+    await sys.extractFrames(Buffer.from(staging), buf, recs, files, paths, fd, base);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'EDIGEST') throw new DigestMismatchError(`${(err as Error).message} (${key})`);
     throw err;
@@ -398,43 +447,57 @@ export async function extractView(
         );
       };
       /** A group of consecutive frames, `buf` holding the blob from `base`: written, verified. */
-      const writeGroup = async (buf: Buffer, base: number, group: FrameJob[]): Promise<void> => {
+      const writeGroup = async (buf: Buffer, base: number, group: FrameJob[], fd: number): Promise<void> => {
         const nat = native ? group : [];
         const rest = native ? [] : group;
         await Promise.all([
-          nat.length > 0 ? extractNative(staging, stagingB, buf, base, nat, key) : undefined,
+          nat.length > 0 ? extractNative(staging, stagingB, buf, base, nat, key, fd) : undefined,
           ...rest.map((fj) => writeFrame(fj, buf.subarray(fj.chunk.blobOffset - base, fj.chunk.blobOffset - base + fj.chunk.blobLength))),
         ]);
         for (const fj of nat) for (const j of fj.jobs) stats.bytes += j.chunk.size;
         opts.onProgress?.({ bytes: stats.bytes, totalBytes });
       };
-      for (const span of spans(jobs, opts.maxGap ?? DEFAULT_MAX_GAP)) {
-        stats.requests++;
-        const reader = new SpanReader(await store.get(key, { start: span.start, end: span.end }), span.start, key);
-        const pending: Promise<void>[] = [];
-        try {
-          for (let i = 0; i < span.frames.length; ) {
-            // Frames up to GROUP_BYTES of blob go together: one read, one native job.
-            const first = span.frames[i]!.chunk.blobOffset;
-            let j = i + 1;
-            while (j < span.frames.length && span.frames[j]!.chunk.blobOffset + span.frames[j]!.chunk.blobLength - first <= GROUP_BYTES) j++;
-            const last = span.frames[j - 1]!.chunk;
-            const buf = await reader.take(first, last.blobOffset + last.blobLength);
-            const w = writeGroup(buf, first, span.frames.slice(i, j));
-            // Awaited below; until then a failure must not surface as an unhandled rejection
-            // (which kills the process before staging is cleaned up).
-            w.catch(() => undefined);
-            pending.push(w);
-            if (pending.length >= GROUPS_IN_FLIGHT) await pending.shift();
-            i = j;
+      // Reused across groups: GROUPS_IN_FLIGHT in jobs plus the one being read.
+      const pool: Buffer[] = [];
+      // A local store's layer is one open file: native jobs pread their groups themselves.
+      const local = store.openFile ? await store.openFile(key) : undefined;
+      try {
+        for (const span of spans(jobs, opts.maxGap ?? DEFAULT_MAX_GAP)) {
+          stats.requests++;
+          const reader: GroupReader | undefined = local
+            ? native
+              ? undefined
+              : new HandleReader(local.fh, key)
+            : new SpanReader(await store.get(key, { start: span.start, end: span.end }), span.start, key);
+          const pending: Promise<void>[] = [];
+          try {
+            for (let i = 0; i < span.frames.length; ) {
+              // Frames up to GROUP_BYTES of blob go together: one read, one native job.
+              const first = span.frames[i]!.chunk.blobOffset;
+              let j = i + 1;
+              while (j < span.frames.length && span.frames[j]!.chunk.blobOffset + span.frames[j]!.chunk.blobLength - first <= GROUP_BYTES) j++;
+              const last = span.frames[j - 1]!.chunk;
+              const end = last.blobOffset + last.blobLength;
+              const pooled = pool.pop() ?? Buffer.allocUnsafe(POOLED_BYTES);
+              const buf = reader ? await reader.take(first, end, pooled) : end - first <= pooled.length ? pooled.subarray(0, end - first) : Buffer.allocUnsafe(end - first);
+              const w = writeGroup(buf, first, span.frames.slice(i, j), reader ? -1 : local!.fh.fd).finally(() => pool.push(pooled));
+              // Awaited below; until then a failure must not surface as an unhandled rejection
+              // (which kills the process before staging is cleaned up).
+              w.catch(() => undefined);
+              pending.push(w);
+              if (pending.length >= GROUPS_IN_FLIGHT) await pending.shift();
+              i = j;
+            }
+            await Promise.all(pending);
+          } catch (err) {
+            // Let writes in flight finish before the caller removes the staging directory.
+            await Promise.allSettled(pending);
+            reader?.close();
+            throw err;
           }
-          await Promise.all(pending);
-        } catch (err) {
-          // Let writes in flight finish before the caller removes the staging directory.
-          await Promise.allSettled(pending);
-          reader.close();
-          throw err;
         }
+      } finally {
+        await local?.fh.close();
       }
     }
 

@@ -192,11 +192,19 @@ export class FileStore implements ObjectStore {
   async getBytes(key: string, range?: ByteRange): Promise<Buffer> {
     if (range) validateRange(key, range);
     const { fh, size } = await this.open(key);
+    const start = range?.start ?? 0;
+    return this.readAll(key, fh, size, start, Buffer.allocUnsafe((range?.end ?? size) - start));
+  }
+
+  openFile(key: string): Promise<{ fh: fsp.FileHandle; size: number }> {
+    return this.open(key);
+  }
+
+  /** Fill buf from `start` of the open file, then close it. */
+  private async readAll(key: string, fh: fsp.FileHandle, size: number, start: number, buf: Buffer): Promise<Buffer> {
     try {
-      if (range) validateRange(key, range, size);
-      const start = range?.start ?? 0;
-      const len = (range?.end ?? size) - start;
-      const buf = Buffer.allocUnsafe(len);
+      validateRange(key, { start, end: start + buf.length }, size);
+      const len = buf.length;
       let off = 0;
       while (off < len) {
         const { bytesRead } = await fh.read(buf, off, len - off, start + off);
@@ -212,6 +220,7 @@ export class FileStore implements ObjectStore {
       await fh.close().catch(() => {});
     }
   }
+
 
   async head(key: string): Promise<ObjectInfo | null> {
     const p = this.pathOf(key);

@@ -1,3 +1,4 @@
+import type { FileHandle } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 
 /** One object as a listing reports it. */
@@ -60,6 +61,12 @@ export interface ObjectStore {
   get(key: string, range?: ByteRange): Promise<Readable>;
   /** The object's bytes (or a range) in memory; for small objects and bounded ranges only. */
   getBytes(key: string, range?: ByteRange): Promise<Buffer>;
+  /**
+   * Local stores: the object as an open file and its size (the caller closes it), so a reader of
+   * a whole layer reads it into its own buffers, or lets native jobs pread it, instead of moving
+   * a stream's pieces through JavaScript. Throws ObjectNotFoundError. Optional.
+   */
+  openFile?(key: string): Promise<{ fh: FileHandle; size: number }>;
   /** Size and mtime, or null when the key does not exist. */
   head(key: string): Promise<ObjectInfo | null>;
   /** Set the object's mtime to now, so gc's grace period protects a blob a new backup reuses.

@@ -63,9 +63,10 @@ export interface NativeSys {
   /** writeFiles for many zstd frames of one blob, still compressed (`blob`: the bytes holding
    *  them): each is decoded, checked against its sha256 and its whole files written, on the
    *  threadpool (native/sys/extract.c; frame records: EXTRACT_FRAME_RECORD in
-   *  src/restore/extract.ts). Rejects with code 'EDIGEST' when a frame is damaged (nothing of
-   *  it is written), else like fs. */
-  extractFrames(root: Buffer, blob: Buffer, frames: Buffer, files: Buffer, paths: Buffer): Promise<void>;
+   *  src/restore/extract.ts). `fd` not -1: the job first fills `blob` by pread from that file at
+   *  offset `at` (a local store's layer). Rejects with code 'EDIGEST' when a frame is damaged
+   *  (nothing of it is written), else like fs. */
+  extractFrames(root: Buffer, blob: Buffer, frames: Buffer, files: Buffer, paths: Buffer, fd: number, at: number): Promise<void>;
   /** mkdir (0700) and metadata (lchown, chmod, utimensat, never following symlinks) of many
    *  entries under `root`, in order, on the threadpool (native/sys/extract.c; records:
    *  FS_BATCH_RECORD in src/restore/extract.ts). Rejects like fs with the first failure. */
