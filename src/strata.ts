@@ -29,6 +29,7 @@ import type { CodecName, Toc, TocEntry } from './format/toc.js';
 import { buildView, type ViewNode } from './format/view.js';
 import { LayerWriter } from './format/writer.js';
 import { extractView, type ExtractStats } from './restore/extract.js';
+import { EarlyBodies } from './restore/early-body.js';
 import { loadIndex, pagedIndex } from './restore/index-source.js';
 import { defaultFuseBinary } from './restore/lazy/mount.js';
 import { removeLayerDir } from './restore/layers.js';
@@ -567,6 +568,7 @@ export class Strata {
       ...(extra.recovered !== undefined ? { recovered: extra.recovered } : {}),
       stats: { entries: extra.entries ?? m.layers.reduce((n, l) => n + l.entries, 0), bytes: extra.bytes ?? 0, requests: extra.requests ?? 0, layers: m.layers.length, ms: performance.now() - t0 },
     });
+    let bodies: EarlyBodies | undefined;
     try {
       if (mode === 'copy') {
         await this.workspaces.refuseMountedWorkspace(dir);
@@ -580,6 +582,8 @@ export class Strata {
       }
       // Lazy: the index alone (no TOC). Extract: the TOCs unpack the layers, the index gives the
       // workspace the base of its next backup; both are fetched at once.
+      // Extract from a remote store: the layers' data downloads start now, with their TOCs.
+      bodies = mode === 'extract' ? await EarlyBodies.start(this.store, this.home, m.layers) : undefined;
       const tocsP = mode === 'extract' ? Promise.all(m.layers.map((l) => fetchToc(this.store, l))) : undefined;
       tocsP?.catch(() => undefined); // awaited below; a failure must not go unhandled meanwhile
       // A manifest's own index does not need the TOCs: fetched alongside them.
@@ -610,12 +614,15 @@ export class Strata {
         index: { raw, head: paged?.head, root: paged?.head.root ?? index!.rootEntry(), desc: m.index, layers: indexed },
         ...(m.prefetch ? { prefetch: { desc: m.prefetch, ...(prefetch ? { raw: prefetch } : {}) } } : {}),
         ...(layerTocs ? { tocs: layerTocs } : {}),
+        ...(bodies ? { bodies } : {}),
       });
       tr.step('workspace mounted');
       return result(r);
     } catch (err) {
       if (err instanceof StrataError) throw err;
       throw new BackupRestoreError(`restore of backup ${m.id} into ${dir} failed: ${(err as Error).message}`, { cause: err });
+    } finally {
+      bodies?.close();
     }
   }
 

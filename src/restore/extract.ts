@@ -34,6 +34,8 @@ export interface ExtractOptions {
    * directory (a 0/0 character device; trusted.overlay.opaque=y), for a layer directory.
    */
   overlayMarkers?: boolean;
+  /** A one-layer unpack: that layer's data region, [0, tocOffset), already being read (early-body.ts). */
+  body?: Promise<NodeJS.ReadableStream>;
 }
 
 export interface ExtractStats {
@@ -461,6 +463,8 @@ export async function extractView(
       const pool: Buffer[] = [];
       // A local store's layer is one open file: native jobs pread their groups themselves.
       const local = store.openFile ? await store.openFile(key) : undefined;
+      // One stream for every span: read through the gaps, from offset 0.
+      const early = opts.body && layers.length === 1 ? new SpanReader(await opts.body, 0, key) : undefined;
       try {
         for (const span of spans(jobs, opts.maxGap ?? DEFAULT_MAX_GAP)) {
           stats.requests++;
@@ -468,7 +472,7 @@ export async function extractView(
             ? native
               ? undefined
               : new HandleReader(local.fh, key)
-            : new SpanReader(await store.get(key, { start: span.start, end: span.end }), span.start, key);
+            : (early ?? new SpanReader(await store.get(key, { start: span.start, end: span.end }), span.start, key));
           const pending: Promise<void>[] = [];
           try {
             for (let i = 0; i < span.frames.length; ) {
@@ -497,6 +501,7 @@ export async function extractView(
           }
         }
       } finally {
+        early?.close();
         await local?.fh.close();
       }
     }

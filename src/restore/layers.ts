@@ -18,6 +18,7 @@ import { parseDigest, type Toc } from '../format/toc.js';
 import type { ObjectStore } from '../store/store.js';
 import { extractView } from './extract.js';
 import { buildView } from '../format/view.js';
+import type { EarlyBodies, EarlyBody } from './early-body.js';
 
 export interface LayerDirs {
   /** Short relative names for overlay options, TOP FIRST, relative to `home`. */
@@ -69,7 +70,7 @@ export async function ensureLayerDirs(
   store: ObjectStore,
   home: string,
   layers: LayerDescriptor[],
-  opts: { tocs?: Toc[]; whole?: boolean; onWarning?: (m: string) => void } = {},
+  opts: { tocs?: Toc[]; whole?: boolean; bodies?: EarlyBodies; onWarning?: (m: string) => void } = {},
 ): Promise<LayerDirs> {
   if (opts.whole) {
     const done = await Promise.all(
@@ -86,7 +87,8 @@ export async function ensureLayerDirs(
     const dir = layerDir(home, d.digest);
     if (!(await exists(dir))) {
       await mkdir(join(dir, '..'), { recursive: true });
-      await unpackOnce(dir, async () => unpackFrom(store, d, opts.tocs?.[i] ?? (await fetchToc(store, d)), dir, opts.onWarning));
+      const body = opts.bodies?.take(d.digest);
+      await unpackOnce(dir, async () => unpackFrom(store, d, opts.tocs?.[i] ?? (await fetchToc(store, d)), dir, opts.onWarning, body));
     }
     lowers.unshift(await shortLink(home, d.digest));
   }
@@ -102,8 +104,8 @@ async function unpackOnce(dir: string, unpack: () => Promise<unknown>): Promise<
   }
 }
 
-function unpackFrom(store: ObjectStore, d: LayerDescriptor, toc: Toc, dir: string, onWarning?: (m: string) => void): Promise<unknown> {
-  return extractView(store, [d], buildView([toc], { keepWhiteouts: true }), dir, { overlayMarkers: true, ...(onWarning ? { onWarning } : {}) });
+function unpackFrom(store: ObjectStore, d: LayerDescriptor, toc: Toc, dir: string, onWarning?: (m: string) => void, body?: EarlyBody): Promise<unknown> {
+  return extractView(store, [d], buildView([toc], { keepWhiteouts: true }), dir, { overlayMarkers: true, ...(onWarning ? { onWarning } : {}), ...(body ? { body } : {}) });
 }
 
 /** Where a whole-unpacked layer keeps its TOC frame (verified again by its digest when read). */

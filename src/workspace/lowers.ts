@@ -10,6 +10,7 @@ import { BackupRestoreError } from '../errors.js';
 import type { Toc, TocEntry } from '../format/toc.js';
 import { topRoot } from '../format/view.js';
 import { ensureLayerDirs } from '../restore/layers.js';
+import type { EarlyBodies } from '../restore/early-body.js';
 import { access, mkdir, rm } from 'node:fs/promises';
 import { daemonRequest, ensureDaemon, listening } from '../restore/lazy/client.js';
 import { serveDetached, serverRecordPath } from '../restore/lazy/detached.js';
@@ -34,7 +35,7 @@ export interface Lowers {
    * Make the workspace's lowers available. `fresh`: its index was written just now from a
    * verified blob (no need to check it).
    */
-  mount(ws: Workspace, store: ObjectStore, opts?: { tocs?: Toc[] | undefined; fresh?: boolean }): Promise<MountedLowers>;
+  mount(ws: Workspace, store: ObjectStore, opts?: { tocs?: Toc[] | undefined; bodies?: EarlyBodies | undefined; fresh?: boolean }): Promise<MountedLowers>;
   /** Take down what mount made for this workspace (a dead FUSE mount too). */
   unmount(ws: Workspace): Promise<void>;
 }
@@ -47,8 +48,8 @@ export class ExtractLowers implements Lowers {
     private readonly warn: (msg: string) => void,
   ) {}
 
-  async mount(ws: Workspace, store: ObjectStore, opts: { tocs?: Toc[] | undefined } = {}): Promise<MountedLowers> {
-    const { lowers } = await ensureLayerDirs(store, this.home, ws.state.mounted, { ...(opts.tocs ? { tocs: opts.tocs } : {}), onWarning: this.warn });
+  async mount(ws: Workspace, store: ObjectStore, opts: { tocs?: Toc[] | undefined; bodies?: EarlyBodies | undefined } = {}): Promise<MountedLowers> {
+    const { lowers } = await ensureLayerDirs(store, this.home, ws.state.mounted, { ...(opts.tocs ? { tocs: opts.tocs } : {}), ...(opts.bodies ? { bodies: opts.bodies } : {}), onWarning: this.warn });
     return { lowers, tailRoot: opts.tocs ? topRoot(opts.tocs.slice(ws.viewed.length)) : undefined };
   }
 

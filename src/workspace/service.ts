@@ -5,6 +5,7 @@
  * drop it), status. What lies below the upper comes from a Lowers implementation: extract (layer
  * directories) or lazy (the restore daemon); nothing else here knows the difference.
  */
+import type { EarlyBodies } from '../restore/early-body.js';
 import { link, lstat, mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { TargetNotEmptyError, UnsavedChangesError, WorkspaceNotFoundError } from '../errors.js';
@@ -61,6 +62,8 @@ export interface PrepareSpec {
   index: { raw?: Buffer | undefined; head?: IndexHead | undefined; root: TocEntry; desc?: IndexDescriptor | undefined; layers: number };
   /** Extract: the layers' TOCs (layer directories are unpacked from them). */
   tocs?: Toc[];
+  /** Extract from a remote store: the layers' data GETs, started early (restore/early-body.ts). */
+  bodies?: EarlyBodies;
   /** The backup's prefetch record: its descriptor, and (lazy) its verified bytes. */
   prefetch?: { desc: PrefetchDescriptor; raw?: Buffer };
 }
@@ -171,7 +174,7 @@ export class WorkspaceService {
       // Verified by the caller; strata-fuse and the daemon fetch its frames first.
       if (spec.prefetch?.raw) await writeFile(prefetchPath(ws), spec.prefetch.raw);
       tr.step('workspace created, index written');
-      const { lowers, tailRoot } = await this.lowers[spec.mode].mount(ws, spec.store, { tocs: spec.tocs, fresh: true });
+      const { lowers, tailRoot } = await this.lowers[spec.mode].mount(ws, spec.store, { tocs: spec.tocs, bodies: spec.bodies, fresh: true });
       tr.step('lowers mounted');
       await ws.initUpperRoot(tailRoot ?? spec.index.root);
       await swapInto(dir, state === 'replace' ? 'replace' : 'absent', async () => {
