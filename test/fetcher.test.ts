@@ -17,6 +17,7 @@ import { Fetcher, type FetcherStartOptions, MSG_FETCH, MSG_HEADER_SIZE, MSG_MAGI
 import { viewChunks, type ViewChunk } from '../src/format/restore-index.js';
 import { buildView } from '../src/format/view.js';
 import { FileStore } from '../src/store/file.js';
+import { FRAME_BOUND } from '../src/format/writer.js';
 import { ProbeStore } from './helpers/probe-store.js';
 
 const KiB = 1024;
@@ -150,7 +151,8 @@ describe('an on-demand miss during hydration', () => {
     // A small-file frame in the middle of the blob: queued for hydration (with its neighbours all
     // around it) but far from what hydration, in blob order, is fetching now.
     const blobEnd = layers[0]!.size;
-    const target = chunks.find((c) => c.chunk.blobOffset > blobEnd * 0.6 && c.chunk.size <= 96 * KiB && !f.cache.has(c.chunk.digest))!;
+    const target = chunks.find((c) => c.chunk.blobOffset > blobEnd * 0.6 && c.chunk.size <= 2 * FRAME_BOUND && !f.cache.has(c.chunk.digest))!;
+    expect(target, 'a small-file frame past 60% of the blob').toBeDefined();
     const before = store.gets.length;
     const status = await fetchOverSocket(f.socketPath, target);
     expect(status).toBe(0);
