@@ -339,7 +339,12 @@ describe.each([
 
   it('gc keeps a live backup\'s prefetch record blob, and collects it with its expired backup', async () => {
     const e = await fresh();
-    const h = await e.strata.createBackup({ dir: srcA, ttl: 1 });
+    // A layer of 4 MiB, so 4000 refs scattered over it stay apart (over a small layer they
+    // overlap, merge, and the record may fit inline after all).
+    const src = join(work, `src-prefetch-${++seq}`);
+    await mkdir(src);
+    await writeFile(join(src, 'big.bin'), randomBytes(4 * 1024 * 1024));
+    const h = await e.strata.createBackup({ dir: src, ttl: 1 });
     const { manifest } = await e.strata.resolve(h);
     // A record too big to ride inline: 4000 scattered refs into the layer.
     const size = manifest.layers[0]!.size;
