@@ -585,25 +585,22 @@ export class Strata {
       // Extract from a remote store: the layers' data downloads start now, with their TOCs.
       bodies = mode === 'extract' ? await EarlyBodies.start(this.store, this.home, m.layers) : undefined;
       const tocsP = mode === 'extract' ? Promise.all(m.layers.map((l) => fetchToc(this.store, l))) : undefined;
-      tocsP?.catch(() => undefined); // awaited below; a failure must not go unhandled meanwhile
-      // A manifest's own index does not need the TOCs: fetched alongside them.
-      const tocs = m.index ? undefined : await tocsP;
       // Lazy: the prefetch record too, in parallel (a bad one costs its prefetch only).
       // Lazy from a paged index: its head (in the manifest) is all the mount needs; strata-fuse
       // loads the pages.
       const paged = mode === 'lazy' && m.index?.head !== undefined ? pagedIndex(m) : undefined;
-      const [{ raw, index, layers: indexed }, prefetch] = await Promise.all([
-        paged ?? loadIndex(this.store, m, tocs),
+      // A manifest's own index does not need the TOCs: fetched alongside them.
+      const [{ raw, index, layers: indexed }, prefetch, tocs] = await Promise.all([
+        paged ?? (m.index || !tocsP ? loadIndex(this.store, m) : tocsP.then((t) => loadIndex(this.store, m, t))),
         mode === 'lazy' && m.prefetch
           ? fetchPrefetch(this.store, m.prefetch, m.layers).catch((err: Error) => {
               this.warn(`the prefetch record of backup ${m.id} is not used: ${err.message}`);
               return undefined;
             })
           : undefined,
+        tocsP,
       ]);
       tr.step(raw ? `index (${raw.length} bytes)` : 'index head');
-      const layerTocs = tocs ?? (await tocsP);
-      if (tocsP) tr.step('tocs');
       const r = await this.workspaces.prepare({
         backupId: m.id,
         layers: m.layers,
@@ -613,7 +610,7 @@ export class Strata {
         force: !!options.force,
         index: { raw, head: paged?.head, root: paged?.head.root ?? index!.rootEntry(), desc: m.index, layers: indexed },
         ...(m.prefetch ? { prefetch: { desc: m.prefetch, ...(prefetch ? { raw: prefetch } : {}) } } : {}),
-        ...(layerTocs ? { tocs: layerTocs } : {}),
+        ...(tocs ? { tocs } : {}),
         ...(bodies ? { bodies } : {}),
       });
       tr.step('workspace mounted');

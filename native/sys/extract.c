@@ -244,8 +244,8 @@ static uint8_t *thread_scratch(void)
 	return scratch;
 }
 
-/* Runs on a threadpool thread: decode, check and write every frame in turn. */
-/* Fill the job's blob buffer from its layer file; a short file is damage. */
+/* Fill the job's blob buffer from its layer file; a short file is damage. The
+ * buffer is the caller's pooled one, lent to this job alone. */
 static bool read_blob(struct wf_job *job)
 {
 	uint8_t *buf = (uint8_t *)job->blob;
@@ -268,6 +268,7 @@ static bool read_blob(struct wf_job *job)
 	return true;
 }
 
+/* Runs on a threadpool thread: decode, check and write every frame in turn. */
 static void fx_execute(napi_env env, void *data)
 {
 	struct wf_job *job = data;

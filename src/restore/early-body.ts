@@ -5,12 +5,11 @@
  * network) runs from the first round trip, as a single archive GET would. Local stores read the
  * layer file itself (ObjectStore.openFile) and need none of this.
  */
-import { lstat } from 'node:fs/promises';
 import { PassThrough, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { layerKey, type LayerDescriptor } from '../format/reader.js';
 import type { ObjectStore } from '../store/store.js';
-import { layerDir } from './layers.js';
+import { hasLayerDir } from './layers.js';
 
 /** Bytes read ahead of the unpack: ~0.3 s of a 100 MB/s link, and the most it holds in memory. */
 export const EARLY_BYTES = 32 * 1024 * 1024;
@@ -27,7 +26,7 @@ export class EarlyBodies {
     if (store.openFile) return out;
     for (const d of layers) {
       if (d.tocOffset === 0 || out.bodies.has(d.digest)) continue;
-      if (await lstat(layerDir(home, d.digest)).then(() => true, () => false)) continue;
+      if (await hasLayerDir(home, d.digest)) continue;
       const body = store.get(layerKey(d), { start: 0, end: d.tocOffset }).then((src) => {
         // The writable side holds the read-ahead; the readable side only what one read takes.
         const buffered = new PassThrough({ writableHighWaterMark: EARLY_BYTES, readableHighWaterMark: 1024 * 1024 });

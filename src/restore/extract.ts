@@ -205,34 +205,8 @@ const POOLED_BYTES = GROUP_BYTES + 64 * 1024;
 /** extractFrames' frame record (native/sys/extract.c): offsets of its little-endian fields. */
 export const EXTRACT_FRAME_RECORD = { size: 64, offset: 0, length: 4, frameSize: 8, firstFile: 12, files: 16, blobOffset: 24, digest: 32 } as const;
 
-/** Where a layer's groups are read from: forward, [from, to) at a time. */
-interface GroupReader {
-  take(from: number, to: number, into?: Buffer): Promise<Buffer>;
-  close(): void;
-}
-
-/** A local store's layer file, read straight into the caller's buffer. */
-class HandleReader implements GroupReader {
-  constructor(
-    private readonly fh: FileHandle,
-    private readonly key: string,
-  ) {}
-
-  async take(from: number, to: number, into?: Buffer): Promise<Buffer> {
-    const buf = into && into.length >= to - from ? into.subarray(0, to - from) : Buffer.allocUnsafe(to - from);
-    for (let off = 0; off < buf.length; ) {
-      const { bytesRead } = await this.fh.read(buf, off, buf.length - off, from + off);
-      if (bytesRead === 0) throw new BackupRestoreError(`short read of ${this.key} at offset ${from + off}: the layer file is shorter than its TOC says`);
-      off += bytesRead;
-    }
-    return buf;
-  }
-
-  close(): void {}
-}
-
 /** A ranged GET's body, read forward: the bytes of [from, to) as one Buffer, one copy. */
-class SpanReader implements GroupReader {
+class SpanReader {
   private pieces: Buffer[] = [];
   private len = 0;
   private readonly it: AsyncIterator<Buffer>;
@@ -461,18 +435,15 @@ export async function extractView(
       };
       // Reused across groups: GROUPS_IN_FLIGHT in jobs plus the one being read.
       const pool: Buffer[] = [];
-      // A local store's layer is one open file: native jobs pread their groups themselves.
-      const local = store.openFile ? await store.openFile(key) : undefined;
+      // A local store's zstd layer is one open file: native jobs pread their groups themselves.
+      const local = native && store.openFile ? await store.openFile(key) : undefined;
       // One stream for every span: read through the gaps, from offset 0.
       const early = opts.body && layers.length === 1 ? new SpanReader(await opts.body, 0, key) : undefined;
       try {
         for (const span of spans(jobs, opts.maxGap ?? DEFAULT_MAX_GAP)) {
           stats.requests++;
-          const reader: GroupReader | undefined = local
-            ? native
-              ? undefined
-              : new HandleReader(local.fh, key)
-            : (early ?? new SpanReader(await store.get(key, { start: span.start, end: span.end }), span.start, key));
+          // No reader for a local layer: its native jobs pread their own groups.
+          const reader = local ? undefined : (early ?? new SpanReader(await store.get(key, { start: span.start, end: span.end }), span.start, key));
           const pending: Promise<void>[] = [];
           try {
             for (let i = 0; i < span.frames.length; ) {

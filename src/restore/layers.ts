@@ -31,6 +31,11 @@ export function layerDir(home: string, digest: string): string {
   return join(home, 'layers', parseDigest(digest), 'fs');
 }
 
+/** This host holds the layer's directory already (unpacked by an earlier restore). */
+export function hasLayerDir(home: string, digest: string): Promise<boolean> {
+  return exists(layerDir(home, digest));
+}
+
 async function exists(p: string): Promise<boolean> {
   try {
     await lstat(p);

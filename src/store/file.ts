@@ -221,7 +221,6 @@ export class FileStore implements ObjectStore {
     }
   }
 
-
   async head(key: string): Promise<ObjectInfo | null> {
     const p = this.pathOf(key);
     try {
