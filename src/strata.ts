@@ -147,6 +147,12 @@ interface Written {
   toc: Toc;
 }
 
+/** A new chain's restore index: a new one, or the parent's kept with the new layer in its tail. */
+interface StackedIndex {
+  index?: { raw: Buffer; desc: IndexDescriptor };
+  kept?: IndexDescriptor;
+}
+
 /** A handle, or a string naming a backup by id or by name. */
 export type BackupRef = BackupHandle | string;
 
@@ -246,6 +252,17 @@ export class Strata {
       let layer: Written | null;
       /** The parent chain's view, for the new restore index (incremental and diff backups). */
       let base: (() => Promise<ChainView>) | undefined;
+      /**
+       * The new chain's index, built and stored as soon as the layer's content is final: alongside
+       * the upload's last parts and the store's checks, not after them (a chain about to be merged
+       * waits for the merge instead).
+       */
+      let indexing: Promise<StackedIndex> | undefined;
+      const onFinished = (l: Written): void => {
+        if ((parent?.layers.length ?? 0) + 1 > this.maxChain) return;
+        indexing = this.stackedIndex(parent, base, l);
+        indexing.catch(() => undefined); // awaited below, unless the upload fails first
+      };
       if (incremental) {
         // A workspace: only what changed since its last backup or restore, over its chain.
         const previous = await incremental.loadCaptured();
@@ -256,7 +273,7 @@ export class Strata {
           const r = await captureUpper({ upper: incremental.upper, merged: dir }, previous, w, { onWarning: (m) => this.warn(m) });
           captured = r.captured;
           return r.changed;
-        });
+        }, onFinished);
       } else if (options.parent !== undefined) {
         // A plain directory against a parent backup: only the differences from its merged view.
         const rec = await this.resolve(options.parent);
@@ -268,6 +285,7 @@ export class Strata {
         base = async () => ({ view, layers: layers.map((l, i) => ({ digest: l.digest, prefetch: tocs[i]?.prefetch })) });
         layer = await this.writeLayer(dir, (w) =>
           captureDiff(dir, view, new Date(rec.manifest.createdAt), w, { onWarning: (m) => this.warn(m) }),
+          onFinished,
         );
       } else {
         layer = await this.writeLayer(dir, async (w) => {
@@ -279,7 +297,7 @@ export class Strata {
             nativeCaptureFor(w) ? (root, tree) => captureTreeNative(root, tree, w, { onWarning: (m) => this.warn(m), onProgress: (entries, bytes) => onProgress({ entries, bytes }) }) : undefined,
           );
           return 1;
-        });
+        }, onFinished);
       }
       tr.step('layer written and uploaded');
       let layers = [...(parent?.layers ?? []), ...(layer ? [layer.desc] : [])];
@@ -290,13 +308,7 @@ export class Strata {
         const merged = await this.mergeChain(layers, layer);
         layers = merged.layers;
         index = await this.putIndex(merged.index);
-      } else if (layer && parent && (kept = keptIndex(parent, layer.desc))) {
-        // A small layer over an indexed chain joins its tail: no new index to build or upload.
-      } else if (layer && base) {
-        index = await this.putIndex(stackLayer(await base(), layer.desc, layer.toc));
-      } else if (layer) {
-        index = await this.putIndex(stackLayer({ view: buildView([]), layers: [] }, layer.desc, layer.toc));
-      }
+      } else if (layer) ({ index, kept } = await (indexing ?? this.stackedIndex(parent, base, layer)));
       // Nothing changed (no layer, no merge): the chain, and so its index, is the parent's (below);
       // the workspace keeps its chain.index.
       tr.step(`restore index built and stored (${index ? `${index.raw.length} bytes, ${index.desc.size} compressed` : kept ? "the parent's, with a tail" : 'none'})`);
@@ -371,6 +383,18 @@ export class Strata {
   }
 
   /**
+   * The restore index of `layer` stacked on the parent chain (`base`: its view), uploaded; none
+   * when a small layer over an indexed chain joins that index's tail (kept). Reads only the
+   * layer's digest and TOC, so it may run while the layer is still being uploaded.
+   */
+  private async stackedIndex(parent: { layers: LayerDescriptor[]; index?: IndexDescriptor | undefined } | undefined, base: (() => Promise<ChainView>) | undefined, layer: Written): Promise<StackedIndex> {
+    const kept = parent ? keptIndex(parent, layer.desc) : undefined;
+    if (kept) return { kept };
+    const view = base ? await base() : { view: buildView([]), layers: [] };
+    return { index: await this.putIndex(stackLayer(view, layer.desc, layer.toc)) };
+  }
+
+  /**
    * Compress an encoded index and put its blob (content-addressed: an index already stored is only
    * refreshed for gc's grace). A small one rides inline in the manifest and is not uploaded.
    */
@@ -384,7 +408,7 @@ export class Strata {
    * Write one layer with `fill`, upload it (unless the store has it) and describe it. Returns
    * null when fill reports no change: an unchanged workspace adds no layer.
    */
-  private async writeLayer(dir: string, fill: (w: LayerWriter) => Promise<number>): Promise<Written | null> {
+  private async writeLayer(dir: string, fill: (w: LayerWriter) => Promise<number>, onFinished?: (layer: Written) => void): Promise<Written | null> {
     const tmpDir = join(this.home, 'tmp');
     await mkdir(tmpDir, { recursive: true, mode: 0o700 });
     await sweepDeadTemps(tmpDir);
@@ -400,40 +424,42 @@ export class Strata {
     try {
       const changed = await fill(writer);
       const layer = await writer.finish();
-      if (streamed) await this.uploaded(streamed, layer.size);
       if (changed === 0) {
-        if (streamed) await this.store.delete(streamed.key);
+        if (streamed) {
+          await this.uploaded(streamed, layer.size);
+          await this.store.delete(streamed.key);
+        }
         return null;
       }
+      const desc: LayerDescriptor = {
+        digest: layer.digest,
+        size: layer.size,
+        codec: codec.name,
+        tocOffset: layer.tocOffset,
+        tocLength: layer.tocLength,
+        tocSize: layer.tocSize,
+        tocDigest: layer.tocDigest,
+        entries: layer.entries,
+        dataBytes: layer.dataBytes,
+      };
+      // The content is final: what depends only on it (the restore index) starts now.
+      onFinished?.({ desc, toc: layer.toc });
       const key = blobKey(layer.digest);
-      /** Where a streamed upload stays: renaming it to its digest would copy it server side. */
-      let staged: string | undefined;
-      // Content-addressed: a blob already stored is not sent again, only refreshed for gc's grace.
-      if (await this.store.head(key)) {
-        await this.store.touch(key);
-        if (streamed) await this.store.delete(streamed.key);
-      } else if (streamed) staged = await this.locate(layer.digest, layer.size, streamed.key);
+      if (streamed) {
+        // The store's checks for an earlier copy need not wait for the upload's last parts.
+        const [have, prior] = await Promise.all([this.store.head(key), this.readLocator(layer.digest), this.uploaded(streamed, layer.size)]);
+        // Content-addressed: a blob already stored is kept, only refreshed for gc's grace; else
+        // the upload stays where it landed (a rename would copy it server side).
+        if (have) await Promise.all([this.store.touch(key), this.store.delete(streamed.key)]);
+        else desc.key = await this.locate(layer.digest, layer.size, streamed.key, prior);
+      } else if (await this.store.head(key)) await this.store.touch(key);
       else {
         await this.store.putFile(key, tmp, {
           onProgress: (bytes) => this.opts.onProgress?.({ phase: 'upload', bytes, totalBytes: layer.size }),
           move: true, // removed in finally either way
         });
       }
-      return {
-        desc: {
-          digest: layer.digest,
-          size: layer.size,
-          codec: codec.name,
-          tocOffset: layer.tocOffset,
-          tocLength: layer.tocLength,
-          tocSize: layer.tocSize,
-          tocDigest: layer.tocDigest,
-          entries: layer.entries,
-          dataBytes: layer.dataBytes,
-          ...(staged ? { key: staged } : {}),
-        },
-        toc: layer.toc,
-      };
+      return { desc, toc: layer.toc };
     } catch (err) {
       await writer.abort();
       if (streamed) {
@@ -454,23 +480,25 @@ export class Strata {
    * content already (named by its locator, and still there at this size) is kept and ours
    * deleted; else ours, with a locator naming it for the next backup of the same content.
    */
-  private async locate(digest: string, size: number, uploaded: string): Promise<string> {
+  private async locate(digest: string, size: number, uploaded: string, prior: string | undefined): Promise<string> {
     const loc = locatorKey(digest);
-    let prior: string | undefined;
-    try {
-      prior = (await this.store.getBytes(loc)).toString();
-    } catch (err) {
-      if (!(err instanceof ObjectNotFoundError)) throw err;
-    }
     if (prior !== undefined && prior !== uploaded && STAGED_KEY_RE.test(prior) && (await this.store.head(prior))?.size === size) {
       // Refreshed for gc's grace, as a reused digest-named blob is.
-      await this.store.touch(prior);
-      await this.store.touch(loc);
-      await this.store.delete(uploaded);
+      await Promise.all([this.store.touch(prior), this.store.touch(loc), this.store.delete(uploaded)]);
       return prior;
     }
     await this.store.putBytes(loc, Buffer.from(uploaded));
     return uploaded;
+  }
+
+  /** The staging key a locator names, if there is one. */
+  private async readLocator(digest: string): Promise<string | undefined> {
+    try {
+      return (await this.store.getBytes(locatorKey(digest))).toString();
+    } catch (err) {
+      if (err instanceof ObjectNotFoundError) return undefined;
+      throw err;
+    }
   }
 
   /**
