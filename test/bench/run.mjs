@@ -19,7 +19,7 @@ import { fileURLToPath } from 'node:url';
 import { squashfsBackup, tarBackup, strataBackup, squashfsRestore, squashfuseLl, tarRestore, strataRestore, loadStrata } from './contenders.mjs';
 import { GENERATOR_VERSION, parseSize, plan, write } from './gen.mjs';
 import { mergeResults, render } from './report.mjs';
-import { dropCaches, deletePrefix, loadavg, now, q, run, sh, shaperCall, startServer } from './util.mjs';
+import { dropCaches, deletePrefix, loadavg, now, prober, q, run, sh, shaperCall, startServer } from './util.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const repo = resolve(here, '..', '..');
@@ -329,15 +329,17 @@ async function runRestores(ctx, lib, tree, arts, unavailable, sizeName) {
         const tcs = now();
         await coldStart([objectDir(arts[c.method].prefix)]);
         if (process.env.BENCH_DEBUG) log(`    cold start ${(now() - tcs).toFixed(0)} ms`);
+        const probes = prober();
+        await probes.probe('true'); // started before the clock, as the sandbox's shell would be
         const s0 = await stats();
         const cpu0 = serverCpuMs();
         const t0 = now();
         const h = await c.restore(arts[c.method], target);
         const returned = now() - t0;
         try {
-          await run('ls', [target], { stdout: 'ignore' });
+          await probes.probe(`ls ${q(target)}`);
           const ready = now() - t0;
-          await run('cat', [join(target, 'package.json')], { stdout: 'ignore' });
+          await probes.probe(`cat ${q(join(target, 'package.json'))}`);
           const first = now() - t0;
           const w = await run(process.execPath, ['app.js'], { cwd: target });
           const work = now() - t0;
@@ -368,6 +370,7 @@ async function runRestores(ctx, lib, tree, arts, unavailable, sizeName) {
           out[c.id].runs.push(rec);
           log(`  restore ${c.id.padEnd(21)} run ${r + 1}: ready ${(ready / 1000).toFixed(2)} s, workload done ${(work / 1000).toFixed(2)} s (${(dw.bytesOut / 1e6).toFixed(1)} MB, ${dw.requests} requests), fully local ${rec.full === undefined ? '–' : `${(full / 1000).toFixed(2)} s`}`);
         } finally {
+          probes.close();
           const tc = now();
           await h.cleanup();
           if (process.env.BENCH_DEBUG) log(`    cleanup ${c.id} ${(now() - tc).toFixed(0)} ms`);

@@ -33,6 +33,39 @@ export function run(cmd, args = [], opts = {}) {
 
 export const sh = (script, opts) => run('bash', ['-o', 'pipefail', '-c', script], opts);
 
+/**
+ * A shell kept running for the timed probes (`ls`, `cat` right after a restore): a fork of this
+ * process, which holds the results and the S3 client, costs several ms more than a fork of a small
+ * shell, and that belongs to the harness, not to the file system measured. `probe(cmd)` runs one
+ * command there and resolves when it has exited (rejects if it failed).
+ */
+export function prober() {
+  const child = spawn('bash', ['--norc', '--noprofile'], { stdio: ['pipe', 'pipe', 'inherit'] });
+  let buf = '';
+  const waiting = [];
+  child.stdout.setEncoding('utf8');
+  child.stdout.on('data', (d) => {
+    buf += d;
+    let nl;
+    while ((nl = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, nl);
+      buf = buf.slice(nl + 1);
+      waiting.shift()?.(line);
+    }
+  });
+  return {
+    probe(cmd) {
+      return new Promise((resolve, reject) => {
+        waiting.push((line) => (line === 'rc 0' ? resolve() : reject(new Error(`${cmd} failed (${line})`))));
+        child.stdin.write(`${cmd} > /dev/null 2>&1; echo "rc $?"\n`);
+      });
+    },
+    close() {
+      child.stdin.end();
+    },
+  };
+}
+
 /** Write back dirty pages and drop the page cache, dentries and inodes. */
 export async function dropCaches() {
   await run('sync');
