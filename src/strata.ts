@@ -145,6 +145,8 @@ export interface BackupInfo extends BackupHandle {
 interface Written {
   desc: LayerDescriptor;
   toc: Toc;
+  /** The locator of a new staged layer, still being written (a hint: never fails the backup). */
+  located?: Promise<void>;
 }
 
 /** A new chain's restore index: a new one, or the parent's kept with the new layer in its tail. */
@@ -330,7 +332,7 @@ export class Strata {
       else if (kept) manifest.index = kept;
       else if (parent?.index && !layer) manifest.index = parent.index;
       // Written last: the backup exists once this lands, and not before.
-      const digest = await putManifest(this.store, manifest);
+      const [digest] = await Promise.all([putManifest(this.store, manifest), layer?.located]);
       if (incremental && captured) await this.workspaces.commit(incremental, { backupId: manifest.id, layers, captured, index, prefetch, ...(kept ? { kept } : {}) });
       return handleOf(manifest, digest);
     } catch (err) {
@@ -451,7 +453,11 @@ export class Strata {
         // Content-addressed: a blob already stored is kept, only refreshed for gc's grace; else
         // the upload stays where it landed (a rename would copy it server side).
         if (have) await Promise.all([this.store.touch(key), this.store.delete(streamed.key)]);
-        else desc.key = await this.locate(layer.digest, layer.size, streamed.key, prior);
+        else {
+          const at = await this.locate(layer.digest, layer.size, streamed.key, prior);
+          desc.key = at.key;
+          if (at.located) return { desc, toc: layer.toc, located: at.located };
+        }
       } else if (await this.store.head(key)) await this.store.touch(key);
       else {
         await this.store.putFile(key, tmp, {
@@ -480,15 +486,19 @@ export class Strata {
    * content already (named by its locator, and still there at this size) is kept and ours
    * deleted; else ours, with a locator naming it for the next backup of the same content.
    */
-  private async locate(digest: string, size: number, uploaded: string, prior: string | undefined): Promise<string> {
+  private async locate(digest: string, size: number, uploaded: string, prior: string | undefined): Promise<{ key: string; located?: Promise<void> }> {
     const loc = locatorKey(digest);
     if (prior !== undefined && prior !== uploaded && STAGED_KEY_RE.test(prior) && (await this.store.head(prior))?.size === size) {
       // Refreshed for gc's grace, as a reused digest-named blob is.
       await Promise.all([this.store.touch(prior), this.store.touch(loc), this.store.delete(uploaded)]);
-      return prior;
+      return { key: prior };
     }
-    await this.store.putBytes(loc, Buffer.from(uploaded));
-    return uploaded;
+    // Written alongside the manifest, not before it: a locator only saves a later backup an
+    // upload, so one that does not land costs that, and the backup stands.
+    const located = this.store.putBytes(loc, Buffer.from(uploaded)).catch((err: Error) => {
+      this.warn(`the locator of layer ${digest} was not stored (a later backup of the same content uploads it again): ${err.message}`);
+    });
+    return { key: uploaded, located };
   }
 
   /** The staging key a locator names, if there is one. */

@@ -1,7 +1,8 @@
 /**
  * The read-ahead of an extract's early data GET (src/restore/early-body.ts): it holds at most its
- * limit while nobody reads, at most the lowered limit once the unpack reads, and hands on src's
- * bytes, end and errors unchanged.
+ * limit while nobody reads; once the unpack reads, its limit follows the bottleneck (down to its
+ * low limit behind a slow unpack, back up behind a slow link); it hands on src's bytes, end and
+ * errors unchanged.
  */
 import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
@@ -46,20 +47,49 @@ describe('ReadAhead', () => {
     expect(src.pulled).toBe(400 * 16 * KiB);
   });
 
-  it('after a shrink, holds at most the new limit and a chunk once what was queued is read', async () => {
-    const src = source(200, 16 * KiB);
-    const ra = new ReadAhead(src, 512 * KiB);
+  it('once read from, falls to its low limit when the consumer is the bottleneck', async () => {
+    const src = source(400, 16 * KiB); // a source far faster than the reader below
+    const ra = new ReadAhead(src, 512 * KiB, 32 * KiB);
     await sleep(20);
-    ra.shrink(32 * KiB);
-    const sizes: number[] = [];
+    ra.reading();
+    const held: number[] = [];
     let read = 0;
     for await (const b of ra) {
       read += (b as Buffer).length;
-      if (read > 1024 * KiB) sizes.push(ra.buffered);
-      await sleep(0);
+      if (read > 1024 * KiB) held.push(ra.buffered);
+      await sleep(1); // a slow unpack
     }
-    expect(read).toBe(200 * 16 * KiB);
-    expect(Math.max(...sizes)).toBeLessThanOrEqual(32 * KiB + 16 * KiB);
+    expect(read).toBe(400 * 16 * KiB);
+    expect(ra.limit).toBe(32 * KiB);
+    expect(Math.max(...held)).toBeLessThanOrEqual(64 * KiB + 16 * KiB);
+  });
+
+  it('once read from, climbs back to its early limit when the source is the bottleneck', async () => {
+    // A slow source (a link): a chunk every 2 ms, read at once.
+    let i = 0;
+    const src = new Readable({
+      read() {
+        if (i === 60) return void this.push(null);
+        setTimeout(() => this.push(Buffer.alloc(16 * KiB, i++)), 2);
+      },
+    });
+    const ra = new ReadAhead(src, 256 * KiB, 32 * KiB);
+    ra.reading();
+    let read = 0;
+    let stalled = false;
+    let least = ra.limit;
+    for await (const b of ra) {
+      read += (b as Buffer).length;
+      least = Math.min(least, ra.limit);
+      // One stall of the unpack: the queue fills and the limit halves, then recovers.
+      if (!stalled && read >= 8 * 16 * KiB) {
+        stalled = true;
+        await sleep(100);
+      }
+    }
+    expect(read).toBe(60 * 16 * KiB);
+    expect(least).toBeLessThan(256 * KiB); // the stall filled the queue
+    expect(ra.limit).toBe(256 * KiB);
   });
 
   it("passes src's error on, and destroying it destroys src", async () => {

@@ -123,3 +123,45 @@ it('a manifest may point a layer only at a staging name', async () => {
     expect(() => decodeManifest(Buffer.from(JSON.stringify(m))), String(key)).toThrow(/layer 0 key/);
   }
 }, 120_000);
+
+it('a locator that cannot be stored costs a later backup an upload, never this backup', async () => {
+  const src = join(work, 'src-noloc');
+  await mkdir(src);
+  await writeFile(join(src, 'a.bin'), prng(3000, 12 * MiB));
+  await writeFile(join(src, 'b.txt'), 'beside it\n');
+  const base = s3StoreFor(s3, { endpoint: proxy.endpoint, partSize: 5 * MiB, queueSize: 2 });
+  let refused = 0;
+  const store = new Proxy(base, {
+    get(target, prop) {
+      if (prop === 'putBytes')
+        return async (key: string, body: Buffer) => {
+          if (key.startsWith('blobs/at/')) {
+            refused++;
+            throw new Error('locator write refused');
+          }
+          return target.putBytes(key, body);
+        };
+      const v = Reflect.get(target, prop) as unknown;
+      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+    },
+  });
+  const warnings: string[] = [];
+  const strata = new Strata({ home: join(work, 'home-noloc'), store, mode: 'copy', onWarning: (w) => warnings.push(w) });
+  const h = await strata.createBackup({ dir: src });
+  expect(refused).toBe(1);
+  expect(warnings.some((w) => w.includes('locator') && w.includes('locator write refused'))).toBe(true);
+  const layer = (await strata.getBackup(h.id)).layers[0]!;
+  expect(layer.key).toMatch(/^blobs\/staging\//);
+  expect(await keys(`blobs/at/${layer.digest.slice(7)}`)).toEqual([]);
+  // Without the locator the next backup of the same tree keeps its own upload; both restore.
+  const h2 = await strata.createBackup({ dir: src });
+  const layer2 = (await strata.getBackup(h2.id)).layers[0]!;
+  expect(layer2.digest).toBe(layer.digest);
+  expect(layer2.key).not.toBe(layer.key);
+  for (const [i, hh] of [h, h2].entries()) {
+    const out = join(work, `out-noloc-${i}`);
+    await strata.restoreBackup(hh, { dir: out });
+    expect(diffTrees(await summarize(src), await summarize(out))).toEqual([]);
+  }
+  base.close();
+}, 120_000);

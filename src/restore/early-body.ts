@@ -13,32 +13,45 @@ import { hasLayerDir } from './layers.js';
 /** Bytes read ahead of the unpack: ~0.3 s of a 100 MB/s link, and the most it holds in memory. */
 export const EARLY_BYTES = 32 * 1024 * 1024;
 /**
- * Bytes read ahead once the unpack reads. Socket chunks that wait longer than a few young-
+ * The least read ahead once the unpack reads. Socket chunks that wait longer than a few young-
  * generation collections are promoted, and only a full collection frees their memory: with 32
- * MiB queued all along, a cold extract of a 100k-entry tree ran 24–30 full collections of its
- * ~110 MB heap (TOC and plan) and took 7.8–8.6 s; with 1 MiB, 3 collections and 6.9 s.
+ * MiB queued all along, a cold extract of a 100k-entry tree from the unshaped S3 server (where the
+ * unpack, not the link, is the bottleneck) ran 24–30 full collections of its ~110 MB heap (TOC
+ * and plan) and took 7.8–8.6 s; with 1 MiB, 3 and 6.9 s. Over a 100 MB/s link 1 MiB all along
+ * lost 10–16% instead: the unpack's stalls (directories, a collection) idled the link.
  */
 export const STEADY_BYTES = 1024 * 1024;
 
 /**
- * A stream that reads `src` ahead of its consumer, up to a limit that can be lowered once the
- * consumer is there (shrink). Bytes, order, end and errors are src's.
+ * A stream that reads `src` ahead of its consumer. Until reading() it reads up to `early`
+ * bytes ahead; from then on its limit adapts between `low` and `early`: halved each time the
+ * queue fills up to it (the consumer is the bottleneck, and a queue that stays full only ages its
+ * chunks), doubled each time the consumer finds the queue empty (the link is, and the next stall
+ * of the consumer needs room). Bytes, order, end and errors are src's.
  */
 export class ReadAhead extends Readable {
   private readonly queue: Buffer[] = [];
   private queued = 0;
   private wanted = false;
   private ended = false;
+  private adapting = false;
+  private current: number;
 
   constructor(
     private readonly src: Readable,
-    private limit: number,
+    private readonly early: number,
+    private readonly low: number = STEADY_BYTES,
   ) {
-    super({ highWaterMark: STEADY_BYTES });
+    // A small buffer of its own: what waits, waits in the queue, where the limit sees it.
+    super({ highWaterMark: 64 * 1024 });
+    this.current = early;
     src.on('data', (b: Buffer) => {
       this.queue.push(b);
       this.queued += b.length;
-      if (this.queued >= this.limit) src.pause();
+      if (this.queued >= this.current) {
+        if (this.adapting) this.current = Math.max(this.low, this.current / 2);
+        src.pause();
+      }
       this.flush();
     });
     src.on('end', () => {
@@ -48,19 +61,25 @@ export class ReadAhead extends Readable {
     src.on('error', (err) => this.destroy(err));
   }
 
-  /** Read ahead at most `limit` bytes from now on. */
-  shrink(limit: number): void {
-    this.limit = Math.min(this.limit, limit);
-    if (this.queued >= this.limit) this.src.pause();
+  /** The consumer reads from now on: the limit adapts (above). */
+  reading(): void {
+    this.adapting = true;
   }
 
   /** Bytes read from src and not yet taken by the consumer. */
   get buffered(): number {
-    return this.queued;
+    return this.queued + this.readableLength;
+  }
+
+  /** How far ahead it reads now. */
+  get limit(): number {
+    return this.current;
   }
 
   override _read(): void {
     this.wanted = true;
+    // Nothing held at all: the consumer waits for the source.
+    if (this.adapting && this.queue.length === 0 && this.readableLength === 0 && !this.ended) this.current = Math.min(this.early, this.current * 2);
     this.flush();
   }
 
@@ -79,7 +98,7 @@ export class ReadAhead extends Readable {
       this.push(null);
       return;
     }
-    if (this.queued < this.limit && this.src.isPaused()) this.src.resume();
+    if (this.queued < this.current && this.src.isPaused()) this.src.resume();
   }
 }
 
@@ -108,7 +127,7 @@ export class EarlyBodies {
     const b = this.bodies.get(digest);
     this.bodies.delete(digest);
     return b?.then((r) => {
-      r.shrink(STEADY_BYTES);
+      r.reading();
       return r;
     });
   }
