@@ -447,6 +447,7 @@ export class Strata {
       // The content is final: what depends only on it (the restore index) starts now.
       onFinished?.({ desc, toc: layer.toc });
       const key = blobKey(layer.digest);
+      let located: Promise<void> | undefined;
       if (streamed) {
         // The store's checks for an earlier copy need not wait for the upload's last parts.
         const [have, prior] = await Promise.all([this.store.head(key), this.readLocator(layer.digest), this.uploaded(streamed, layer.size)]);
@@ -454,9 +455,7 @@ export class Strata {
         // the upload stays where it landed (a rename would copy it server side).
         if (have) await Promise.all([this.store.touch(key), this.store.delete(streamed.key)]);
         else {
-          const at = await this.locate(layer.digest, layer.size, streamed.key, prior);
-          desc.key = at.key;
-          if (at.located) return { desc, toc: layer.toc, located: at.located };
+          ({ key: desc.key, located } = await this.locate(layer.digest, layer.size, streamed.key, prior));
         }
       } else if (await this.store.head(key)) await this.store.touch(key);
       else {
@@ -465,7 +464,7 @@ export class Strata {
           move: true, // removed in finally either way
         });
       }
-      return { desc, toc: layer.toc };
+      return { desc, toc: layer.toc, ...(located ? { located } : {}) };
     } catch (err) {
       await writer.abort();
       if (streamed) {
@@ -552,6 +551,7 @@ export class Strata {
       return n?.entry;
     };
     const merged = await this.writeLayer('(merged layers)', (w) => squashLayers(this.store, top, all.slice(split), w, find));
+    await merged?.located; // the backup's own layer's locator is awaited with the manifest; this one here
     const out = merged ? [...keep, merged.desc] : keep;
     const tocs = merged ? [...all.slice(0, split), merged.toc] : all.slice(0, split);
     return { layers: out, index: encodeIndex(buildView(tocs), out.map((l, i) => ({ digest: l.digest, prefetch: tocs[i]?.prefetch }))) };
