@@ -27,9 +27,9 @@ node-deps: node_modules/.package-lock.json
 deps: system-deps node-deps
 
 # The N-API addon: syscalls Node lacks (xattrs, mknod, utimensat with ns, SEEK_DATA) and zstd.
-build/strata_sys.node: native/sys/strata_sys.c native/sys/codec.c native/sys/scan.c native/sys/extract.c native/sys/capture.c native/sys/tar.c native/sys/sys.h | system-deps
+build/strata_sys.node: native/sys/strata_sys.c native/sys/codec.c native/sys/scan.c native/sys/extract.c native/sys/capture.c native/sys/tar.c native/sys/mount.c native/sys/spawn.c native/sys/sys.h | system-deps
 	@mkdir -p build
-	$(CC) $(CFLAGS) -fPIC -shared -I$(NODE_INCLUDE) -o $@ native/sys/strata_sys.c native/sys/codec.c native/sys/scan.c native/sys/extract.c native/sys/capture.c native/sys/tar.c -lzstd -lcrypto -lpthread
+	$(CC) $(CFLAGS) -fPIC -shared -I$(NODE_INCLUDE) -o $@ native/sys/strata_sys.c native/sys/codec.c native/sys/scan.c native/sys/extract.c native/sys/capture.c native/sys/tar.c native/sys/mount.c native/sys/spawn.c -lzstd -lcrypto -lpthread
 
 native: build/strata_sys.node build/strata-fuse
 

@@ -6,12 +6,12 @@
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { availableParallelism, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { Strata } from '../src/index.js';
+import { type BackupHandle, Strata } from '../src/index.js';
 import { blobKey, layerKey } from '../src/format/reader.js';
 import { encodePrefetch, type PrefetchRef } from '../src/format/prefetch.js';
 import type { Toc } from '../src/format/toc.js';
@@ -19,12 +19,12 @@ import { buildView, findNode } from '../src/format/view.js';
 import type { LayerDescriptor } from '../src/format/reader.js';
 import { defaultFuseBinary, type LazyMount, mirrorPath, mountLazy, type MountLazyOptions, unmountPath } from '../src/restore/lazy/mount.js';
 import { fetchIndex, fetchToc } from '../src/store/blobs.js';
-import { decodeHead, packIndex, RestoreIndex } from '../src/format/restore-index.js';
+import { decodeHead, type IndexDescriptor, type IndexHead, packIndex, WARM_PAGES, warmPages } from '../src/format/restore-index.js';
 import { putManifest } from '../src/store/catalog.js';
 import type { S3Store } from '../src/store/s3.js';
 import { sys } from '../src/sys/native.js';
 import { need } from './helpers/caps.js';
-import { type Fault, type FaultProxy, startFaultProxy } from './helpers/faultproxy.js';
+import { type Fault, type FaultProxy, type LogEntry, startFaultProxy } from './helpers/faultproxy.js';
 import { prng } from './helpers/fidelity.js';
 import { s3StoreFor, type S3TestServer, startS3Server } from './helpers/s3server.js';
 import { diffTrees, summarize } from './helpers/tree.js';
@@ -367,23 +367,112 @@ describe.runIf(RUN)('strata-fuse fetching s3:// layers itself', () => {
     }
   });
 
-  it('a paged index over s3://: strata-fuse GETs its pages with a presigned URL into the host cache, a torn page there is fetched again, and the whole index is written out', async () => {
-    const home = join(caseDir, 'home');
-    const ws = join(caseDir, 'ws');
-    const st0 = store();
-    const s = new Strata({ home, store: st0, mode: 'lazy', hydrate: false });
-    const { manifest: m } = await s.resolve((await s.listBackups())[0]!);
-    // The same backup with its index paged in 4 KiB pages (never inline).
+  /**
+   * A backup of `many` (the suite's tree and 1,500 small modules more, so that its index spans
+   * more pages than strata-fuse loads before the mount), its index paged in 4 KiB pages (never
+   * inline), under a new id.
+   */
+  let many: { dir: string; handle: BackupHandle } | undefined;
+  async function pagedCopy(st0: S3Store, s: Strata): Promise<{ id: string; dir: string; raw: Buffer; blob: Buffer; desc: IndexDescriptor; head: IndexHead; pages: IndexHead['pages'] }> {
+    if (!many) {
+      const dir = join(work, 'many');
+      await cp(src, dir, { recursive: true });
+      for (let d = 0; d < 30; d++) await mkdir(join(dir, 'pkgs', `p${d}`), { recursive: true });
+      for (let i = 0; i < 1500; i++) await writeFile(join(dir, 'pkgs', `p${i % 30}`, `module-${i.toString(36)}.js`), `module.exports = ${i};\n`);
+      many = { dir, handle: await new Strata({ home: join(work, 'home-many'), store: s3StoreFor(s3, { url: `${s3.url}/native` }) }).createBackup({ dir }) };
+    }
+    const { manifest: m } = await s.resolve(many.handle);
     const raw = await fetchIndex(st0, m.index!);
     const { blob, desc } = await packIndex(raw, 4096, 0);
     await st0.putBytes(blobKey(desc.digest), blob);
     const id = m.id.slice(0, -4) + 'cccc';
     await putManifest(st0, { ...m, id, index: desc });
-    const pages = decodeHead(Buffer.from(desc.head!, 'base64'), desc).pages;
+    const head = decodeHead(Buffer.from(desc.head!, 'base64'), desc);
+    return { id, dir: many.dir, raw, blob, desc, head, pages: head.pages };
+  }
+
+  /** [first, last] byte of a GET's Range header. */
+  const rangeOf = (e: { range?: string }): [number, number] => {
+    const m = /bytes=(\d+)-(\d+)/.exec(e.range ?? '')!;
+    return [Number(m[1]), Number(m[2])];
+  };
+
+  it('a paged index over s3://: the restore seeds the pages the mount needs, so strata-fuse mounts without fetching them; a seed page that lies is refused and fetched', async () => {
+    const home = join(caseDir, 'home');
+    const st0 = store();
+    const s = new Strata({ home, store: st0, mode: 'lazy', hydrate: false });
+    const { id, dir, desc, head, pages } = await pagedCopy(st0, s);
+    const warm = warmPages(head);
+    expect(pages.length).toBeGreaterThan(WARM_PAGES);
+    const indexGets = (): LogEntry[] => proxy.log.filter((e) => e.op === 'GetObject' && e.key.endsWith(blobKey(desc.digest)));
+    const overlaps = (e: LogEntry, p: number): boolean => {
+      const [a, b] = rangeOf(e);
+      return a < pages[p]!.blobOffset + pages[p]!.blobLength && b >= pages[p]!.blobOffset;
+    };
+    proxy.reset();
+    // strata-fuse's own GETs of the index blob (presigned URLs) all fail: the mount must not
+    // need one. Files whose pages were not seeded fail to read until the store is sound again.
+    proxy.setRules([{ op: 'GetObject', key: new RegExp(`${blobKey(desc.digest)}$`), when: (r) => r.query.has('X-Amz-Signature'), fault: { kind: 'status', status: 500, code: 'InternalError' } }]);
+    const ws = join(caseDir, 'ws');
+    try {
+      await s.restoreBackup(id, { dir: ws });
+      // The root and a file at the top, from the seeded pages alone.
+      expect((await readdir(ws)).sort()).toEqual((await readdir(dir)).sort());
+      expect(await readFile(join(ws, 'hello.txt'), 'utf8')).toBe('hello, world\n');
+      // The restoring process's GETs (signed by the SDK) are the warm pages, every one of them.
+      const seeded = indexGets().filter((e) => !e.presigned);
+      expect(warm.every((p) => seeded.some((e) => overlaps(e, p)))).toBe(true);
+      const wsId = (await s.status(ws))[0]!.workspace;
+      expect(existsSync(join(home, 'workspaces', wsId, 'mount.seed')), 'the seed is removed once strata-fuse is up').toBe(false);
+      // The guard was on: strata-fuse's background loader asked for the other pages and was refused.
+      for (let i = 0; i < 100 && !indexGets().some((e) => e.presigned && e.status === 500); i++) await new Promise((r) => setTimeout(r, 50));
+      expect(indexGets().some((e) => e.presigned && e.status === 500)).toBe(true);
+      proxy.setRules([]);
+      // Sound again: the whole tree reads right (refused pages are fetched anew).
+      expect(diffTrees(await summarize(dir), await summarize(ws))).toEqual([]);
+    } finally {
+      proxy.setRules([]);
+      await s.unmount(ws, { discard: true }).catch(() => undefined);
+    }
+
+    // A store client that lies about one warm page: strata-fuse refuses it and fetches the page.
+    const lie = warm[warm.length - 1]!;
+    const liar = new Proxy(st0, {
+      get(t, p) {
+        if (p === 'getBytes')
+          return async (key: string, range?: { start: number; end: number }) => {
+            const b = Buffer.from(await t.getBytes(key, range));
+            const at = pages[lie]!.blobOffset + (pages[lie]!.blobLength >> 1) - (range?.start ?? 0);
+            if (key === blobKey(desc.digest) && at >= 0 && at < b.length) b[at]! ^= 0x01;
+            return b;
+          };
+        const v = Reflect.get(t, p) as unknown;
+        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(t) : v;
+      },
+    });
+    const home2 = join(caseDir, 'home2');
+    const ws2 = join(caseDir, 'ws2');
+    const s2 = new Strata({ home: home2, store: liar, mode: 'lazy', hydrate: false });
+    proxy.reset();
+    await s2.restoreBackup(id, { dir: ws2 });
+    try {
+      expect(diffTrees(await summarize(dir), await summarize(ws2))).toEqual([]);
+      expect(indexGets().some((e) => e.presigned && overlaps(e, lie)), 'the lying page fetched by strata-fuse').toBe(true);
+      expect(await readFile(join(home2, 'run', 'daemon.log'), 'utf8')).toMatch(new RegExp(`page ${lie} of the index (does not match its digest|does not decompress)[^\n]*; it is fetched instead`));
+    } finally {
+      await s2.unmount(ws2, { discard: true }).catch(() => undefined);
+    }
+  });
+
+  it('a paged index over s3://: strata-fuse GETs its pages with a presigned URL into the host cache, a torn page there is fetched again, and the whole index is written out', async () => {
+    const home = join(caseDir, 'home');
+    const ws = join(caseDir, 'ws');
+    const st0 = store();
+    const s = new Strata({ home, store: st0, mode: 'lazy', hydrate: false });
+    const { id, dir, raw, blob, desc, head, pages } = await pagedCopy(st0, s);
     // A page strata-fuse does not load before the mount (sx_index_warm: two at each section's
     // start), already in the host cache's mirror but torn: it must be fetched again.
-    const ix = RestoreIndex.parse(raw);
-    const warm = new Set([0, ix.off.dirents, ix.off.xattrs, ix.off.strings].flatMap((o) => [Math.floor(o / 4096), Math.floor(o / 4096) + 1]));
+    const warm = new Set(warmPages(head));
     const torn = [...pages.keys()].find((p) => !warm.has(p))!;
     expect(torn).toBeDefined();
     const mirror = mirrorPath(join(home, 'cache', 'chunks'), desc.digest);
@@ -395,8 +484,8 @@ describe.runIf(RUN)('strata-fuse fetching s3:// layers itself', () => {
     proxy.reset();
     try {
       await s.restoreBackup(id, { dir: ws });
-      expect(diffTrees(await summarize(src), await summarize(ws))).toEqual([]);
-      const indexGets = proxy.log.filter((e) => e.op === 'GetObject' && e.key.endsWith(blobKey(desc.digest)));
+      expect(diffTrees(await summarize(dir), await summarize(ws))).toEqual([]);
+      const indexGets = proxy.log.filter((e) => e.op === 'GetObject' && e.key.endsWith(blobKey(desc.digest)) && e.presigned);
       // Every one a ranged GET, none refused: strata-fuse's, with the URL the restore presigned.
       expect(indexGets.length).toBeGreaterThan(0);
       expect(indexGets.every((e) => e.range !== undefined && e.status === 206)).toBe(true);

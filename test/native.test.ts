@@ -6,6 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { WRITE_FILE_RECORD } from '../src/restore/extract.js';
 import { sys, type NativeSysError } from '../src/sys/native.js';
+import { readyReport } from '../src/util/process.js';
 
 let dir: string;
 const p = (name: string): string => path.join(dir, name);
@@ -468,5 +469,46 @@ describe('zstd', () => {
     clearInterval(timer);
     back.forEach((buf, k) => expect(buf.equals(inputs[k]!)).toBe(true));
     expect(ticks).toBeGreaterThan(0);
+  });
+});
+
+describe('spawnDetached', () => {
+  it('starts a program in a session of its own, not a child of this process, with its fds and env', async () => {
+    const out = fs.openSync(p('out.log'), 'w');
+    const err = fs.openSync(p('err.log'), 'w');
+    // It reports like strata-fuse: "pid N" first, then "ready" once it is up; then it stays.
+    const script = 'echo "pid $$" >&3; echo "to stdout $STRATA_T"; echo "to stderr" >&2; echo ready >&3; exec sleep 30';
+    try {
+      const { readyFd } = await sys.spawnDetached('sh', ['-c', script], { stdoutFd: out, stderrFd: err, readyPipe: true }, ['PATH=/usr/bin:/bin', 'STRATA_T=env-given']);
+      const r = await readyReport(readyFd, 5000);
+      expect(r.error).toBeUndefined();
+      const pid = r.pid!;
+      try {
+        const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+        const [ppid, , sid] = [Number(stat[1]), Number(stat[2]), Number(stat[3])];
+        expect(ppid, 'never this process\'s child').not.toBe(process.pid);
+        expect(sid, 'its own session').toBe(pid);
+        expect(fs.readFileSync(p('out.log'), 'utf8')).toBe('to stdout env-given\n');
+        expect(fs.readFileSync(p('err.log'), 'utf8')).toBe('to stderr\n');
+        // stdin is /dev/null
+        expect(fs.readlinkSync(`/proc/${pid}/fd/0`)).toBe('/dev/null');
+      } finally {
+        process.kill(pid, 'SIGKILL');
+      }
+    } finally {
+      fs.closeSync(out);
+      fs.closeSync(err);
+    }
+  });
+
+  it('a program that cannot run closes its readiness pipe: reported, never a hang', async () => {
+    const { readyFd } = await sys.spawnDetached(p('no-such-program'), [], { readyPipe: true }, null);
+    expect(await readyReport(readyFd, 5000)).toEqual({ error: 'it exited before it was ready' });
+    // One that says nothing within the time given is reported too.
+    const slow = await sys.spawnDetached('sleep', ['1'], { readyPipe: true }, ['PATH=/usr/bin:/bin']);
+    expect((await readyReport(slow.readyFd, 200)).error).toBe('not ready after 200 ms');
+    // Without a readiness pipe there is no fd.
+    expect(await sys.spawnDetached('true', [], {}, ['PATH=/usr/bin:/bin'])).toEqual({ readyFd: -1 });
+    expect(() => sys.spawnDetached('', [], {}, null)).toThrow(/non-empty/);
   });
 });

@@ -15,7 +15,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Strata, type BackupHandle } from '../src/index.js';
 import { blobKey } from '../src/format/reader.js';
 import { PREFETCH_LAYOUT } from '../src/format/prefetch.js';
-import { decodeHead, DIRENT_SIZE, encodeIndex, HEADER_SIZE, LAYOUT, NODE_SIZE, packIndex, RestoreIndex } from '../src/format/restore-index.js';
+import { decodeHead, DIRENT_SIZE, encodeIndex, HEADER_SIZE, LAYOUT, NODE_SIZE, packIndex, RestoreIndex, WARM_PAGES } from '../src/format/restore-index.js';
 import { packSmall } from '../src/format/packed.js';
 import { MSG_HEADER_SIZE, REF_SIZE } from '../src/restore/lazy/fetcher.js';
 import { defaultFuseBinary } from '../src/restore/lazy/mount.js';
@@ -140,8 +140,10 @@ async function spoilTocs(c: Case, m: Manifest): Promise<() => Promise<void>> {
 describe('restore index layout', () => {
   it('the TypeScript encoder and strata-fuse agree on every record and field', async () => {
     const { stdout } = await run(defaultFuseBinary(), ['--print-layout']);
-    const c = JSON.parse(stdout) as Record<string, { size: number; offsets: Record<string, number> }> & { version: number };
+    const c = JSON.parse(stdout) as Record<string, { size: number; offsets: Record<string, number> }> & { version: number; warm_pages: number };
     expect(c.version).toBe(2);
+    // The pages the mount needs: strata-fuse loads them, the restore seeds them (warmPages).
+    expect(c.warm_pages).toBe(WARM_PAGES);
     for (const [rec, want] of Object.entries({ ...LAYOUT, ...PREFETCH_LAYOUT })) {
       expect(c[rec], rec).toEqual(want);
     }
@@ -526,7 +528,12 @@ describe.runIf(LAZY)('lazy ready path', () => {
       let stderr = '';
       child.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
       const ready = await new Promise<boolean>((res) => {
-        child.stdio[3]!.on('data', () => res(true));
+        // "pid N" comes first; "ready" once mounted.
+        let said = '';
+        child.stdio[3]!.on('data', (b: Buffer) => {
+          said += b.toString();
+          if (said.includes('ready\n')) res(true);
+        });
         child.on('exit', () => res(false));
       });
       if (ready) {

@@ -831,7 +831,7 @@ static bool background_busy(void *arg)
 
 static void usage(FILE *to)
 {
-	fprintf(to, "usage: strata-fuse (--index FILE | --index-head FILE [--index-out FILE]) --cache DIR --socket PATH\n"
+	fprintf(to, "usage: strata-fuse (--index FILE | --index-head FILE [--index-out FILE] [--index-seed FILE]) --cache DIR --socket PATH\n"
 		    "                   [--timeout-ms N] [--threads N]\n"
 		    "                   [--blob LAYER=PATH]... [--sources FILE] [--hydrate] [--deadline-ms N]\n"
 		    "                   [--stall-ms N] [--readahead-kb N] [--async-readahead-kb N] [--prefetch FILE]\n"
@@ -867,7 +867,7 @@ static void print_record(const char *name, size_t size, const struct sx_field *f
 
 static int print_layout(void)
 {
-	printf("{\"version\":%u,", SX_INDEX_VERSION);
+	printf("{\"version\":%u,\"warm_pages\":%u,", SX_INDEX_VERSION, SX_WARM_PAGES);
 	SX_RECORD("header", sx_header, false, SX_F(sx_header, magic), SX_F(sx_header, version),
 		  SX_F(sx_header, header_size), SX_F(sx_header, node_count), SX_F(sx_header, dirent_count),
 		  SX_F(sx_header, chunk_count), SX_F(sx_header, xattr_count), SX_F(sx_header, layer_count),
@@ -896,6 +896,7 @@ static int print_layout(void)
 		  SX_F(sx_head, root_xattr_bytes), SX_F(sx_head, index), SX_F(sx_head, root));
 	SX_RECORD("page", sx_page, false, SX_F(sx_page, digest), SX_F(sx_page, blob_off), SX_F(sx_page, blob_len),
 		  SX_F(sx_page, reserved));
+	SX_RECORD("seed", sx_seed, false, SX_F(sx_seed, page), SX_F(sx_seed, blob_len));
 	SX_RECORD("msg", sx_msg, false, SX_F(sx_msg, magic), SX_F(sx_msg, type), SX_F(sx_msg, id),
 		  SX_F(sx_msg, count), SX_F(sx_msg, flags));
 	SX_RECORD("chunk_ref", sx_chunk_ref, false, SX_F(sx_chunk_ref, layer), SX_F(sx_chunk_ref, digest),
@@ -955,6 +956,7 @@ int main(int argc, char **argv)
 		{ "prefetch", required_argument, NULL, 'p' },  { "async-readahead-kb", required_argument, NULL, 'A' },
 		{ "index-head", required_argument, NULL, 'I' }, { "index-out", required_argument, NULL, 'O' },
 		{ "spin-us", required_argument, NULL, 'U' },  { "hydrate-streams", required_argument, NULL, 'N' },
+		{ "index-seed", required_argument, NULL, 'E' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *sources = NULL, *prefetch = NULL;
@@ -970,6 +972,7 @@ int main(int argc, char **argv)
 	unsigned nblobs = 0;
 	unsigned long frame_cache_mb = 64;
 	const char *index_path = NULL, *head_path = NULL, *index_out = NULL, *cache_dir = NULL, *socket_arg = NULL;
+	const char *seed_path = NULL;
 	unsigned long timeout_ms = 60000, threads = 64, ready_fd = ULONG_MAX;
 	bool foreground = false, debug = false, die_with_parent = false;
 	int opt;
@@ -978,6 +981,7 @@ int main(int argc, char **argv)
 		case 'i': index_path = optarg; break;
 		case 'I': head_path = optarg; break;
 		case 'O': index_out = optarg; break;
+		case 'E': seed_path = optarg; break;
 		case 'c': cache_dir = optarg; break;
 		case 's': socket_arg = optarg; break;
 		case 't':
@@ -1056,7 +1060,7 @@ int main(int argc, char **argv)
 		default: usage(stderr); return 2;
 		}
 	}
-	if (!index_path == !head_path || !cache_dir || !socket_arg || optind != argc - 1 || (index_out && !head_path)) {
+	if (!index_path == !head_path || !cache_dir || !socket_arg || optind != argc - 1 || ((index_out || seed_path) && !head_path)) {
 		usage(stderr);
 		return 2;
 	}
@@ -1069,6 +1073,11 @@ int main(int argc, char **argv)
 			return 1;
 		}
 	}
+
+	/* Who serves, first on the readiness channel: a caller that started us through a fork of
+	 * our own (setsid --fork) knows no pid otherwise. */
+	if (ready_fd != ULONG_MAX && foreground && dprintf((int)ready_fd, "pid %ld\n", (long)getpid()) < 0)
+		fprintf(stderr, "strata-fuse: cannot write to --ready-fd %lu: %s\n", ready_fd, strerror(errno));
 
 	int status = 1;
 	char err[512];
@@ -1160,6 +1169,9 @@ int main(int argc, char **argv)
 				(unsigned long long)sx_index_blob_size(&ctx.idx));
 			goto out;
 		}
+		/* Pages the control plane fetched alongside the manifest: no wait here for libcurl's load. */
+		if (seed_path && sx_index_seed(&ctx.idx, seed_path, err, sizeof(err)) < 0)
+			fprintf(stderr, "strata-fuse: index seed: %s; its pages are fetched\n", err);
 		if (sx_index_warm(&ctx.idx, err, sizeof(err)) < 0) {
 			fprintf(stderr, "strata-fuse: loading the index: %s\n", err);
 			goto out;

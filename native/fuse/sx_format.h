@@ -162,6 +162,19 @@ struct sx_page {
 	uint32_t reserved;
 };
 
+/*
+ * A seed of a paged index (--index-seed): pages the control plane already
+ * holds, so the mount needs no fetch of its own. A host-local file, never
+ * stored: records of struct sx_seed followed by blob_len bytes (the page's
+ * zstd frame as the blob holds it), back to back. Each page is verified like
+ * a fetched one; a record that does not fit is where the seed ends.
+ */
+struct sx_seed {
+	uint32_t page;
+	uint32_t blob_len;
+};
+
+_Static_assert(sizeof(struct sx_seed) == 8, "seed layout");
 _Static_assert(sizeof(struct sx_head) == 280, "head layout");
 _Static_assert(sizeof(struct sx_page) == 48, "page layout");
 _Static_assert(offsetof(struct sx_head, index) == 80 && offsetof(struct sx_head, root) == 192, "head layout");

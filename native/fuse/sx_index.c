@@ -27,7 +27,6 @@
 #define SX_MAX_HEAD (64u << 20)
 #define SX_RUN_PAGES 32u            /* pages loaded with one read */
 #define SX_RUN_THREADS 8u           /* runs of one request loaded at once */
-#define SX_WARM_PAGES 12u           /* an index of at most this many pages is loaded whole before the mount */
 
 enum { PG_ABSENT = 0, PG_LOADING = 1, PG_READY = 2 };
 enum { ND_UNKNOWN = 0, ND_VALID = 1, ND_BAD = 2 };
@@ -778,6 +777,61 @@ static int get_node(struct sx_index *idx, uint64_t ino, bool present_only, const
 	}
 	*out = &idx->nodes[i];
 	return 0;
+}
+
+int sx_index_seed(struct sx_index *idx, const char *path, char *err, size_t errlen)
+{
+	struct sx_pager *pg = idx->pager;
+	if (!pg)
+		return fail(err, errlen, "%s: only a paged index takes a seed", path);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return fail(err, errlen, "%s: %s", path, strerror(errno));
+	struct stat st;
+	/* At most every page once: the blob and a record header per page. */
+	uint64_t cap = sx_index_blob_size(idx) + (uint64_t)pg->page_count * sizeof(struct sx_seed);
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size > cap) {
+		close(fd);
+		return fail(err, errlen, "%s: not a regular file of at most %llu bytes", path, (unsigned long long)cap);
+	}
+	size_t len = (size_t)st.st_size, got = 0;
+	uint8_t *buf = malloc(len ? len : 1);
+	if (!buf) {
+		close(fd);
+		return fail(err, errlen, "%s: out of memory", path);
+	}
+	while (got < len) {
+		ssize_t n = read(fd, buf + got, len - got);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		got += (size_t)n;
+	}
+	close(fd);
+	int seeded = 0;
+	char why[256];
+	for (size_t at = 0; at + sizeof(struct sx_seed) <= got;) {
+		struct sx_seed r;
+		memcpy(&r, buf + at, sizeof(r));
+		at += sizeof(r);
+		if (r.page >= pg->page_count || r.blob_len != pg->pages[r.page].blob_len || r.blob_len > got - at) {
+			fprintf(stderr, "strata-fuse: %s: the record at byte %zu names no page of this index; the rest of the seed is ignored\n",
+				path, at - sizeof(r));
+			break;
+		}
+		if (atomic_load(&pg->pstate[r.page]) == PG_ABSENT) {
+			if (decode_page(idx, r.page, buf + at, why, sizeof(why)) == 0) {
+				atomic_store(&pg->pstate[r.page], PG_READY);
+				atomic_fetch_add(&pg->loaded, 1);
+				seeded++;
+			} else
+				fprintf(stderr, "strata-fuse: %s: %s; it is fetched instead\n", path, why);
+		}
+		at += r.blob_len;
+	}
+	free(buf);
+	return seeded;
 }
 
 int sx_index_warm(struct sx_index *idx, char *err, size_t errlen)

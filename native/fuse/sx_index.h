@@ -49,6 +49,13 @@ struct sx_index {
 /* 0 on success; on failure -1 with a message in err (errno-style text). */
 int sx_index_open(struct sx_index *idx, const char *path, char *err, size_t errlen);
 /* A paged index from its head file; pages come through the reader set with sx_index_set_reader. */
+/*
+ * Pages loaded before the mount (sx_index_warm): an index of at most this many
+ * is loaded whole; a larger one, the first two pages of each section. The
+ * control plane seeds the same pages (src/format/restore-index.ts warmPages).
+ */
+#define SX_WARM_PAGES 12u
+
 int sx_index_open_paged(struct sx_index *idx, const char *head_path, char *err, size_t errlen);
 void sx_index_set_reader(struct sx_index *idx, sx_index_read_fn read, void *user);
 /* The sha256 of the paged blob (the name of its mirror), or NULL for a flat index. */
@@ -80,6 +87,13 @@ uint32_t sx_index_chunk_at(const struct sx_index *idx, const struct sx_node *fil
  * or unreachable index is refused with nothing mounted, and the first ls
  * waits for nothing. 0, or -1 with a reason.
  */
+/*
+ * Pages of a paged index from a seed file (sx_format.h, struct sx_seed), before
+ * the mount: each verified as a fetched page is; a bad one stays absent (and is
+ * fetched) with a log line. Returns the pages seeded, or -1 (err) when the file
+ * cannot be read.
+ */
+int sx_index_seed(struct sx_index *idx, const char *path, char *err, size_t errlen);
 int sx_index_warm(struct sx_index *idx, char *err, size_t errlen);
 /*
  * Paged: load every page (background reads; `parallel`: runs at once, for a

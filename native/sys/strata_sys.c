@@ -858,6 +858,10 @@ NAPI_MODULE_INIT()
 		  .attributes = napi_enumerable },
 		{ .utf8name = "captureStop", .method = js_capture_stop,
 		  .attributes = napi_enumerable },
+		{ .utf8name = "mountFs", .method = js_mount_fs,
+		  .attributes = napi_enumerable },
+		{ .utf8name = "spawnDetached", .method = js_spawn_detached,
+		  .attributes = napi_enumerable },
 	};
 
 	if (napi_failed(env, napi_define_properties(

@@ -64,6 +64,12 @@ static inline int64_t ns_of(const struct timespec *t)
 	return (int64_t)t->tv_sec * 1000000000LL + t->tv_nsec;
 }
 
+/* mount.c */
+napi_value js_mount_fs(napi_env env, napi_callback_info info);
+
+/* spawn.c */
+napi_value js_spawn_detached(napi_env env, napi_callback_info info);
+
 /* codec.c */
 napi_value js_zstd_compress(napi_env env, napi_callback_info info);
 napi_value js_zstd_frame(napi_env env, napi_callback_info info);

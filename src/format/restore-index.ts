@@ -86,7 +86,16 @@ export const LAYOUT = {
     offsets: { magic: 0, version: 8, head_size: 12, page_size: 16, page_count: 20, blob_size: 24, stored_bytes: 32, blob_digest: 40, root_xattrs: 72, root_xattr_bytes: 76, index: 80, root: 192 },
   },
   page: { size: PAGE_SIZE, offsets: { digest: 0, blob_off: 32, blob_len: 40, reserved: 44 } },
+  /** A record of an index seed (--index-seed): then blob_len bytes of that page's frame. */
+  seed: { size: 8, offsets: { page: 0, blob_len: 4 } },
 } as const;
+
+/**
+ * Pages strata-fuse loads before it mounts (sx_index_warm, SX_WARM_PAGES): an index of at most
+ * this many pages whole, a larger one the first two pages of each section (the encoder writes
+ * the root and its children first in every section). The control plane seeds these pages.
+ */
+export const WARM_PAGES = 12;
 const HD = LAYOUT.head.offsets;
 const H = LAYOUT.header.offsets;
 const N = LAYOUT.node.offsets;
@@ -676,6 +685,33 @@ export interface IndexHead {
   root: TocEntry;
   /** The head as strata-fuse reads it (--index-head). */
   raw: Buffer;
+}
+
+/** The pages of a paged index strata-fuse needs before its mount (WARM_PAGES), ascending. */
+export function warmPages(head: IndexHead): number[] {
+  const n = head.pages.length;
+  if (n <= WARM_PAGES) return [...Array(n).keys()];
+  const at = (f: number): number => Number(head.raw.readBigUInt64LE(HD.index + f));
+  const starts = [0, at(H.dirents_off), at(H.chunks_off), at(H.xattrs_off), at(H.digests_off), at(H.strings_off)];
+  const out = new Set<number>();
+  for (const s of starts) {
+    const p = Math.floor(s / head.pageSize);
+    for (const q of [p, p + 1]) if (q < n) out.add(q);
+  }
+  return [...out].sort((a, b) => a - b);
+}
+
+/** An index seed: each page's record (LAYOUT.seed) and its frame as the blob holds it. */
+export function encodeSeed(head: IndexHead, frames: Map<number, Buffer>): Buffer {
+  const parts: Buffer[] = [];
+  for (const [p, frame] of [...frames].sort((a, b) => a[0] - b[0])) {
+    if (frame.length !== head.pages[p]?.blobLength) throw new RangeError(`page ${p}'s frame is ${frame.length} bytes, the head says ${head.pages[p]?.blobLength}`);
+    const r = Buffer.alloc(LAYOUT.seed.size);
+    r.writeUInt32LE(p, LAYOUT.seed.offsets.page);
+    r.writeUInt32LE(frame.length, LAYOUT.seed.offsets.blob_len);
+    parts.push(r, frame);
+  }
+  return Buffer.concat(parts);
 }
 
 /** desc: the manifest's descriptor the head must agree with (absent: a local copy, checked alone). */

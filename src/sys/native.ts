@@ -85,6 +85,16 @@ export interface NativeSys {
   captureNext(h: CaptureHandle): Promise<{ data: Buffer; meta: string } | null>;
   /** Stop the capture's threads and free it; idempotent. Not while captureNext runs. */
   captureStop(h: CaptureHandle): void;
+  /** Mount `fstype` at target with the kernel's mount API (fsopen, one fsconfig per parameter,
+   *  fsmount, move_mount) on the threadpool: no process is spawned. Rejects with `code` (ENOSYS
+   *  where the kernel lacks the API), `errno`, `syscall`, and `parameter` when fsconfig refused
+   *  one; the message carries what the filesystem logged. */
+  mountFs(fstype: string, source: string, target: Buffer, params: Array<[string] | [string, string | Buffer]>): Promise<void>;
+  /** Start `file` (found on PATH) in a session of its own through `setsid --fork`, with posix_spawn
+   *  on the threadpool (no fork of this process, whatever its size): stdin /dev/null, stdout and
+   *  stderr on the fds given (else /dev/null), with readyPipe fd 3 the write end of a pipe whose
+   *  read end resolves (else -1); env as NAME=value entries. Never this process's child. */
+  spawnDetached(file: string, args: string[], opts: { stdoutFd?: number; stderrFd?: number; readyPipe?: boolean }, env: string[] | null): Promise<{ readyFd: number }>;
 }
 
 /** An opaque native capture. */
@@ -118,6 +128,8 @@ const FUNCTIONS = [
   'captureStart',
   'captureNext',
   'captureStop',
+  'mountFs',
+  'spawnDetached',
 ] as const satisfies ReadonlyArray<keyof NativeSys>;
 
 function load(): NativeSys {

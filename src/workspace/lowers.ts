@@ -4,22 +4,23 @@
  * restore index with strata-fuse. The workspace service calls only this interface.
  */
 import { headDescriptor, type IndexHead } from '../format/restore-index.js';
-import { loadIndex, readHeadFile, readIndexFile } from '../restore/index-source.js';
+import { fetchIndexSeed, loadIndex, readHeadFile, readIndexFile } from '../restore/index-source.js';
 import { relative } from 'node:path';
 import { BackupRestoreError } from '../errors.js';
 import type { Toc, TocEntry } from '../format/toc.js';
 import { topRoot } from '../format/view.js';
+import { span } from '../util/trace.js';
 import { ensureLayerDirs } from '../restore/layers.js';
 import type { EarlyBodies } from '../restore/early-body.js';
-import { access, mkdir, rm } from 'node:fs/promises';
+import { access, mkdir, rm, writeFile } from 'node:fs/promises';
 import { daemonRequest, ensureDaemon, listening } from '../restore/lazy/client.js';
 import { serveDetached, serverRecordPath } from '../restore/lazy/detached.js';
-import { type IndexBlob, presignSources, servesAlone, type PresignedSource, serverFetchOptions, unmountPath, writeIndexFile } from '../restore/lazy/mount.js';
+import { type IndexBlob, indexRemote, presignSources, servesAlone, type PresignedSource, serverFetchOptions, unmountPath, writeIndexFile } from '../restore/lazy/mount.js';
 import { daemonLog, fetchSocket, hostCacheDir, runDir } from '../restore/lazy/protocol.js';
 import { mountAt } from '../restore/overlay.js';
 import { fetchIndex } from '../store/blobs.js';
 import type { ObjectStore } from '../store/store.js';
-import { lowerDir, mountHeadPath, mountIndexPath, prefetchPath, type Workspace, type WorkspaceMode } from './workspace.js';
+import { lowerDir, mountHeadPath, mountIndexPath, mountSeedPath, prefetchPath, type Workspace, type WorkspaceMode } from './workspace.js';
 
 /** What mounting a workspace's lowers gives the overlay. */
 export interface MountedLowers {
@@ -84,14 +85,26 @@ export class LazyLowers implements Lowers {
     tail?.catch(() => undefined);
     // The URLs strata-fuse fetches remote layers with, made here with the store this process has
     // loaded: the daemon need not load the AWS SDK before it can mount.
+    const tr = span('lazy lowers');
     const head = await this.viewIndex(ws, store, !!opts.fresh);
+    tr.step('index head');
     const indexBlob = head ? { digest: head.blobDigest, size: head.blobSize } : undefined;
+    // A remote paged index: its first pages, fetched now with this process's store while the
+    // rest is prepared, so strata-fuse mounts without a fetch of its own.
+    const seed = head && indexRemote(store) ? this.writeSeed(ws, store, head).finally(() => tr.step('index seed written')) : undefined;
     const presigned = await presignSources(store, ws.viewed, undefined, indexBlob).catch((err: Error) => {
       this.warn(`cannot presign the layers of ${ws.state.dir} here (the restore daemon will): ${err.message}`);
       return undefined;
     });
-    if (presigned && this.servesAlone(store, ws, presigned, indexBlob)) await this.serveHere(ws, store, presigned, head);
-    else {
+    tr.step('presigned');
+    if (presigned && this.servesAlone(store, ws, presigned, indexBlob)) {
+      try {
+        await this.serveHere(ws, store, presigned, head, await seed);
+      } finally {
+        if (seed) await rm(mountSeedPath(ws), { force: true });
+      }
+    } else {
+      void seed?.then(() => rm(mountSeedPath(ws), { force: true }).catch(() => undefined));
       // The daemon's strata-fuse serves from the whole index: a paged one is fetched whole first.
       if (head) await this.wholeIndex(ws, store, head);
       // The layers' URLs only: the daemon's strata-fuse reads the whole index from its file.
@@ -115,7 +128,18 @@ export class LazyLowers implements Lowers {
    * workspace is usable before a cold host's daemon has booted. The daemon adopts it: at once
    * when it listens, else from its start-up scan.
    */
-  private async serveHere(ws: Workspace, store: ObjectStore, presigned: PresignedSource[], head?: IndexHead): Promise<void> {
+  /** The seed file of a paged index (fetchIndexSeed); undefined when it cannot be had (strata-fuse fetches the pages). */
+  private async writeSeed(ws: Workspace, store: ObjectStore, head: IndexHead): Promise<string | undefined> {
+    try {
+      const path = mountSeedPath(ws);
+      await writeFile(path, await fetchIndexSeed(store, head), { mode: 0o600 });
+      return path;
+    } catch {
+      return undefined;
+    }
+  }
+
+  private async serveHere(ws: Workspace, store: ObjectStore, presigned: PresignedSource[], head?: IndexHead, seedPath?: string): Promise<void> {
     const mountpoint = lowerDir(ws);
     if (await mountAt(mountpoint)) await unmountPath(mountpoint); // a dead mount left by a crashed server
     await mkdir(mountpoint, { recursive: true });
@@ -126,7 +150,7 @@ export class LazyLowers implements Lowers {
       store,
       layers: ws.viewed,
       indexPath: mountIndexPath(ws),
-      ...(head ? { headPath: mountHeadPath(ws), indexBlob: { digest: head.blobDigest, size: head.blobSize } } : {}),
+      ...(head ? { headPath: mountHeadPath(ws), indexBlob: { digest: head.blobDigest, size: head.blobSize }, seedPath } : {}),
       mountpoint,
       cacheDir: hostCacheDir(this.home),
       socketPath: fetchSocket(this.home),

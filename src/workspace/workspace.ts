@@ -271,6 +271,11 @@ export function mountHeadPath(ws: Workspace): string {
   return join(ws.root, 'mount.head');
 }
 
+/** The first pages of a paged index, fetched by the restore for strata-fuse (removed once it is up). */
+export function mountSeedPath(ws: Workspace): string {
+  return join(ws.root, 'mount.seed');
+}
+
 /**
  * The restore index of the workspace's current chain (state.layers): the base its next backup
  * stacks the new layer on, so an incremental backup fetches no TOC of its parents.

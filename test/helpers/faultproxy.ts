@@ -89,6 +89,8 @@ export interface LogEntry {
   status?: number;
   /** The request's Range header, if any. */
   range?: string;
+  /** Signed in its query string (a presigned URL, as strata-fuse fetches), not by an SDK's header. */
+  presigned?: true;
   fault?: Fault['kind'];
   bytesIn: number;
   bytesOut: number;
@@ -358,7 +360,7 @@ export async function startFaultProxy(opts: FaultProxyOptions): Promise<FaultPro
     const key = parts.slice(1).map(decodeURIComponent).join('/');
     const method = req.method ?? 'GET';
     const info: RequestInfo = { n: ++n, op: classify(method, key, url.searchParams, req.headers), method, bucket, key, query: url.searchParams, headers: req.headers };
-    const entry: LogEntry = { n: info.n, op: info.op, method, key, bytesIn: 0, bytesOut: 0, ...(req.headers.range ? { range: String(req.headers.range) } : {}) };
+    const entry: LogEntry = { n: info.n, op: info.op, method, key, bytesIn: 0, bytesOut: 0, ...(req.headers.range ? { range: String(req.headers.range) } : {}), ...(url.searchParams.has('X-Amz-Signature') ? { presigned: true as const } : {}) };
     log.push(entry);
     const fault = pick(info);
     if (fault) entry.fault = fault.kind;

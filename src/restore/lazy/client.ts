@@ -1,10 +1,11 @@
 /** Talking to the restore daemon from the CLI or library: start it if needed, send one request. */
-import { spawn } from 'node:child_process';
 import { mkdir, open } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BackupRestoreError } from '../../errors.js';
+import { sys } from '../../sys/native.js';
+import { envList } from '../../util/process.js';
 import { controlSocket, type DaemonRequest, type ReplyTo, runDir } from './protocol.js';
 
 function request<R extends DaemonRequest>(home: string, msg: R, timeoutMs: number): Promise<ReplyTo<R>> {
@@ -46,9 +47,12 @@ async function startDaemon(home: string, env: Record<string, string>, deferMs = 
   // deferMs: a shell that sleeps, then becomes the daemon: its Node boot (~0.1 s of CPU and cold
   // disk) comes after the first reads of the workspace just mounted, not during them.
   const [cmd, ...args] = deferMs > 0 ? ['/bin/sh', '-c', `sleep ${(deferMs / 1000).toFixed(3)}; exec "$@"`, 'sh', ...argv] : argv;
-  const child = spawn(cmd!, args, { detached: true, stdio: ['ignore', logFile.fd, logFile.fd], env: { ...process.env, ...env } });
-  child.unref();
-  await logFile.close();
+  // Not a fork of this process (sys.spawnDetached): its cost grows with the caller's memory.
+  try {
+    await sys.spawnDetached(cmd!, args, { stdoutFd: logFile.fd, stderrFd: logFile.fd }, envList({ ...process.env, ...env }));
+  } finally {
+    await logFile.close();
+  }
 }
 
 /** When this process last started a daemon for a home: a second start within a second is skipped. */

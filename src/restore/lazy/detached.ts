@@ -6,16 +6,17 @@
  * (server.json in the workspace): it renews the URLs, reports status, keeps the access record,
  * and takes the mount down on unmount.
  */
-import { spawn } from 'node:child_process';
 import { open, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { BackupRestoreError } from '../../errors.js';
 import type { LayerDescriptor } from '../../format/reader.js';
 import type { ObjectStore } from '../../store/store.js';
-import { pidAlive } from '../../util/process.js';
+import { sys } from '../../sys/native.js';
+import { envList, pidAlive, readyReport } from '../../util/process.js';
+import { span } from '../../util/trace.js';
 import type { FetcherOptions } from './fetcher.js';
-import { commonArgs, defaultFuseBinary, type IndexBlob, type PresignedSource, serverArgs, unmountPath, waitReady } from './mount.js';
+import { commonArgs, defaultFuseBinary, type IndexBlob, type PresignedSource, serverArgs, unmountPath } from './mount.js';
 
 /** What a workspace's server.json says of the strata-fuse serving its view. */
 export interface ServerRecord {
@@ -40,6 +41,8 @@ export interface ServeDetachedOptions {
   /** A paged index: its head, and the blob its pages come from. */
   headPath?: string | undefined;
   indexBlob?: IndexBlob | undefined;
+  /** A paged index's first pages, fetched by the caller (format: LAYOUT.seed). */
+  seedPath?: string | undefined;
   mountpoint: string;
   /** The host cache (mirrors) and the daemon's fetcher socket, which may not listen yet. */
   cacheDir: string;
@@ -90,6 +93,7 @@ export async function isServerOf(pid: number, mountpoint: string): Promise<boole
 
 /** Start strata-fuse detached at mountpoint; resolves once the mount answers, with its record written. */
 export async function serveDetached(o: ServeDetachedOptions): Promise<ServerRecord> {
+  const tr = span('serve detached');
   const mountpoint = resolve(o.mountpoint);
   const sourcesPath = join(o.dir, 'sources');
   const served = await serverArgs({ store: o.store, layers: o.layers, sourcesPath, hydrate: o.hydrate, prefetchPath: o.prefetchPath, presigned: o.presigned, fetcherOptions: o.fetcherOptions, indexBlob: o.indexBlob });
@@ -98,32 +102,36 @@ export async function serveDetached(o: ServeDetachedOptions): Promise<ServerReco
     throw new BackupRestoreError(`a detached strata-fuse cannot serve ${mountpoint}: some of its layers need the restore daemon's fetcher`);
   }
   const timeoutMs = (o.fetcherOptions?.deadlineMs ?? 30_000) + 5_000;
-  const args = [...served.args, ...commonArgs({ indexPath: o.indexPath, headPath: o.headPath, cacheDir: o.cacheDir, socketPath: o.socketPath, timeoutMs, dieWithParent: false, mountpoint })];
+  const args = [...served.args, ...commonArgs({ indexPath: o.indexPath, headPath: o.headPath, seedPath: o.seedPath, cacheDir: o.cacheDir, socketPath: o.socketPath, timeoutMs, dieWithParent: false, mountpoint })];
   const log = await open(o.logPath, 'a', 0o600);
   // The log is shared: this strata-fuse's last words are what it writes after this offset.
   const logFrom = (await log.stat()).size;
-  let child;
+  // Started without a fork of this process (sys.spawnDetached): its cost would grow with the
+  // caller's memory. It runs in a session of its own, never this process's child.
+  let readyFd: number;
   try {
-    child = spawn(o.binary ?? defaultFuseBinary(), args, { stdio: ['ignore', 'ignore', log.fd, 'pipe'], detached: true });
+    ({ readyFd } = await sys.spawnDetached(o.binary ?? defaultFuseBinary(), args, { stderrFd: log.fd, readyPipe: true }, envList(process.env)));
   } catch (err) {
-    await log.close();
     await rm(sourcesPath, { force: true });
     throw new BackupRestoreError(`cannot start strata-fuse: ${(err as Error).message}`, { cause: err });
+  } finally {
+    await log.close();
   }
-  await log.close();
-  const ready = await waitReady(child, o.readyTimeoutMs ?? 10_000);
+  tr.step('strata-fuse spawned');
+  const { pid, error } = await readyReport(readyFd, o.readyTimeoutMs ?? 10_000);
+  tr.step('strata-fuse ready');
   const fail = async (why: string): Promise<never> => {
-    child.kill('SIGKILL');
+    if (pid !== undefined && pidAlive(pid)) process.kill(pid, 'SIGKILL');
     await unmountPath(mountpoint);
     await rm(sourcesPath, { force: true });
     // Its last words: what strata-fuse processes wrote to the (shared) log since it started.
     const said = (await readFile(o.logPath).catch(() => Buffer.alloc(0))).subarray(logFrom).toString('utf8').split('\n').filter((l) => l.startsWith('strata-fuse')).slice(-6);
     throw new BackupRestoreError(`strata-fuse could not mount ${mountpoint}: ${why}${said.length ? `\n${said.join('\n')}` : ''} (log: ${o.logPath})`);
   };
-  if (ready !== null || child.pid === undefined) return fail(ready ?? 'no pid');
+  if (error !== undefined || pid === undefined) return fail(error ?? 'no pid');
   const record: ServerRecord = {
     version: 1,
-    pid: child.pid,
+    pid,
     mountpoint,
     ...(served.remote.length ? { sources: sourcesPath } : {}),
     remote: served.remote,
@@ -138,8 +146,5 @@ export async function serveDetached(o: ServeDetachedOptions): Promise<ServerReco
   } catch (err) {
     return fail(`cannot record it: ${(err as Error).message}`);
   }
-  // It is on its own now: this process may exit at once.
-  (child.stdio[3] as NodeJS.ReadableStream & { destroy(): void }).destroy();
-  child.unref();
   return record;
 }

@@ -103,7 +103,7 @@ export interface IndexBlob {
 }
 
 /** Does strata-fuse fetch the index blob of this store over HTTP (else it reads the local file)? */
-function indexRemote(store: ObjectStore): boolean {
+export function indexRemote(store: ObjectStore): boolean {
   return !(store instanceof FileStore) && !!store.presignGet;
 }
 
@@ -310,9 +310,9 @@ export function renewSources(store: ObjectStore, layers: LayerDescriptor[], remo
 }
 
 /** The rest of strata-fuse's command line: index, cache, fetcher socket, mountpoint. */
-export function commonArgs(o: { indexPath: string; headPath?: string | undefined; cacheDir: string; socketPath: string; timeoutMs: number; threads?: number | undefined; dieWithParent: boolean; mountpoint: string }): string[] {
+export function commonArgs(o: { indexPath: string; headPath?: string | undefined; seedPath?: string | undefined; cacheDir: string; socketPath: string; timeoutMs: number; threads?: number | undefined; dieWithParent: boolean; mountpoint: string }): string[] {
   // A paged index: the head, and where strata-fuse writes the whole index once it has every page.
-  const index = o.headPath ? ['--index-head', o.headPath, '--index-out', o.indexPath] : ['--index', o.indexPath];
+  const index = o.headPath ? ['--index-head', o.headPath, '--index-out', o.indexPath, ...(o.seedPath ? ['--index-seed', o.seedPath] : [])] : ['--index', o.indexPath];
   return [...index, '--cache', o.cacheDir, '--socket', o.socketPath, '--timeout-ms', String(o.timeoutMs), '--threads', String(o.threads ?? 64), '--ready-fd', '3', '--foreground', ...(o.dieWithParent ? ['--die-with-parent'] : []), o.mountpoint];
 }
 
