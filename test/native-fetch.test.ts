@@ -5,7 +5,7 @@
  */
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { cp, mkdir, mkdtemp, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { availableParallelism, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -352,8 +352,12 @@ describe.runIf(RUN)('strata-fuse fetching s3:// layers itself', () => {
       expect(st.chunks).toBeGreaterThan(0);
       expect(st.cached).toBe(st.chunks);
       expect(st.errors).toEqual([]);
-      // Not one read went through the daemon's fetcher; the blob GETs were presigned URLs, and
-      // none was refused (a URL signed with the daemon's key would have been).
+      // Not one read went through the daemon's fetcher (asked once the daemon answers); the blob
+      // GETs were presigned URLs, and none was refused (a URL signed with the daemon's key would have been).
+      for (let i = 0; i < 100 && !st.fetcher; i++) {
+        await new Promise((r) => setTimeout(r, 50));
+        st = (await s.status(ws))[0]!.lazy!;
+      }
       expect(st.fetcher!.requests).toBe(0);
       expect(blobGets()).toBeGreaterThan(0);
       expect(proxy.log.filter((e) => e.op === 'GetObject' && isBlobKey(e.key) && e.status === 403)).toEqual([]);
@@ -364,6 +368,42 @@ describe.runIf(RUN)('strata-fuse fetching s3:// layers itself', () => {
         if (v === undefined) delete process.env[k];
         else process.env[k] = v;
       }
+    }
+  });
+
+  it('on a host whose daemon cannot start, status answers from the detached server: the view is served, and local once strata-fuse has hydrated it', async () => {
+    const home = join(caseDir, 'home');
+    const ws = join(caseDir, 'ws');
+    // Every daemon this test would start fails to boot: status has only what strata-fuse left.
+    const old = process.env.NODE_OPTIONS;
+    process.env.NODE_OPTIONS = `--require ${join(caseDir, 'no-such-module.cjs')}`;
+    const s = new Strata({ home, store: store(), mode: 'lazy', hydrate: true });
+    try {
+      const h = (await s.listBackups())[0]!;
+      await s.restoreBackup(h, { dir: ws });
+      const wsId = (await s.status(ws))[0]!.workspace;
+      let st = (await s.status(ws))[0]!.lazy!;
+      expect(st.served).toBe(true);
+      expect(st.errors).toEqual([]);
+      expect(st.fetcher, 'no daemon answered').toBeUndefined();
+      expect(st.chunks).toBeGreaterThan(0);
+      for (let i = 0; i < 300 && st.cached < st.chunks; i++) {
+        await new Promise((r) => setTimeout(r, 50));
+        st = (await s.status(ws))[0]!.lazy!;
+      }
+      expect(st).toMatchObject({ served: true, cached: st.chunks, hydrating: false });
+      // It said so because every remote layer is whole in the host cache.
+      expect(readFileSync(join(home, 'workspaces', wsId, 'hydrated'), 'utf8')).toBe('hydrated\n');
+      expect((await stat(mirrorPath(join(home, 'cache', 'chunks'), layers[0]!.digest))).blocks * 512).toBeGreaterThanOrEqual(layers[0]!.size - 4096);
+      expect(diffTrees(await summarize(src), await summarize(ws))).toEqual([]);
+      // Taken down, kept (the workspace stays on the host): its marker goes with the view.
+      await s.unmount(ws);
+      expect(existsSync(join(home, 'workspaces', wsId, 'state.json'))).toBe(true);
+      expect(existsSync(join(home, 'workspaces', wsId, 'hydrated')), 'the marker goes with the view').toBe(false);
+    } finally {
+      if (old === undefined) delete process.env.NODE_OPTIONS;
+      else process.env.NODE_OPTIONS = old;
+      await s.unmount(ws, { discard: true }).catch(() => undefined);
     }
   });
 

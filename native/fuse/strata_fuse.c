@@ -833,7 +833,7 @@ static void usage(FILE *to)
 {
 	fprintf(to, "usage: strata-fuse (--index FILE | --index-head FILE [--index-out FILE] [--index-seed FILE]) --cache DIR --socket PATH\n"
 		    "                   [--timeout-ms N] [--threads N]\n"
-		    "                   [--blob LAYER=PATH]... [--sources FILE] [--hydrate] [--deadline-ms N]\n"
+		    "                   [--blob LAYER=PATH]... [--sources FILE] [--hydrate [--hydrated-file FILE]] [--deadline-ms N]\n"
 		    "                   [--stall-ms N] [--readahead-kb N] [--async-readahead-kb N] [--prefetch FILE]\n"
 		    "                   [--frame-cache-mb N] [--spin-us N] [--hydrate-streams N]\n"
 		    "                   [--ready-fd FD] [--foreground] [--die-with-parent] [--debug] MOUNTPOINT\n"
@@ -956,7 +956,7 @@ int main(int argc, char **argv)
 		{ "prefetch", required_argument, NULL, 'p' },  { "async-readahead-kb", required_argument, NULL, 'A' },
 		{ "index-head", required_argument, NULL, 'I' }, { "index-out", required_argument, NULL, 'O' },
 		{ "spin-us", required_argument, NULL, 'U' },  { "hydrate-streams", required_argument, NULL, 'N' },
-		{ "index-seed", required_argument, NULL, 'E' },
+		{ "index-seed", required_argument, NULL, 'E' }, { "hydrated-file", required_argument, NULL, 'F' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *sources = NULL, *prefetch = NULL;
@@ -972,7 +972,7 @@ int main(int argc, char **argv)
 	unsigned nblobs = 0;
 	unsigned long frame_cache_mb = 64;
 	const char *index_path = NULL, *head_path = NULL, *index_out = NULL, *cache_dir = NULL, *socket_arg = NULL;
-	const char *seed_path = NULL;
+	const char *seed_path = NULL, *hydrated_path = NULL;
 	unsigned long timeout_ms = 60000, threads = 64, ready_fd = ULONG_MAX;
 	bool foreground = false, debug = false, die_with_parent = false;
 	int opt;
@@ -982,6 +982,7 @@ int main(int argc, char **argv)
 		case 'I': head_path = optarg; break;
 		case 'O': index_out = optarg; break;
 		case 'E': seed_path = optarg; break;
+		case 'F': hydrated_path = optarg; break;
 		case 'c': cache_dir = optarg; break;
 		case 's': socket_arg = optarg; break;
 		case 't':
@@ -1213,7 +1214,7 @@ int main(int argc, char **argv)
 		} else
 			pthread_detach(loader);
 	}
-	if (ctx.http && sx_frames_hydrate(ctx.frames, 4u << 20, hydrate, (unsigned)hydrate_streams, err, sizeof(err)) < 0) {
+	if (ctx.http && sx_frames_hydrate(ctx.frames, 4u << 20, hydrate, (unsigned)hydrate_streams, hydrated_path, err, sizeof(err)) < 0) {
 		fprintf(stderr, "strata-fuse: %s\n", err);
 		goto out;
 	}

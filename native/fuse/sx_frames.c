@@ -11,6 +11,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -1064,7 +1065,8 @@ static struct sx_run *hydrate_jobs(struct sx_frames *f, size_t span, bool small_
 	return jobs;
 }
 
-static void hydrate_whole(struct sx_frames *f, size_t span, unsigned streams)
+/* True when every remote layer is now whole in its mirror (no job failed, none was skipped). */
+static bool hydrate_whole(struct sx_frames *f, size_t span, unsigned streams)
 {
 	uint32_t n = f->idx->hdr->layer_count;
 	_Atomic bool *failed = calloc(n ? n : 1, sizeof(*failed));
@@ -1072,7 +1074,7 @@ static void hydrate_whole(struct sx_frames *f, size_t span, unsigned streams)
 	struct sx_run *jobs = failed ? hydrate_jobs(f, span, index_whole(f, 3000), &count) : NULL;
 	if (!jobs) {
 		free(failed);
-		return; /* out of memory: reads still fetch what they need */
+		return false; /* out of memory: reads still fetch what they need */
 	}
 	struct hydrate_queue q = { .f = f, .jobs = jobs, .count = count, .span = span, .failed = failed };
 	atomic_init(&q.next, 0);
@@ -1087,8 +1089,27 @@ static void hydrate_whole(struct sx_frames *f, size_t span, unsigned streams)
 	for (unsigned k = 1; k < streams; k++)
 		if (ok[k])
 			pthread_join(t[k], NULL);
+	bool whole = !atomic_load(&f->stop) && atomic_load(&q.next) >= count;
+	for (uint32_t l = 0; l < n; l++)
+		whole = whole && !atomic_load(&failed[l]);
 	free(jobs);
 	free(failed);
+	return whole;
+}
+
+/* The --hydrated-file: every remote layer is in its mirror (written once, atomically). */
+static void mark_hydrated(const char *path)
+{
+	char tmp[PATH_MAX];
+	int fd;
+	if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp))
+		return;
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0 || write(fd, "hydrated\n", 9) != 9 || close(fd) != 0 || rename(tmp, path) != 0) {
+		fprintf(stderr, "strata-fuse: cannot write %s: %s (status learns of the hydration later)\n", path, strerror(errno));
+		if (fd >= 0)
+			unlink(tmp);
+	}
 }
 
 /*
@@ -1207,6 +1228,7 @@ struct hydrate_args {
 	size_t span;
 	bool whole;
 	unsigned streams;
+	const char *done_path; /* written once every remote layer is whole, or NULL */
 };
 
 static void *hydrate_main(void *p)
@@ -1234,8 +1256,8 @@ static void *hydrate_main(void *p)
 			hydrate_range(f, l, ly->prefetch_off, e < f->sizes[l] ? e : f->sizes[l], a.span);
 		}
 	}
-	if (a.whole)
-		hydrate_whole(f, a.span, a.streams);
+	if (a.whole && hydrate_whole(f, a.span, a.streams) && a.done_path)
+		mark_hydrated(a.done_path);
 	for (int i = 0; i < started; i++)
 		pthread_join(helpers[i], NULL);
 	atomic_store(&f->hydrated, true);
@@ -1268,7 +1290,8 @@ static void *readahead_worker(void *p)
 	return NULL;
 }
 
-int sx_frames_hydrate(struct sx_frames *f, size_t span, bool whole, unsigned streams, char *err, size_t errlen)
+int sx_frames_hydrate(struct sx_frames *f, size_t span, bool whole, unsigned streams, const char *done_path, char *err,
+		      size_t errlen)
 {
 	for (int i = 0; f->ra_span > 0 && i < SX_RA_WORKERS; i++) {
 		pthread_t t;
@@ -1288,6 +1311,7 @@ int sx_frames_hydrate(struct sx_frames *f, size_t span, bool whole, unsigned str
 	a->span = span;
 	a->whole = whole;
 	a->streams = streams;
+	a->done_path = done_path;
 	int rc = pthread_create(&f->hydrator, NULL, hydrate_main, a);
 	if (rc != 0) {
 		free(a);

@@ -79,7 +79,8 @@ int sx_frames_set_prefetch(struct sx_frames *f, const char *path, char *err, siz
  * sx_frames_free stops it.
  */
 #define SX_HYDRATE_STREAMS_MAX 32
-int sx_frames_hydrate(struct sx_frames *f, size_t span, bool whole, unsigned streams, char *err, size_t errlen);
+int sx_frames_hydrate(struct sx_frames *f, size_t span, bool whole, unsigned streams, const char *done_path, char *err,
+		      size_t errlen);
 
 /*
  * The verified frame chunk `ci` lies in. 0 and *out on success; -EIO with a

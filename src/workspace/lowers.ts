@@ -14,7 +14,7 @@ import { ensureLayerDirs } from '../restore/layers.js';
 import type { EarlyBodies } from '../restore/early-body.js';
 import { access, mkdir, rm, writeFile } from 'node:fs/promises';
 import { daemonRequest, ensureDaemon, listening } from '../restore/lazy/client.js';
-import { serveDetached, serverRecordPath } from '../restore/lazy/detached.js';
+import { hydratedPath, isServerOf, readServerRecord, serveDetached, serverRecordPath } from '../restore/lazy/detached.js';
 import { type IndexBlob, indexRemote, presignSources, servesAlone, type PresignedSource, serverFetchOptions, unmountPath, writeIndexFile } from '../restore/lazy/mount.js';
 import { daemonLog, fetchSocket, hostCacheDir, runDir } from '../restore/lazy/protocol.js';
 import { mountAt } from '../restore/overlay.js';
@@ -200,5 +200,20 @@ export class LazyLowers implements Lowers {
     // No daemon: unmount by hand (a detached strata-fuse leaves once its mount is gone).
     if (!r) await unmountPath(lowerDir(ws));
     await rm(serverRecordPath(ws.root), { force: true });
+    await rm(hydratedPath(ws.root), { force: true });
+  }
+
+  /**
+   * What a view its detached strata-fuse serves shows without asking a daemon (a cold host's,
+   * still booting): its chunk count from the index, all of them local once strata-fuse wrote its
+   * hydrated marker (or when no layer is remote), none before. Undefined: no live server.
+   */
+  async detachedStatus(ws: Workspace): Promise<{ chunks: number; cached: number; hydrating: boolean } | undefined> {
+    const rec = await readServerRecord(ws.root);
+    if (!rec || !(await isServerOf(rec.pid, rec.mountpoint))) return undefined;
+    const chunks = (await readHeadFile(mountHeadPath(ws), ws.viewed))?.chunkCount ?? (await readIndexFile(mountIndexPath(ws), ws.viewed))?.chunkCount;
+    if (chunks === undefined) return undefined;
+    const whole = rec.remote.length === 0 || (await access(hydratedPath(ws.root)).then(() => true, () => false));
+    return { chunks, cached: whole ? chunks : 0, hydrating: !whole && rec.hydrate };
   }
 }

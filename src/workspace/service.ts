@@ -14,7 +14,7 @@ import type { LayerDescriptor } from '../format/reader.js';
 import type { PrefetchDescriptor } from '../format/prefetch.js';
 import type { IndexDescriptor, IndexHead } from '../format/restore-index.js';
 import type { Toc, TocEntry } from '../format/toc.js';
-import { daemonRequest } from '../restore/lazy/client.js';
+import { daemonRequest, ensureDaemon, listening } from '../restore/lazy/client.js';
 import type { FetcherStats } from '../restore/lazy/fetcher.js';
 import { writeIndexFile } from '../restore/lazy/mount.js';
 import { mountAt, mountOverlay, unmount } from '../restore/overlay.js';
@@ -264,18 +264,26 @@ export class WorkspaceService {
     // before its daemon listens), or died; either way the daemon started now adopts the view.
     const anyLazy = all.some((w) => w.state.mode === 'lazy');
     const start = all.some((w, i) => w.state.mode === 'lazy' && mountedNow[i]);
-    const reply = anyLazy ? await daemonRequest(this.home, { op: 'status' }, { start, env: this.daemonEnv }).catch(() => null) : null;
+    // No daemon listening: start one (not waited for) and answer from what the views' detached
+    // servers left on disk; a daemon that listens answers for every view it holds.
+    const up = anyLazy && (await listening(this.home));
+    if (anyLazy && !up && start) await ensureDaemon(this.home, this.daemonEnv).catch(() => undefined);
+    const reply = up ? await daemonRequest(this.home, { op: 'status' }, { start, env: this.daemonEnv }).catch(() => null) : null;
     const daemon = reply?.ok ? reply : null;
+    const lazyLowers = this.lowers.lazy as LazyLowers;
     for (const [i, w] of all.entries()) {
       const unsaved = await w.unsavedChanges();
       const lazy = daemon?.mounts.find((x) => x.workspace === w.state.id);
       const mounted = mountedNow[i]!;
+      const alone = w.state.mode === 'lazy' && mounted && !lazy ? await lazyLowers.detachedStatus(w) : undefined;
       out.push({
         ...(w.state.mode === 'lazy' && (mounted || lazy)
           ? {
               lazy: lazy
                 ? { served: true, chunks: lazy.chunks, cached: lazy.cached, hydrating: lazy.hydrating, errors: lazy.errors, fetcher: daemon!.fetcher }
-                : { served: false, chunks: 0, cached: 0, hydrating: false, errors: ['no restore daemon serves this workspace: strata unmount, then strata restore'] },
+                : alone
+                  ? { served: true, ...alone, errors: [] }
+                  : { served: false, chunks: 0, cached: 0, hydrating: false, errors: ['no restore daemon serves this workspace: strata unmount, then strata restore'] },
             }
           : {}),
         dir: w.state.dir,

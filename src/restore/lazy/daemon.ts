@@ -8,7 +8,7 @@
  * workspace (mount.index): the daemon parses no TOC and builds no view. The daemon exits when its
  * last mount goes. Run as: node daemon.js STRATA_HOME
  */
-import { open as openFile, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { access, open as openFile, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { decodePrefetch, MAX_PREFETCH_REFS, type PrefetchRef } from '../../format/prefetch.js';
@@ -21,7 +21,7 @@ import { fetchIndex } from '../../store/blobs.js';
 import { type FirstReads, firstReadsPath, listWorkspaces, lowerDir, mountHeadPath, mountIndexPath, prefetchPath, Workspace } from '../../workspace/workspace.js';
 import { Fetcher } from './fetcher.js';
 import { type LazyMount, mirrorPath, mountLazy, type PresignedSource, RENEW_MS, renewSources, serverFetchOptions, unmountPath, writeIndexFile } from './mount.js';
-import { isServerOf, readServerRecord, serverRecordPath } from './detached.js';
+import { hydratedPath, isServerOf, readServerRecord, serverRecordPath } from './detached.js';
 import { trimMirrors } from './mirrors.js';
 import type { LayerDescriptor } from '../../format/reader.js';
 import { mountAt } from '../overlay.js';
@@ -66,6 +66,8 @@ interface Held {
   viewed: LayerDescriptor[];
   /** Chunk records of the index: what status reports until digests are known. */
   pending: number;
+  /** The workspace's directory (its hydrated marker, detached.ts hydratedPath). */
+  root: string;
   hydrating: boolean;
   errors: string[];
   abort: AbortController;
@@ -248,6 +250,7 @@ async function main(home: string): Promise<void> {
           }
           await unmountPath(mountpoint);
           await rm(serverRecordPath(ws.root), { force: true });
+          await rm(hydratedPath(ws.root), { force: true });
           if (rec.sources) await rm(rec.sources, { force: true });
         })()),
     };
@@ -264,7 +267,7 @@ async function main(home: string): Promise<void> {
     // while the mount comes up. Layers strata-fuse fetches itself need it only to renew their
     // URLs (hourly), which loads it then.
     if (store instanceof DeferredStore && m.direct.size < ws.viewed.length) setTimeout(() => (store as DeferredStore).preload(), 0);
-    const h: Held = { mount: m, layers: ws.viewed.length, mirrored: [], viewed: ws.viewed, nativeHydrate: hydrate && m.remote.size > 0, digests: undefined, local: 0, pending: index.chunkCount, hydrating: hydrate, errors: [], abort: new AbortController() };
+    const h: Held = { mount: m, root: ws.root, layers: ws.viewed.length, mirrored: [], viewed: ws.viewed, nativeHydrate: hydrate && m.remote.size > 0, digests: undefined, local: 0, pending: index.chunkCount, hydrating: hydrate, errors: [], abort: new AbortController() };
     held.set(id, h);
     m.onExit((why) => {
       if (held.get(id) === h && !exiting) {
@@ -352,11 +355,16 @@ async function main(home: string): Promise<void> {
     fetcher: fetcher.stats(),
     mounts: await Promise.all(
       [...held].map(async ([id, h]) => {
+        const chunks = h.digests ? h.digests.length + h.local + h.mirrored.length : h.pending;
+        // strata-fuse serves it all and said every remote layer is whole: nothing to count.
+        if (h.mount.direct.size === h.layers && (await access(hydratedPath(h.root)).then(() => true, () => false))) {
+          return { workspace: id, mountpoint: h.mount.mountpoint, chunks, cached: chunks, hydrating: false, errors: h.errors };
+        }
         const mirrored = h.digests ? await mirroredFrames(fetcher.cache.dir, h.viewed, h.mirrored) : 0;
         return {
           workspace: id,
           mountpoint: h.mount.mountpoint,
-          chunks: h.digests ? h.digests.length + h.local + h.mirrored.length : h.pending,
+          chunks,
           // Until the chunk list is decoded, a view read wholly from local blobs is still all local.
           cached: h.digests ? h.local + mirrored + h.digests.filter((d) => fetcher.cache.has(d)).length : h.mount.direct.size === h.layers && h.mount.remote.size === 0 ? h.pending : 0,
           hydrating: h.hydrating || (h.nativeHydrate && (!h.digests || mirrored < h.mirrored.length)),
@@ -451,7 +459,9 @@ async function main(home: string): Promise<void> {
   const trim = (): void => {
     const inUse = new Set([...held.values()].flatMap((h) => h.viewed.map((l) => l.digest.slice(7))));
     trimMirrors(fetcher.cache.dir, Math.max(0, cacheBytes - fetcher.stats().cache.bytes), inUse)
-      .then((gone) => {
+      .then(async (gone) => {
+        // A view whose mirror was emptied is no longer hydrated.
+        for (const h of held.values()) if (gone.some((m) => h.viewed.some((l) => l.digest.slice(7) === m.hex))) await rm(hydratedPath(h.root), { force: true });
         for (const m of gone) log(`cache over its ${cacheBytes}-byte budget: emptied the mirror of layer sha256:${m.hex} (${m.held} bytes${inUse.has(m.hex) ? ', in use: it is fetched again as read' : ''})`);
       })
       .catch((err: Error) => log(`trimming the blob mirrors: ${err.message}`));

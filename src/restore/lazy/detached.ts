@@ -63,6 +63,15 @@ export function serverRecordPath(dir: string): string {
   return join(dir, 'server.json');
 }
 
+/**
+ * Written by strata-fuse (--hydrated-file) once every remote layer of the view is whole in its
+ * mirror: status needs no count of the mirrors then (nor a daemon). Removed before a server
+ * starts, when the view goes down, and by the daemon when it empties a mirror the view uses.
+ */
+export function hydratedPath(dir: string): string {
+  return join(dir, 'hydrated');
+}
+
 /** The record, if there is a well-formed one. */
 export async function readServerRecord(dir: string): Promise<ServerRecord | undefined> {
   let v: ServerRecord;
@@ -102,7 +111,9 @@ export async function serveDetached(o: ServeDetachedOptions): Promise<ServerReco
     throw new BackupRestoreError(`a detached strata-fuse cannot serve ${mountpoint}: some of its layers need the restore daemon's fetcher`);
   }
   const timeoutMs = (o.fetcherOptions?.deadlineMs ?? 30_000) + 5_000;
-  const args = [...served.args, ...commonArgs({ indexPath: o.indexPath, headPath: o.headPath, seedPath: o.seedPath, cacheDir: o.cacheDir, socketPath: o.socketPath, timeoutMs, dieWithParent: false, mountpoint })];
+  await rm(hydratedPath(o.dir), { force: true });
+  const marks = o.hydrate && served.remote.length > 0 ? ['--hydrated-file', hydratedPath(o.dir)] : [];
+  const args = [...served.args, ...marks, ...commonArgs({ indexPath: o.indexPath, headPath: o.headPath, seedPath: o.seedPath, cacheDir: o.cacheDir, socketPath: o.socketPath, timeoutMs, dieWithParent: false, mountpoint })];
   const log = await open(o.logPath, 'a', 0o600);
   // The log is shared: this strata-fuse's last words are what it writes after this offset.
   const logFrom = (await log.stat()).size;
