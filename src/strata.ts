@@ -30,8 +30,8 @@ import { buildView, type ViewNode } from './format/view.js';
 import { LayerWriter } from './format/writer.js';
 import { extractView, type ExtractStats } from './restore/extract.js';
 import { EarlyBodies } from './restore/early-body.js';
-import { loadIndex, pagedIndex } from './restore/index-source.js';
-import { defaultFuseBinary } from './restore/lazy/mount.js';
+import { fetchIndexSeed, loadIndex, pagedIndex } from './restore/index-source.js';
+import { defaultFuseBinary, indexRemote } from './restore/lazy/mount.js';
 import { removeLayerDir } from './restore/layers.js';
 import { fetchPrefetch, fetchToc } from './store/blobs.js';
 import { getManifest, listManifests, putManifest, resolveName, type ManifestRecord } from './store/catalog.js';
@@ -627,6 +627,8 @@ export class Strata {
       // Lazy from a paged index: its head (in the manifest) is all the mount needs; strata-fuse
       // loads the pages.
       const paged = mode === 'lazy' && m.index?.head !== undefined ? pagedIndex(m) : undefined;
+      // From a remote store, the pages its mount needs (the seed), fetched from now on.
+      const seed = paged && indexRemote(this.store) ? fetchIndexSeed(this.store, paged.head).catch(() => undefined) : undefined;
       // A manifest's own index does not need the TOCs: fetched alongside them.
       const [{ raw, index, layers: indexed }, prefetch, tocs] = await Promise.all([
         paged ?? (m.index || !tocsP ? loadIndex(this.store, m) : tocsP.then((t) => loadIndex(this.store, m, t))),
@@ -650,6 +652,7 @@ export class Strata {
         ...(m.prefetch ? { prefetch: { desc: m.prefetch, ...(prefetch ? { raw: prefetch } : {}) } } : {}),
         ...(tocs ? { tocs } : {}),
         ...(bodies ? { bodies } : {}),
+        ...(seed ? { seed } : {}),
       });
       tr.step('workspace mounted');
       return result(r);

@@ -36,7 +36,7 @@ export interface Lowers {
    * Make the workspace's lowers available. `fresh`: its index was written just now from a
    * verified blob (no need to check it).
    */
-  mount(ws: Workspace, store: ObjectStore, opts?: { tocs?: Toc[] | undefined; bodies?: EarlyBodies | undefined; fresh?: boolean }): Promise<MountedLowers>;
+  mount(ws: Workspace, store: ObjectStore, opts?: { tocs?: Toc[] | undefined; bodies?: EarlyBodies | undefined; seed?: Promise<Buffer | undefined> | undefined; fresh?: boolean }): Promise<MountedLowers>;
   /** Take down what mount made for this workspace (a dead FUSE mount too). */
   unmount(ws: Workspace): Promise<void>;
 }
@@ -79,7 +79,7 @@ export class LazyLowers implements Lowers {
     return this.opts.cacheSize ? { STRATA_CACHE_SIZE: String(this.opts.cacheSize) } : {};
   }
 
-  async mount(ws: Workspace, store: ObjectStore, opts: { fresh?: boolean } = {}): Promise<MountedLowers> {
+  async mount(ws: Workspace, store: ObjectStore, opts: { fresh?: boolean; seed?: Promise<Buffer | undefined> | undefined } = {}): Promise<MountedLowers> {
     const tail = ws.tail.length ? ensureLayerDirs(store, this.home, ws.tail, { whole: true, onWarning: this.warn }) : undefined;
     // Awaited below; a failure must not surface as an unhandled rejection meanwhile.
     tail?.catch(() => undefined);
@@ -91,7 +91,7 @@ export class LazyLowers implements Lowers {
     const indexBlob = head ? { digest: head.blobDigest, size: head.blobSize } : undefined;
     // A remote paged index: its first pages, fetched now with this process's store while the
     // rest is prepared, so strata-fuse mounts without a fetch of its own.
-    const seed = head && indexRemote(store) ? this.writeSeed(ws, store, head).finally(() => tr.step('index seed written')) : undefined;
+    const seed = head && indexRemote(store) ? this.writeSeed(ws, opts.seed ?? fetchIndexSeed(store, head)).finally(() => tr.step('index seed written')) : undefined;
     const presigned = await presignSources(store, ws.viewed, undefined, indexBlob).catch((err: Error) => {
       this.warn(`cannot presign the layers of ${ws.state.dir} here (the restore daemon will): ${err.message}`);
       return undefined;
@@ -129,10 +129,12 @@ export class LazyLowers implements Lowers {
    * when it listens, else from its start-up scan.
    */
   /** The seed file of a paged index (fetchIndexSeed); undefined when it cannot be had (strata-fuse fetches the pages). */
-  private async writeSeed(ws: Workspace, store: ObjectStore, head: IndexHead): Promise<string | undefined> {
+  private async writeSeed(ws: Workspace, seed: Promise<Buffer | undefined>): Promise<string | undefined> {
     try {
+      const bytes = await seed;
+      if (!bytes) return undefined;
       const path = mountSeedPath(ws);
-      await writeFile(path, await fetchIndexSeed(store, head), { mode: 0o600 });
+      await writeFile(path, bytes, { mode: 0o600 });
       return path;
     } catch {
       return undefined;

@@ -64,6 +64,8 @@ export interface PrepareSpec {
   tocs?: Toc[];
   /** Extract from a remote store: the layers' data GETs, started early (restore/early-body.ts). */
   bodies?: EarlyBodies;
+  /** Lazy from a remote store and a paged index: its seed, fetched since the manifest came. */
+  seed?: Promise<Buffer | undefined>;
   /** The backup's prefetch record: its descriptor, and (lazy) its verified bytes. */
   prefetch?: { desc: PrefetchDescriptor; raw?: Buffer };
 }
@@ -174,7 +176,7 @@ export class WorkspaceService {
       // Verified by the caller; strata-fuse and the daemon fetch its frames first.
       if (spec.prefetch?.raw) await writeFile(prefetchPath(ws), spec.prefetch.raw);
       tr.step('workspace created, index written');
-      const { lowers, tailRoot } = await this.lowers[spec.mode].mount(ws, spec.store, { tocs: spec.tocs, bodies: spec.bodies, fresh: true });
+      const { lowers, tailRoot } = await this.lowers[spec.mode].mount(ws, spec.store, { tocs: spec.tocs, bodies: spec.bodies, seed: spec.seed, fresh: true });
       tr.step('lowers mounted');
       await ws.initUpperRoot(tailRoot ?? spec.index.root);
       await swapInto(dir, state === 'replace' ? 'replace' : 'absent', async () => {
