@@ -8,7 +8,7 @@ import { spawn } from 'node:child_process';
 import { mkdir, open, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import { createReadStream } from 'node:fs';
+import { createReadStream, existsSync } from 'node:fs';
 import { GetObjectCommand } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import { CREDENTIALS, q, run, s3Client, sh } from './util.mjs';
@@ -378,24 +378,42 @@ export function strataRestore(ctx, lib, { mode, warm = false, hydrate = true, re
   const lazyStatus = async (strata, dir) => (await strata.status(dir))[0]?.lazy;
 
   /**
-   * Watch, from the moment the restore returns, for the daemon to report every chunk of the
-   * workspace in the host cache (background hydration). Resolves with the time it first did, so
-   * the moment does not depend on when the harness asks (after the workload).
+   * Watch, from the moment the restore returns, for every chunk of the workspace to be in the host
+   * cache (background hydration). Resolves with the time it first was, so the moment does not
+   * depend on when the harness asks (after the workload). The moment is when strata-fuse writes
+   * the workspace's hydrated marker (workspaces/<id>/hydrated, a stat every 5 ms), confirmed by a
+   * status that counts every chunk cached; a status every 100 ms (each one makes the daemon count
+   * the view's chunks) measured the moment up to 100 ms late, half of the small tree's hydration.
    */
-  function watchLocal(strata, dir) {
+  function watchLocal(strata, dir, home) {
     return (async () => {
+      let marker;
       for (;;) {
-        const l = await lazyStatus(strata, dir);
+        const st = (await strata.status(dir))[0];
+        const l = st?.lazy;
         if (!l) throw new Error(`strata status ${dir} reports no lazy state`);
         if (l.errors?.length) throw new Error(`lazy workspace ${dir}: ${l.errors.join('; ')}`);
-        if (l.cached >= l.chunks) return { at: performance.now(), via: 'background hydration' };
+        if (l.cached >= l.chunks) return { at: marker ?? performance.now(), via: 'background hydration' };
         if (!l.hydrating) {
           // Hydration ended short of everything: fetch the rest by reading every file.
           await sh(`find ${q(dir)} -type f -print0 | xargs -0 -r -P 8 -n 64 cat > /dev/null`);
           return { at: performance.now(), via: 'background hydration, then every file read' };
         }
-        // Each status asks the daemon, which counts the view's chunks in its cache: not too often.
-        await new Promise((r) => setTimeout(r, 100));
+        if (marker === undefined && home && st.workspace) {
+          const path = join(home, 'workspaces', st.workspace, 'hydrated');
+          const until = performance.now() + 100;
+          while (performance.now() < until) {
+            if (existsSync(path)) {
+              marker = performance.now();
+              break;
+            }
+            await new Promise((r) => setTimeout(r, 5));
+          }
+          if (marker !== undefined) continue; // confirm with a status at once
+        } else {
+          marker = undefined; // the status disagreed with the marker: count from the status
+          await new Promise((r) => setTimeout(r, 100));
+        }
       }
     })();
   }
@@ -478,7 +496,7 @@ export function strataRestore(ctx, lib, { mode, warm = false, hydrate = true, re
       await rm(shared.base, { recursive: true, force: true });
       await shared.strata.restoreBackup(artifact.handle, { dir: shared.base, mode });
       if (mode === 'lazy') {
-        if (hydrate) await watchLocal(shared.strata, shared.base);
+        if (hydrate) await watchLocal(shared.strata, shared.base, shared.home);
         else await sh(`find ${q(shared.base)} -type f -print0 | xargs -0 -r -P 8 -n 64 cat > /dev/null`);
       }
     },
@@ -516,7 +534,7 @@ export function strataRestore(ctx, lib, { mode, warm = false, hydrate = true, re
       o.t.mark();
       const result = await o.strata.restoreBackup((derived ?? artifact).handle, { dir: target, mode });
       // Without background hydration "fully local" is not a state it reaches by itself: not timed.
-      const local = mode === 'lazy' && hydrate ? watchLocal(o.strata, target) : undefined;
+      const local = mode === 'lazy' && hydrate ? watchLocal(o.strata, target, o.home) : undefined;
       local?.catch(() => undefined); // awaited by the harness
       return {
         result,
