@@ -28,6 +28,7 @@ import { assertBuilt } from './helpers/built.js';
 import { need } from './helpers/caps.js';
 import { makeFidelityTree, prng } from './helpers/fidelity.js';
 import { ProbeStore } from './helpers/probe-store.js';
+import { damagingPageOffset } from './helpers/tamper.js';
 import { diffTrees, summarize } from './helpers/tree.js';
 import { makeBaseTree, unmountUnder } from './helpers/workspace.js';
 
@@ -418,10 +419,10 @@ describe.runIf(LAZY)('lazy ready path', () => {
     expect(head.pages.length).toBeGreaterThan(40);
     const blobPath = join(c.storeDir, ...blobKey(m.index!.digest).split('/'));
     const good = await readFile(blobPath);
-    const flip = (page: number): Buffer => {
+    // A byte of the page whose flipped bit the decoder notices (helpers/tamper.ts).
+    const flip = async (page: number): Promise<Buffer> => {
       const b = Buffer.from(good);
-      const pg = head.pages[page]!;
-      b[pg.blobOffset + (pg.blobLength >> 1)]! ^= 0x01;
+      b[await damagingPageOffset(good, head, page)]! ^= 0x01;
       return b;
     };
     // The restoring process reads no byte of the index blob: strata-fuse loads its pages.
@@ -435,7 +436,7 @@ describe.runIf(LAZY)('lazy ready path', () => {
       ['truncated', good.subarray(0, good.length - 1), /index blob is \d+ bytes, its head says \d+: truncated or replaced/],
       ['missing', null, /index blob .*No such file/],
       // A flipped byte in a frame either breaks its decompression or its digest: both refuse it.
-      ['page 0 damaged', flip(0), /page 0 of the index (does not match its digest|does not decompress)/],
+      ['page 0 damaged', await flip(0), /page 0 of the index (does not match its digest|does not decompress)/],
     ] as Array<[string, Buffer | null, RegExp]>) {
       if (bytes) await writeFile(blobPath, bytes);
       else await rm(blobPath);
@@ -449,7 +450,7 @@ describe.runIf(LAZY)('lazy ready path', () => {
     // A page of nodes in the middle of the tree: the root and most files still serve.
     const nodesPages = Math.ceil((HEADER_SIZE + head.nodeCount * NODE_SIZE) / head.pageSize);
     const bad = Math.floor(nodesPages / 2);
-    await writeFile(blobPath, flip(bad));
+    await writeFile(blobPath, await flip(bad));
     const ws = c.at('ws-one-bad-page');
     await s.restoreBackup(h, { dir: ws });
     const src = await summarize(c.at('src'));
