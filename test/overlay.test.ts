@@ -4,11 +4,13 @@
  * limit), with mount(8) where the kernel lacks it; a refused mount says why and mounts nothing.
  */
 import { readFileSync } from 'node:fs';
-import { mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { mountAt, MountError, mountOverlay, overlayOptions, unmount } from '../src/restore/overlay.js';
+import { unmountPath } from '../src/restore/lazy/mount.js';
+import { sys } from '../src/sys/native.js';
 import { need } from './helpers/caps.js';
 import { unmountUnder } from './helpers/workspace.js';
 
@@ -102,5 +104,44 @@ describe.runIf(ROOT)('overlay mounts', () => {
     expect((err as MountError).code).toBe('MOUNT_FAILED');
     expect((err as Error).message).toMatch(new RegExp(`cannot mount the workspace overlay on ${spec.target}: ENOENT.*lowerdir\\+`));
     expect(await mountAt(spec.target)).toBeUndefined();
+  });
+
+  it('unmounts with umount2 (no umount(8)): busy is a MountError that names it and leaves the mount; lazy detaches it; a mount point that is not one is refused', async () => {
+    const spec = await lowers(1);
+    await mountOverlay(spec);
+    const held = await open(join(spec.target, 'shared.txt'), 'r');
+    try {
+      const err = await unmount(spec.target).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(MountError);
+      expect((err as Error).message).toMatch(new RegExp(`cannot unmount ${spec.target}: EBUSY.*umount2.*is a process using it`));
+      expect((await mountAt(spec.target))?.fstype, 'a busy mount stays').toBe('overlay');
+      await unmount(spec.target, { lazy: true });
+      expect(await mountAt(spec.target), 'detached at once, though a file is open').toBeUndefined();
+      expect(await held.readFile('utf8'), 'the open file still reads').toBe('from layer 0\n');
+    } finally {
+      await held.close();
+    }
+    const notMounted = await unmount(spec.target).catch((e: unknown) => e);
+    expect((notMounted as Error).message).toMatch(/EINVAL/);
+    const missing = await sys.unmountFs(Buffer.from(join(spec.cwd, 'no-such-dir')), false).catch((e: NodeJS.ErrnoException) => e);
+    expect((missing as NodeJS.ErrnoException).code).toBe('ENOENT');
+  });
+
+  it('umount2 does not follow a symlink planted at the target; unmountPath unmounts, lazily when busy', async () => {
+    const spec = await lowers(1);
+    await mountOverlay(spec);
+    const link = join(spec.cwd, 'link-to-mnt');
+    await symlink(spec.target, link);
+    const err = await sys.unmountFs(Buffer.from(link), false).catch((e: NodeJS.ErrnoException) => e);
+    expect((err as NodeJS.ErrnoException).code).toBe('EINVAL');
+    expect((await mountAt(spec.target))?.fstype, 'the mount behind the link stays').toBe('overlay');
+    const held = await open(join(spec.target, 'shared.txt'), 'r');
+    try {
+      expect(await unmountPath(spec.target)).toBe(true);
+      expect(await mountAt(spec.target)).toBeUndefined();
+    } finally {
+      await held.close();
+    }
+    expect(await unmountPath(spec.target), 'nothing left to unmount').toBe(false);
   });
 });

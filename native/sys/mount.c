@@ -12,6 +12,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -257,5 +258,87 @@ napi_value js_mount_fs(napi_env env, napi_callback_info info)
 		return promise;
 fail:
 	mount_job_free(env, job);
+	return promise;
+}
+
+/*
+ * unmountFs(target: Buffer, lazy: boolean): Promise<void>
+ * umount2 on the threadpool (an overlay's unmount syncs its upper layer), for
+ * the same reason as mountFs: umount(8) would fork this process. UMOUNT_NOFOLLOW:
+ * a symlink planted at the target is not followed. lazy = MNT_DETACH. Rejects
+ * with code EBUSY (in use), EINVAL (not a mount point), ENOENT, EPERM, ...
+ */
+struct unmount_job {
+	napi_async_work work;
+	napi_deferred deferred;
+	char *target;
+	int flags;
+	int err;
+};
+
+static void unmount_execute(napi_env env, void *data)
+{
+	struct unmount_job *job = data;
+	(void)env;
+
+	job->err = umount2(job->target, job->flags | UMOUNT_NOFOLLOW) == 0 ? 0 : errno;
+}
+
+static void unmount_complete(napi_env env, napi_status status, void *data)
+{
+	struct unmount_job *job = data;
+	napi_value value = NULL, s;
+	napi_status st = status;
+	bool ok = status == napi_ok && job->err == 0;
+
+	if (st == napi_ok && ok) {
+		st = napi_get_undefined(env, &value);
+	} else if (st == napi_ok) {
+		char msg[PATH_MAX + 128];
+		const char *code = job->err == EBUSY ? "EBUSY" : job->err == EINVAL ? "EINVAL" :
+				   job->err == ENOENT ? "ENOENT" : job->err == EPERM ? "EPERM" :
+				   job->err == ENOTDIR ? "ENOTDIR" : "EIO";
+		snprintf(msg, sizeof(msg), "%s: %s, umount2 %s", code, strerror(job->err), job->target);
+		st = make_error(env, code, msg, &value);
+		if (st == napi_ok && napi_create_int32(env, -job->err, &s) == napi_ok)
+			st = napi_set_named_property(env, value, "errno", s);
+		if (st == napi_ok && napi_create_string_utf8(env, "umount2", NAPI_AUTO_LENGTH, &s) == napi_ok)
+			st = napi_set_named_property(env, value, "syscall", s);
+	}
+	settle_work(env, job->deferred, st, ok, value, "cannot settle an unmount promise");
+	if (job->work != NULL)
+		(void)napi_delete_async_work(env, job->work);
+	free(job->target);
+	free(job);
+}
+
+napi_value js_unmount_fs(napi_env env, napi_callback_info info)
+{
+	napi_value argv[2], promise = NULL;
+	struct unmount_job *job;
+	bool lazy = false, queued = false;
+
+	if (!get_args(env, info, 2, argv))
+		return NULL;
+	if (napi_failed(env, napi_get_value_bool(env, argv[1], &lazy))) {
+		throw_fmt(env, THROW_TYPE, "EINVAL", "lazy must be a boolean");
+		return NULL;
+	}
+	job = calloc(1, sizeof(*job));
+	if (job == NULL) {
+		throw_errno(env, ENOMEM, "malloc", NULL, NULL);
+		return NULL;
+	}
+	job->flags = lazy ? MNT_DETACH : 0;
+	if ((job->target = get_path(env, argv[0], "target")) == NULL) {
+		free(job);
+		return NULL;
+	}
+	promise = queue_work(env, "strata.unmountFs", unmount_execute, unmount_complete, job, &job->work,
+			     &job->deferred, &queued);
+	if (queued)
+		return promise;
+	free(job->target);
+	free(job);
 	return promise;
 }

@@ -860,6 +860,8 @@ NAPI_MODULE_INIT()
 		  .attributes = napi_enumerable },
 		{ .utf8name = "mountFs", .method = js_mount_fs,
 		  .attributes = napi_enumerable },
+		{ .utf8name = "unmountFs", .method = js_unmount_fs,
+		  .attributes = napi_enumerable },
 		{ .utf8name = "spawnDetached", .method = js_spawn_detached,
 		  .attributes = napi_enumerable },
 	};

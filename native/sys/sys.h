@@ -66,6 +66,7 @@ static inline int64_t ns_of(const struct timespec *t)
 
 /* mount.c */
 napi_value js_mount_fs(napi_env env, napi_callback_info info);
+napi_value js_unmount_fs(napi_env env, napi_callback_info info);
 
 /* spawn.c */
 napi_value js_spawn_detached(napi_env env, napi_callback_info info);

@@ -115,7 +115,10 @@ export async function mountOverlay(spec: OverlaySpec): Promise<void> {
 
 export async function unmount(target: string, opts: { lazy?: boolean } = {}): Promise<void> {
   try {
-    await run('umount', opts.lazy ? ['-l', target] : [target]);
+    // umount2 as root (no fork of this process, as with mountFs); umount(8) otherwise or with
+    // STRATA_MOUNT_API=0.
+    if (useMountApi() && process.getuid?.() === 0) await sys.unmountFs(Buffer.from(resolve(target)), !!opts.lazy);
+    else await run('umount', opts.lazy ? ['-l', target] : [target]);
   } catch (err) {
     const msg = (err as { stderr?: string }).stderr?.trim() || (err as Error).message;
     throw new MountError(`cannot unmount ${target}: ${msg}${opts.lazy ? '' : ' (is a process using it? stop it, or unmount lazily)'}`, { cause: err });

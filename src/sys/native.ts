@@ -90,6 +90,10 @@ export interface NativeSys {
    *  where the kernel lacks the API), `errno`, `syscall`, and `parameter` when fsconfig refused
    *  one; the message carries what the filesystem logged. */
   mountFs(fstype: string, source: string, target: Buffer, params: Array<[string] | [string, string | Buffer]>): Promise<void>;
+  /** umount2(target, UMOUNT_NOFOLLOW, MNT_DETACH when lazy) on the threadpool: no umount(8), so no
+   *  fork of this process. Rejects with code EBUSY (in use), EINVAL (not a mount point), ENOENT,
+   *  EPERM, and `errno`, `syscall`. */
+  unmountFs(target: Buffer, lazy: boolean): Promise<void>;
   /** Start `file` (found on PATH) in a session of its own through `setsid --fork`, with posix_spawn
    *  on the threadpool (no fork of this process, whatever its size): stdin /dev/null, stdout and
    *  stderr on the fds given (else /dev/null), with readyPipe fd 3 the write end of a pipe whose
@@ -129,6 +133,7 @@ const FUNCTIONS = [
   'captureNext',
   'captureStop',
   'mountFs',
+  'unmountFs',
   'spawnDetached',
 ] as const satisfies ReadonlyArray<keyof NativeSys>;
 

@@ -20,6 +20,7 @@ import { parseDigest, type Toc } from '../../format/toc.js';
 import type { ObjectStore } from '../../store/store.js';
 import { encodeIndex, RestoreIndex, type ViewChunk, viewChunks } from '../../format/restore-index.js';
 import { buildView, type ViewNode } from '../../format/view.js';
+import { sys } from '../../sys/native.js';
 import { Fetcher, type FetcherOptions, type FetcherStats, type HydrateResult } from './fetcher.js';
 
 const run = promisify(execFile);
@@ -192,6 +193,19 @@ export interface LazyMount {
 
 /** Unmount a FUSE mountpoint: a normal unmount, else a lazy one; true when something was unmounted. */
 export async function unmountPath(mountpoint: string): Promise<boolean> {
+  if (IS_ROOT && process.env.STRATA_MOUNT_API !== '0') {
+    // umount2, no fork of this process: a normal unmount, else a lazy one.
+    const at = Buffer.from(resolve(mountpoint));
+    for (const lazy of [false, true]) {
+      try {
+        await sys.unmountFs(at, lazy);
+        return true;
+      } catch {
+        // Not mounted, or busy: try the next way.
+      }
+    }
+    return false;
+  }
   const tries = IS_ROOT
     ? [
         ['umount', [mountpoint]],
