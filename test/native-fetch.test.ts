@@ -28,6 +28,7 @@ import { type Fault, type FaultProxy, type LogEntry, startFaultProxy } from './h
 import { prng } from './helpers/fidelity.js';
 import { s3StoreFor, type S3TestServer, startS3Server } from './helpers/s3server.js';
 import { diffTrees, summarize } from './helpers/tree.js';
+import { damagingPageOffset } from './helpers/tamper.js';
 /** A GET of a blob: a layer (under its digest, or its staging key on S3) or an index. */
 const isBlobKey = (k: string): boolean => /\/blobs\/(sha256|staging)\//.test(k);
 
@@ -437,11 +438,72 @@ describe.runIf(RUN)('strata-fuse fetching s3:// layers itself', () => {
     return [Number(m[1]), Number(m[2])];
   };
 
+  it('a mirror the cache budget empties takes its view\'s hydrated marker with it: status stops reporting it local, and its files are fetched again, right', async () => {
+    const home = join(caseDir, 'home');
+    const wsA = join(caseDir, 'ws-a');
+    const wsB = join(caseDir, 'ws-b');
+    const small = join(caseDir, 'small-src');
+    await mkdir(small);
+    for (let i = 0; i < 3; i++) await writeFile(join(small, `f${i}.txt`), `small file ${i}\n`);
+    const trimStore = (): S3Store => s3StoreFor(s3, { url: `${s3.url}/trim`, endpoint: proxy.endpoint });
+    const maker = new Strata({ home: join(caseDir, 'maker-home'), store: trimStore() });
+    const hA = await maker.createBackup({ dir: src });
+    const hB = await maker.createBackup({ dir: small });
+    const layerA = (await maker.resolve(hA)).manifest.layers[0]!;
+    const mirrorA = mirrorPath(join(home, 'cache', 'chunks'), layerA.digest);
+    const old = { NODE_OPTIONS: process.env.NODE_OPTIONS, STRATA_CACHE_SIZE: process.env.STRATA_CACHE_SIZE };
+    const s = new Strata({ home, store: trimStore(), mode: 'lazy', hydrate: true });
+    try {
+      // A hydrates with no daemon (none can boot): strata-fuse marks it hydrated, nothing trims.
+      process.env.NODE_OPTIONS = `--require ${join(caseDir, 'no-such-module.cjs')}`;
+      const startedA = Date.now();
+      await s.restoreBackup(hA, { dir: wsA });
+      const idA = (await s.status(wsA))[0]!.workspace;
+      const markerA = join(home, 'workspaces', idA, 'hydrated');
+      for (let i = 0; i < 300 && !existsSync(markerA); i++) await new Promise((r) => setTimeout(r, 50));
+      expect(existsSync(markerA), 'A hydrated').toBe(true);
+      expect((await stat(mirrorA)).blocks * 512).toBeGreaterThanOrEqual(layerA.size - 4096);
+      // B's restore starts a daemon whose budget (8 MiB, the least it takes) A's mirror (over
+      // 9 MiB) alone is over: it adopts A, mounts B, and empties A's mirror, the least recently used.
+      delete process.env.NODE_OPTIONS;
+      expect(layerA.size).toBeGreaterThan(9 * MiB);
+      process.env.STRATA_CACHE_SIZE = String(8 * MiB);
+      // A restore starts a daemon at most once a second (plus its 250 ms deferral) per home:
+      // B's must not fall in the window A's failed start opened.
+      await new Promise((r) => setTimeout(r, Math.max(0, startedA + 1500 - Date.now())));
+      await s.restoreBackup(hB, { dir: wsB });
+      const log = join(home, 'run', 'daemon.log');
+      const emptied = new RegExp(`emptied the mirror of layer ${layerA.digest}`);
+      for (let i = 0; i < 300 && !emptied.test(readFileSync(log, 'utf8')); i++) await new Promise((r) => setTimeout(r, 50));
+      expect(readFileSync(log, 'utf8'), 'the budget emptied A\'s mirror').toMatch(emptied);
+      expect((await stat(mirrorA)).blocks, 'A\'s mirror is empty').toBe(0);
+      let st = (await s.status(wsA))[0]!.lazy!;
+      for (let i = 0; i < 100 && (existsSync(markerA) || !st.fetcher); i++) {
+        await new Promise((r) => setTimeout(r, 50));
+        st = (await s.status(wsA))[0]!.lazy!;
+      }
+      expect(existsSync(markerA), 'the marker went with the mirror').toBe(false);
+      expect(st.fetcher, 'the daemon answers').toBeDefined();
+      expect(st.chunks).toBeGreaterThan(0);
+      expect(st.cached, 'A is not reported local').toBeLessThan(st.chunks);
+      // Its files are fetched again, right.
+      expect(diffTrees(await summarize(src), await summarize(wsA))).toEqual([]);
+      expect(diffTrees(await summarize(small), await summarize(wsB))).toEqual([]);
+    } finally {
+      for (const [k, v] of Object.entries(old)) {
+        if (v === undefined) delete process.env[k];
+        else process.env[k] = v;
+      }
+      await s.unmount(wsB, { discard: true }).catch(() => undefined);
+      await s.unmount(wsA, { discard: true }).catch(() => undefined);
+    }
+  });
+
   it('a paged index over s3://: the restore seeds the pages the mount needs, so strata-fuse mounts without fetching them; a seed page that lies is refused and fetched', async () => {
     const home = join(caseDir, 'home');
     const st0 = store();
     const s = new Strata({ home, store: st0, mode: 'lazy', hydrate: false });
-    const { id, dir, desc, head, pages } = await pagedCopy(st0, s);
+    const { id, dir, blob, desc, head, pages } = await pagedCopy(st0, s);
     const warm = warmPages(head);
     expect(pages.length).toBeGreaterThan(WARM_PAGES);
     const indexGets = (): LogEntry[] => proxy.log.filter((e) => e.op === 'GetObject' && e.key.endsWith(blobKey(desc.digest)));
@@ -477,12 +539,13 @@ describe.runIf(RUN)('strata-fuse fetching s3:// layers itself', () => {
 
     // A store client that lies about one warm page: strata-fuse refuses it and fetches the page.
     const lie = warm[warm.length - 1]!;
+    const lieAt = await damagingPageOffset(blob, head, lie);
     const liar = new Proxy(st0, {
       get(t, p) {
         if (p === 'getBytes')
           return async (key: string, range?: { start: number; end: number }) => {
             const b = Buffer.from(await t.getBytes(key, range));
-            const at = pages[lie]!.blobOffset + (pages[lie]!.blobLength >> 1) - (range?.start ?? 0);
+            const at = lieAt - (range?.start ?? 0);
             if (key === blobKey(desc.digest) && at >= 0 && at < b.length) b[at]! ^= 0x01;
             return b;
           };

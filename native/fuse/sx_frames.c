@@ -1097,19 +1097,52 @@ static bool hydrate_whole(struct sx_frames *f, size_t span, unsigned streams)
 	return whole;
 }
 
-/* The --hydrated-file: every remote layer is in its mirror (written once, atomically). */
-static void mark_hydrated(const char *path)
+/*
+ * Every remote layer's mirror without a hole. Hydration's own account (every job done) is not
+ * enough: the daemon may empty a mirror (the cache budget) while hydration runs, and a marker
+ * written after that would report local a view whose bytes are gone.
+ */
+static bool mirrors_whole(const struct sx_frames *f)
+{
+	for (uint32_t l = 0; l < f->idx->hdr->layer_count; l++) {
+		if (!f->remote[l].remote || f->sizes[l] == 0)
+			continue;
+		off_t h = lseek(f->fds[l], 0, SEEK_HOLE);
+		if (h < 0 || (uint64_t)h < f->sizes[l])
+			return false;
+	}
+	return true;
+}
+
+/*
+ * The --hydrated-file: every remote layer is in its mirror (written atomically). Checked before
+ * and again after it is written: a mirror emptied in between (the daemon truncates first, then
+ * removes the marker) takes the marker away again, whichever side goes last.
+ */
+static void mark_hydrated(const struct sx_frames *f, const char *path)
 {
 	char tmp[PATH_MAX];
 	int fd;
+	if (!mirrors_whole(f)) {
+		fprintf(stderr, "strata-fuse: hydration ended with holes in a mirror (emptied meanwhile?): not marked hydrated\n");
+		return;
+	}
 	if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp))
 		return;
 	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-	if (fd < 0 || write(fd, "hydrated\n", 9) != 9 || close(fd) != 0 || rename(tmp, path) != 0) {
-		fprintf(stderr, "strata-fuse: cannot write %s: %s (status learns of the hydration later)\n", path, strerror(errno));
-		if (fd >= 0)
-			unlink(tmp);
+	if (fd < 0) {
+		fprintf(stderr, "strata-fuse: cannot write %s: %s (status learns of the hydration later)\n", tmp, strerror(errno));
+		return;
 	}
+	bool ok = write(fd, "hydrated\n", 9) == 9;
+	ok = close(fd) == 0 && ok;
+	if (!ok || rename(tmp, path) != 0) {
+		fprintf(stderr, "strata-fuse: cannot write %s: %s (status learns of the hydration later)\n", path, strerror(errno));
+		unlink(tmp);
+		return;
+	}
+	if (!mirrors_whole(f))
+		unlink(path);
 }
 
 /*
@@ -1257,7 +1290,7 @@ static void *hydrate_main(void *p)
 		}
 	}
 	if (a.whole && hydrate_whole(f, a.span, a.streams) && a.done_path)
-		mark_hydrated(a.done_path);
+		mark_hydrated(f, a.done_path);
 	for (int i = 0; i < started; i++)
 		pthread_join(helpers[i], NULL);
 	atomic_store(&f->hydrated, true);

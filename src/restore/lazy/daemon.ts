@@ -468,6 +468,8 @@ async function main(home: string): Promise<void> {
   };
   setInterval(trim, 30_000).unref();
   trimNow = trim;
+  // The views the start-up scan adopted came up before trimNow was set: the budget holds from now.
+  trim();
   // Mounts taken down behind our back (umount by hand) no longer hold the daemon.
   setInterval(() => {
     void (async () => {
