@@ -418,7 +418,7 @@ export async function render(results, { svgName = 'benchmarks-restore.svg' } = {
     ]),
   ], 2));
   L.push('');
-  L.push(`\`make bench\` runs \`node test/bench/run.mjs\` (small and medium, profiles local and r2, 3 runs, writes this file); \`make bench-quick\` runs \`--quick\` (small only, both profiles; prints the report and leaves this file alone). \`--sizes small,medium,large\` adds the ~2 GB workspace${sizes.includes('large') ? ' (included in this run)' : ' (not included in this run)'}. Other flags: \`--profiles\`, \`--runs\`, \`--phases backup,restore,steady\`, \`--contenders\`, \`--work DIR\`.`);
+  L.push(`\`make bench\` runs \`node test/bench/run.mjs\` (small, medium and large, profiles local and r2, 3 runs of each figure, 1 of the large workspace's: \`--large-runs\`; writes this file); \`make bench-quick\` runs \`--quick\` (small only, both profiles; prints the report and leaves this file alone). \`--sizes\` picks the workspaces; the ~2 GB one is${sizes.includes('large') ? '' : ' not'} in this run. Other flags: \`--profiles\`, \`--runs\`, \`--phases backup,restore,steady\`, \`--contenders\`, \`--work DIR\`.`);
   L.push('');
   L.push('### Workspaces');
   L.push('');
