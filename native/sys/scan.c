@@ -9,8 +9,10 @@
  * dense regular file of at most smallMax bytes, its bytes and their sha256,
  * kept only if the file held still (the point-in-time rule of
  * src/capture/tree.ts: size, mtime, ctime and inode the same before and after
- * the read, and not changed within RACY_NS before it). A file that did not is
- * left for the careful path in JavaScript, which reads it again with retries.
+ * the read; one changed within RACY_NS before it, but at least SETTLED_NS
+ * before, is read a second time, which must agree: SCAN_TWICE). A file that
+ * did not, or changed just now, is left for the careful path in JavaScript,
+ * which reads it again with retries.
  * Small files are read while their total stays within budget; later ones are
  * flagged SCAN_BUDGET and JavaScript asks again for the rest.
  *
@@ -65,10 +67,19 @@ enum scan_flag {
 	SCAN_LINK = 4,    /* a symlink whose target is in data */
 	SCAN_XATTRS = 8,  /* xattrs read (entry in xattrs, or none) */
 	SCAN_BUDGET = 16, /* a small file not read: over this job's budget */
+	SCAN_TWICE = 32,  /* with SCAN_DATA: changed just before the read, read twice, both agree */
 };
 
 /* A write changes ctime as it begins: a file changed this recently is read twice. */
 #define RACY_NS 2000000000LL
+/* From this size the second read waits for a write in flight (tree.ts SETTLE_FROM): JavaScript's. */
+#define SETTLE_FROM (256 * 1024)
+/*
+ * A file changed less than this before the read may have a write still copying into it: two
+ * quick reads inside one stalled write agree on a torn file (test/native-scan.test.ts makes
+ * them). Older changes are read twice here; newer ones go to the careful path, which retries.
+ */
+#define SETTLED_NS 30000000LL
 
 struct xattr_set {
 	size_t n;
@@ -168,9 +179,37 @@ static void put_stat(int64_t *f, const struct stat *st)
 	f[F_CTIME_NS] = st->st_ctim.tv_nsec;
 }
 
+/* A second read of fd's size bytes equals first, and the file has not moved since st. */
+static bool reread_matches(int fd, const uint8_t *first, size_t size, const struct stat *st)
+{
+	struct stat again;
+	uint8_t *buf;
+	size_t got = 0;
+	bool same;
+
+	if (size >= SETTLE_FROM)
+		return false;
+	buf = malloc(size > 0 ? size : 1);
+	if (buf == NULL)
+		return false;
+	while (got < size) {
+		ssize_t n = pread(fd, buf + got, size - got, (off_t)got);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		got += (size_t)n;
+	}
+	same = got == size && memcmp(buf, first, size) == 0 && fstat(fd, &again) == 0 && same_file(st, &again);
+	free(buf);
+	return same;
+}
+
 /*
- * Read a small file whole; keep it (SCAN_DATA) only if it held still. Any
- * failure simply leaves it to the careful path, which reports real errors.
+ * Read a small file whole; keep it (SCAN_DATA) only if it held still (read
+ * twice when it changed just before). Any failure simply leaves it to the
+ * careful path, which reports real errors.
  */
 static void read_small(struct scan_job *job, int dfd, size_t i,
 		       const struct stat *st)
@@ -180,6 +219,7 @@ static void read_small(struct scan_job *job, int dfd, size_t i,
 	struct timespec t0;
 	struct stat after;
 	unsigned int md_len = 0;
+	bool twice = false;
 	int fd;
 
 	if (clock_gettime(CLOCK_REALTIME, &t0) != 0)
@@ -199,14 +239,27 @@ static void read_small(struct scan_job *job, int dfd, size_t i,
 			break;
 		got += (size_t)n;
 	}
-	if (fstat(fd, &after) != 0) {
+	if (fstat(fd, &after) != 0 || got != size || !same_file(st, &after)) {
 		close(fd);
 		return;
 	}
+	if (ns_of(&after.st_ctim) >= ns_of(&t0) - RACY_NS) {
+		if (ns_of(&after.st_ctim) >= ns_of(&t0) - SETTLED_NS) {
+			close(fd);
+			return;
+		}
+		/*
+		 * Changed just before the read (a tree just written: npm install, cp -a): a write may
+		 * still have been copying. A second read must find the same bytes, as tree.ts's
+		 * careful path does; then the file is kept, without one job per file from JavaScript.
+		 */
+		if (!reread_matches(fd, job->data + job->data_len, size, st)) {
+			close(fd);
+			return;
+		}
+		twice = true;
+	}
 	close(fd);
-	if (got != size || !same_file(st, &after) ||
-	    ns_of(&after.st_ctim) >= ns_of(&t0) - RACY_NS)
-		return;
 	if (EVP_Digest(job->data + job->data_len, size,
 		       job->digests + i * 32, &md_len, EVP_sha256(),
 		       NULL) != 1 || md_len != 32)
@@ -214,7 +267,7 @@ static void read_small(struct scan_job *job, int dfd, size_t i,
 	put_stat(f, &after);
 	f[F_DATA_OFF] = (int64_t)job->data_len;
 	f[F_DATA_LEN] = (int64_t)size;
-	f[F_FLAGS] |= SCAN_DATA;
+	f[F_FLAGS] |= SCAN_DATA | (twice ? SCAN_TWICE : 0);
 	job->data_len += size;
 }
 

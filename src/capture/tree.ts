@@ -134,6 +134,8 @@ export interface Prefetched {
   data?: Buffer;
   after?: EntryStat;
   digest?: string;
+  /** data was read twice (the file changed just before the first read) and both agreed. */
+  twice?: boolean;
   xattrs?: Array<[string, Buffer]>;
   linkTarget?: Buffer;
 }
@@ -147,6 +149,7 @@ export function fromScan(scan: DirScan, i: number, flags: number): Prefetched {
     pre.data = scan.data(i);
     pre.after = st;
     pre.digest = scan.digest(i);
+    if (flags & ScanFlag.TWICE) pre.twice = true;
   } else if (flags & ScanFlag.LINK) pre.linkTarget = scan.data(i);
   return pre;
 }
@@ -401,8 +404,8 @@ export class TreeCapture {
   /** A small file read ahead: kept when nothing moved between the lstat and the end of the read. */
   private async addPrefetched(fsPath: BytePath, path: BytePath, pre: Prefetched): Promise<boolean> {
     if (!pre.data || !pre.after || !sameFile(pre.st, pre.after) || pre.data.length !== Number(pre.st.size)) return false;
-    // Changed just before it was read: the careful path reads it twice.
-    if (racy(pre.after, Date.now())) return false;
+    // Changed just before it was read: read twice by the scan, or by the careful path.
+    if (racy(pre.after, Date.now()) && !pre.twice) return false;
     const w = this.writer;
     const size = pre.data.length;
     const digest = pre.digest ?? 'sha256:' + createHash('sha256').update(pre.data).digest('hex');

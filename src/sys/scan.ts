@@ -39,6 +39,8 @@ export const enum ScanFlag {
   XATTRS = 8,
   /** A small file left unread: over the scan's budget; scan the rest again. */
   BUDGET = 16,
+  /** With DATA: changed just before the read, so read twice; both reads agreed. */
+  TWICE = 32,
 }
 
 /** What capture reads of an lstat: BigIntStats and ScanStat both have it. */
