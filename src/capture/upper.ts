@@ -16,6 +16,7 @@ import type { LayerWriter } from '../format/writer.js';
 import { sys } from '../sys/native.js';
 import { ParentDirs, PREFETCH_MAX, type Prefetched, SCAN_BUDGET, scanEntries, splitNs, TreeCapture } from './tree.js';
 import { type DirScan, type EntryStat, scanDir } from '../sys/scan.js';
+import { ScanAhead } from './scan-ahead.js';
 
 import { type Captured, signature, typeChar } from './signature.js';
 export { type Captured, type Signature, signature } from './signature.js';
@@ -61,6 +62,9 @@ export async function captureUpper(
    * Every entry's parent directories go into the layer before it (see ParentDirs).
    */
   const parents = new ParentDirs(tree, upperB);
+  // The next directories' scans run while this one's entries are written (with less data each:
+  // up to 16 may wait at once; the rest of a large one is scanned again when the walk gets there).
+  const ahead = new ScanAhead((path, early) => scanDir(toFsPath(joinPath(upperB, path)), null, PREFETCH_MAX, early ? SCAN_BUDGET / 4 : SCAN_BUDGET));
   const emitted = parents.emitted;
   const ensureParents = (path: BytePath, base = upperB): Promise<void> => parents.ensure(path, base);
   const visit = async (path: BytePath, st: EntryStat, forceAll: boolean, pre?: Prefetched): Promise<void> => {
@@ -106,12 +110,13 @@ export async function captureUpper(
       // (a reinstalled node_modules is a whole new subtree: this is most of its capture).
       let scan: DirScan;
       try {
-        scan = await scanDir(toFsPath(fsPath), null, PREFETCH_MAX, SCAN_BUDGET);
+        scan = await ahead.take(path);
       } catch (err) {
         // Removed since its lstat: empty at this point in time.
         if (path !== '.' && (err as NodeJS.ErrnoException).code === 'ENOENT') return;
         throw err;
       }
+      ahead.children(path, scan);
       for await (const { name, entry } of scanEntries(fsPath, scan)) {
         await visit(path === '.' ? name : path + '/' + name, entry.st, full, entry);
       }
