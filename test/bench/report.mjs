@@ -5,7 +5,7 @@
 //   node test/bench/report.mjs [RESULTS.json] [--out docs/benchmarks.md]   (re-render, no re-run)
 import { existsSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
-import { dirname, join, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { median, spread } from './util.mjs';
 
@@ -524,8 +524,9 @@ if (import.meta.url === `file://${process.argv[1]}`) {
   if (!files.length) files.push(join(here, 'results.json'));
   const out = resolve(outAt >= 0 ? args[outAt + 1] : join(here, '..', '..', 'docs', 'benchmarks.md'));
   const results = mergeResults(await Promise.all(files.map(async (f) => JSON.parse(await readFile(resolve(f), 'utf8')))));
-  const { md, svg } = await render(results);
+  const svgName = `${basename(out, '.md')}-restore.svg`;
+  const { md, svg } = await render(results, { svgName });
   await writeFile(out, md);
-  await writeFile(join(dirname(out), 'benchmarks-restore.svg'), svg);
-  console.error(`wrote ${out} and ${join(dirname(out), 'benchmarks-restore.svg')}`);
+  await writeFile(join(dirname(out), svgName), svg);
+  console.error(`wrote ${out} and ${join(dirname(out), svgName)}`);
 }
