@@ -69,11 +69,6 @@
 #define RACY_NS 2000000000LL
 #define SETTLE_FROM (256 * 1024)
 #define SETTLE_MS 30
-/*
- * A small file changed less than this before its read may have a write still copying into it:
- * two quick reads inside one stalled write agree on a torn file. It is read again later.
- */
-#define SETTLED_NS 30000000LL
 #define CAP_RETRIES 5
 #define CAP_RETRY_MS 3000
 
@@ -1353,10 +1348,6 @@ static enum read_result read_small_file(struct worker *w, const struct cap_entry
 			continue;
 		}
 		if (ns_of(&after.st_ctim) >= t0 - RACY_NS) {
-			if (ns_of(&after.st_ctim) >= t0 - SETTLED_NS) {
-				close(fd);
-				continue;
-			}
 			/* Changed just before the read: a second read must agree. */
 			if (*size >= SETTLE_FROM)
 				sleep_ms(SETTLE_MS);

@@ -112,16 +112,6 @@ function racy(st: EntryStat, readStartMs: number): boolean {
   return st.ctimeNs >= BigInt(readStartMs - RACY_WINDOW_MS) * 1_000_000n;
 }
 
-/**
- * Changed under SETTLED_MS before the read: a write may still be copying into the file, and two
- * quick reads inside one stalled write agree on a torn file. Such a small file is read again
- * later (the retry loop). scanDir and the native engine apply the same bound (SETTLED_NS).
- */
-const SETTLED_MS = 30;
-function unsettled(st: EntryStat, readStartMs: number): boolean {
-  return st.ctimeNs >= BigInt(readStartMs - SETTLED_MS) * 1_000_000n;
-}
-
 /** ENOENT/ENOTDIR: the entry (or a parent) was removed or replaced under the capture. */
 function isVanished(err: unknown): boolean {
   const code = (err as NodeJS.ErrnoException | null)?.code;
@@ -474,10 +464,8 @@ export class TreeCapture {
       const after = await fh.stat({ bigint: true });
       if (got !== size || !sameFile(before, after)) return false;
       // Changed just before the read: a write may still have been copying data (its timestamps
-      // moved when it began). A second read must find the same bytes; one that began just now
-      // may still be copying after both reads: read again later.
+      // moved when it began). A second read must find the same bytes.
       if (racy(after, startMs)) {
-        if (unsettled(after, startMs)) return false;
         await settle(size);
         const again = Buffer.allocUnsafe(size);
         if ((await readFully(fh, again, size)) !== size || !again.equals(buf) || !sameFile(before, await fh.stat({ bigint: true }))) return false;
