@@ -127,6 +127,20 @@ out:
 	close(fd);
 }
 
+/* The Error a failed syscall rejects with: code, message, errno (negative) and syscall, as fs does. */
+static napi_status syscall_error(napi_env env, const char *code, const char *msg, int err, const char *syscall,
+				 napi_value *out)
+{
+	napi_value v;
+	napi_status st = make_error(env, code, msg, out);
+
+	if (st == napi_ok && (st = napi_create_int32(env, -err, &v)) == napi_ok)
+		st = napi_set_named_property(env, *out, "errno", v);
+	if (st == napi_ok && (st = napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &v)) == napi_ok)
+		st = napi_set_named_property(env, *out, "syscall", v);
+	return st;
+}
+
 static void mount_complete(napi_env env, napi_status status, void *data)
 {
 	struct mount_job *job = data;
@@ -144,11 +158,7 @@ static void mount_complete(napi_env env, napi_status status, void *data)
 		snprintf(msg, sizeof(msg), "%s: %s, %s%s%s%s%s", code, strerror(job->err), job->syscall,
 			 job->failed_key ? " " : "", job->failed_key ? job->failed_key : "",
 			 job->log[0] ? ": " : "", job->log);
-		st = make_error(env, code, msg, &value);
-		if (st == napi_ok && napi_create_int32(env, -job->err, &s) == napi_ok)
-			st = napi_set_named_property(env, value, "errno", s);
-		if (st == napi_ok && napi_create_string_utf8(env, job->syscall, NAPI_AUTO_LENGTH, &s) == napi_ok)
-			st = napi_set_named_property(env, value, "syscall", s);
+		st = syscall_error(env, code, msg, job->err, job->syscall, &value);
 		if (st == napi_ok && job->failed_key &&
 		    napi_create_string_utf8(env, job->failed_key, NAPI_AUTO_LENGTH, &s) == napi_ok)
 			st = napi_set_named_property(env, value, "parameter", s);
@@ -287,7 +297,7 @@ static void unmount_execute(napi_env env, void *data)
 static void unmount_complete(napi_env env, napi_status status, void *data)
 {
 	struct unmount_job *job = data;
-	napi_value value = NULL, s;
+	napi_value value = NULL;
 	napi_status st = status;
 	bool ok = status == napi_ok && job->err == 0;
 
@@ -299,11 +309,7 @@ static void unmount_complete(napi_env env, napi_status status, void *data)
 				   job->err == ENOENT ? "ENOENT" : job->err == EPERM ? "EPERM" :
 				   job->err == ENOTDIR ? "ENOTDIR" : "EIO";
 		snprintf(msg, sizeof(msg), "%s: %s, umount2 %s", code, strerror(job->err), job->target);
-		st = make_error(env, code, msg, &value);
-		if (st == napi_ok && napi_create_int32(env, -job->err, &s) == napi_ok)
-			st = napi_set_named_property(env, value, "errno", s);
-		if (st == napi_ok && napi_create_string_utf8(env, "umount2", NAPI_AUTO_LENGTH, &s) == napi_ok)
-			st = napi_set_named_property(env, value, "syscall", s);
+		st = syscall_error(env, code, msg, job->err, "umount2", &value);
 	}
 	settle_work(env, job->deferred, st, ok, value, "cannot settle an unmount promise");
 	if (job->work != NULL)
