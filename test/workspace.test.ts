@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { Strata, type BackupHandle } from '../src/index.js';
+import { nativeCaptures } from '../src/capture/native-tree.js';
 import { sys } from '../src/sys/native.js';
 import { assertBuilt } from './helpers/built.js';
 import { need } from './helpers/caps.js';
@@ -128,6 +129,51 @@ describe.runIf(RUN)('workspaces', () => {
       expect(info.parent).toBe(c.base.id);
       expect(info.layers[1]!.size).toBeLessThan(64 * 1024);
       expect((await c.strata.status(ws))[0]!.unsavedEntries).toBe(0);
+    });
+  });
+
+  describe.each(['extract', 'lazy'] as const)('a directory replaced wholesale (%s)', (mode) => {
+    it('is captured by the native engine, with what only the upper walk captures handed back, and baselined for the next backup', async () => {
+      const c = await setup();
+      const ws = c.dir('ws');
+      await c.strata.restoreBackup(c.base, { dir: ws, mode });
+      // A reinstall: dir1 removed and made again (overlay marks it opaque), holding all kinds.
+      await rm(join(ws, 'dir1'), { recursive: true });
+      const d = join(ws, 'dir1');
+      await mkdir(join(d, 'pkg/lib/deep'), { recursive: true });
+      for (let i = 0; i < 40; i++) await writeFile(join(d, 'pkg/lib', `m${i}.js`), `module.exports = ${i};\n`.repeat(i + 1));
+      await writeFile(join(d, 'pkg/lib/deep/big.bin'), Buffer.alloc(5 * 1024 * 1024 + 7, 3)); // chunked
+      await writeFile(join(d, 'pkg/mid.bin'), Buffer.alloc(300 * 1024, 9)); // its own frame
+      await writeFile(join(d, 'pkg/empty'), '');
+      await symlink('lib/m1.js', join(d, 'pkg/main.js'));
+      sys.mknod(Buffer.from(join(d, 'pkg/fifo')), 0o010644, 0, 0);
+      await writeFile(join(d, 'pkg/attrs'), 'x');
+      sys.lsetxattr(Buffer.from(join(d, 'pkg/attrs')), 'user.kept', Buffer.from('yes'));
+      sys.lsetxattr(Buffer.from(join(d, 'pkg/lib')), 'user.dir', Buffer.from('d'));
+      await writeFile(join(d, 'pkg/setuid'), '#!/bin/sh\n');
+      await chmod(join(d, 'pkg/setuid'), 0o4750);
+      await lchown(join(d, 'pkg/setuid'), 1234, 5678);
+      // Other names: inside the subtree, and one outside it (the hard-link map spans the upper).
+      await writeFile(join(d, 'pkg/h1'), 'linked');
+      await link(join(d, 'pkg/h1'), join(d, 'pkg/lib/h2'));
+      await link(join(d, 'pkg/lib/m3.js'), join(ws, 'outside-link'));
+      // A lower directory moved in (renamed: overlay redirects it), with a file deleted in it.
+      await rename(join(ws, 'dir2'), join(d, 'moved'));
+      await writeFile(join(d, 'moved/added'), 'added');
+      await unlink(join(d, 'moved/k'));
+      const before = nativeCaptures.upperSubtrees;
+      const h = await roundTrip(c, ws, 'reinstall');
+      expect(nativeCaptures.upperSubtrees - before, 'the engine captured dir1').toBe(1);
+      // The baseline holds every entry the engine captured: nothing changed, no layer.
+      const again = await c.strata.createBackup({ dir: ws });
+      expect((await c.strata.getBackup(again.id)).layers.length).toBe((await c.strata.getBackup(h.id)).layers.length);
+      // One file edited inside: the next layer is about that file.
+      await appendFile(join(d, 'pkg/lib/m7.js'), '// edited\n');
+      const edit = await roundTrip(c, ws, 'edit');
+      const top = (await c.strata.getBackup(edit.id)).layers.at(-1)!;
+      expect(top.dataBytes).toBe((await stat(join(d, 'pkg/lib/m7.js'))).size);
+      expect(top.size).toBeLessThan(4096);
+      await c.strata.unmount(ws, { discard: true });
     });
   });
 

@@ -1,7 +1,8 @@
 /*
  * capture.c: a whole directory tree into layer frames, on C threads.
  *
- *   captureStart(root: Buffer, level, frameBound, chunkSize, workers): handle
+ *   captureStart(root: Buffer, level, frameBound, chunkSize, workers,
+ *                start: Buffer | null, upper: boolean): handle
  *   captureNext(handle): Promise<{ data: Buffer, meta: string } | null>
  *   captureStop(handle): stops the threads and frees everything
  *
@@ -20,6 +21,8 @@
  *   ["t", E]        a task starts at offset E of the engine's own bytes
  *   ["w", n]        the next n bytes of data are frames: append them
  *   ["e", [rec..]]  TOC entries; their offsets count from the task's start
+ *                   (with upper, each record ends with the entry's signature,
+ *                   "type:ino:size:mtime_ns:ctime_ns", src/capture/signature.ts)
  *   ["f", path]     capture this entry in JavaScript (sparse, unreadable...)
  *   ["s", path]     a socket: warn and skip
  *   ["L"]           a large file's frames follow: mark the blob here
@@ -119,6 +122,15 @@ struct link_slot {
 struct capture {
 	char *root;
 	size_t root_len;
+	/*
+	 * A workspace's upper (upper): the walk starts at start (a layer path below root, whose own
+	 * entry JavaScript has written), overlay's xattrs are not stored, and what only JavaScript's
+	 * upper walk knows how to capture is handed back: whiteouts (0/0 character devices),
+	 * directories overlay marked opaque or renamed, and files with other names (its hard-link
+	 * map spans the whole upper). Each record then carries the entry's baseline signature.
+	 */
+	char *start;
+	bool upper;
 	int level;
 	size_t bound, chunk;
 	int nworkers;
@@ -613,6 +625,36 @@ static int list_names(int dfd, char ***names_out, size_t *count_out)
 static bool walk_dir(struct capture *cap, int dfd, const char *lpath,
 		     size_t lpath_len);
 
+#define OVERLAY_XATTR "trusted.overlay."
+
+/*
+ * An upper entry's xattrs without overlay's own (never stored); true when the entry is a
+ * directory overlay marked opaque or renamed (trusted.overlay.opaque / .redirect).
+ */
+static bool upper_xattrs(struct cap_entry *e)
+{
+	bool marked = false;
+	size_t k = 0;
+
+	for (size_t i = 0; i < e->nx; i++) {
+		if (strncmp(e->xnames[i], OVERLAY_XATTR, sizeof(OVERLAY_XATTR) - 1) != 0) {
+			e->xnames[k] = e->xnames[i];
+			e->xvals[k] = e->xvals[i];
+			e->xlens[k] = e->xlens[i];
+			k++;
+			continue;
+		}
+		if (e->kind == CK_DIR && (strcmp(e->xnames[i], OVERLAY_XATTR "redirect") == 0 ||
+					  (strcmp(e->xnames[i], OVERLAY_XATTR "opaque") == 0 && e->xlens[i] == 1 &&
+					   e->xvals[i][0] == 'y')))
+			marked = true;
+		free(e->xnames[i]);
+		free(e->xvals[i]);
+	}
+	e->nx = k;
+	return marked;
+}
+
 /* One name of directory d: stat it, describe it, queue it, and descend. */
 static bool walk_entry(struct capture *cap, int dfd, const char *lpath,
 		       size_t lpath_len, const char *name)
@@ -656,6 +698,10 @@ static bool walk_entry(struct capture *cap, int dfd, const char *lpath,
 	case S_IFBLK: e.kind = CK_BLOCK; break;
 	case S_IFIFO: e.kind = CK_FIFO; break;
 	default: e.kind = CK_SOCKET; goto queue;
+	}
+	if (cap->upper && ((e.kind != CK_DIR && e.st.st_nlink > 1) || (e.kind == CK_CHAR && e.st.st_rdev == 0))) {
+		e.kind = CK_FALLBACK; /* another name elsewhere in the upper, or a whiteout */
+		goto queue;
 	}
 	if (e.kind != CK_DIR && e.st.st_nlink > 1) {
 		bool nomem;
@@ -729,6 +775,8 @@ static bool walk_entry(struct capture *cap, int dfd, const char *lpath,
 			}
 			e.nx = 0;
 			e.kind = CK_FALLBACK;
+		} else if (cap->upper && upper_xattrs(&e)) {
+			e.kind = CK_FALLBACK; /* opaque or renamed: JavaScript walks it */
 		}
 	}
 queue:
@@ -799,6 +847,24 @@ static void *walker_main(void *arg)
 	struct cap_entry e = { 0 };
 	int fd, err;
 
+	if (cap->start != NULL) {
+		/* A subtree: its own entry is JavaScript's; the walk lists what is below it. */
+		char *at = fs_path(cap, cap->start, strlen(cap->start));
+
+		fd = at == NULL ? -1 : open(at, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		err = at == NULL ? ENOMEM : errno;
+		free(at);
+		if (fd < 0) {
+			/* Removed since JavaScript's lstat: empty at this point in time. */
+			if (err != ENOENT && err != ENOTDIR)
+				fail_errno(cap, err, "scandir", cap->start);
+			goto done;
+		}
+		if (walk_dir(cap, fd, cap->start, strlen(cap->start)))
+			flush_building(cap);
+		close(fd);
+		goto done;
+	}
 	fd = open(cap->root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (fd < 0) {
 		fail_errno(cap, errno, "scandir", ".");
@@ -1155,6 +1221,16 @@ static bool render_recs(struct worker *w)
 				goto nomem;
 		} else if (!json_str(j, "null")) {
 			goto nomem;
+		}
+		if (w->cap->upper) {
+			/* The baseline's signature (src/capture/signature.ts): type:ino:size:mtime:ctime. */
+			char sig[128];
+
+			snprintf(sig, sizeof(sig), ",\"%c:%llu:%lld:%lld:%lld\"", e->kind == CK_DIR ? 'd' : t[0],
+				 (unsigned long long)r->st.st_ino, (long long)r->st.st_size,
+				 (long long)ns_of(&r->st.st_mtim), (long long)ns_of(&r->st.st_ctim));
+			if (!json_str(j, sig))
+				goto nomem;
 		}
 		if (!json_str(j, "]"))
 			goto nomem;
@@ -1668,6 +1744,7 @@ static void capture_free(struct cap_handle *h)
 	free(cap->links);
 	free(cap->err_path);
 	free(cap->root);
+	free(cap->start);
 	pthread_mutex_destroy(&cap->mu);
 	pthread_cond_destroy(&cap->cv);
 	free(cap);
@@ -1699,14 +1776,16 @@ static bool get_handle(napi_env env, napi_value v, struct cap_handle **out)
 /* captureStart(root: Buffer, level, frameBound, chunkSize, workers): handle */
 napi_value js_capture_start(napi_env env, napi_callback_info info)
 {
-	napi_value argv[5], out;
+	napi_value argv[7], out;
 	struct cap_handle *h;
 	struct capture *cap;
 	int64_t level, bound, chunk, nworkers;
-	char *root;
+	char *root, *start = NULL;
+	napi_valuetype st;
+	bool upper = false;
 	int i;
 
-	if (!get_args(env, info, 5, argv))
+	if (!get_args(env, info, 7, argv))
 		return NULL;
 	root = get_path(env, argv[0], "root");
 	if (root == NULL)
@@ -1714,9 +1793,29 @@ napi_value js_capture_start(napi_env env, napi_callback_info info)
 	if (!get_int(env, argv[1], "level", -7, 22, &level) ||
 	    !get_int(env, argv[2], "frameBound", 1, 4 << 20, &bound) ||
 	    !get_int(env, argv[3], "chunkSize", 4096, 64 << 20, &chunk) ||
-	    !get_int(env, argv[4], "workers", 1, CAP_WORKERS_MAX, &nworkers)) {
+	    !get_int(env, argv[4], "workers", 1, CAP_WORKERS_MAX, &nworkers) ||
+	    napi_failed(env, napi_typeof(env, argv[5], &st)) ||
+	    (st != napi_null && (start = get_path(env, argv[5], "start")) == NULL) ||
+	    napi_failed(env, napi_get_value_bool(env, argv[6], &upper))) {
 		free(root);
 		return NULL;
+	}
+	/* A layer path below root: relative, no empty, '.' or '..' component. */
+	if (start != NULL) {
+		bool ok = start[0] != '\0' && start[0] != '/';
+		for (const char *c = start; ok && *c != '\0';) {
+			size_t n = strcspn(c, "/");
+			ok = n > 0 && !(n == 1 && c[0] == '.') && !(n == 2 && c[0] == '.' && c[1] == '.');
+			c += n;
+			if (*c == '/')
+				c++, ok = ok && *c != '\0';
+		}
+		if (!ok) {
+			free(root);
+			free(start);
+			throw_fmt(env, THROW_TYPE, "EINVAL", "start must be a relative layer path below root");
+			return NULL;
+		}
 	}
 	h = calloc(1, sizeof(*h));
 	cap = calloc(1, sizeof(*cap));
@@ -1724,12 +1823,15 @@ napi_value js_capture_start(napi_env env, napi_callback_info info)
 		free(h);
 		free(cap);
 		free(root);
+		free(start);
 		throw_fmt(env, THROW_ERROR, "ENOMEM", "out of memory starting a capture");
 		return NULL;
 	}
 	h->cap = cap;
 	cap->root = root;
 	cap->root_len = strlen(root);
+	cap->start = start;
+	cap->upper = upper;
 	cap->level = (int)level;
 	cap->bound = (size_t)bound;
 	cap->chunk = (size_t)chunk;

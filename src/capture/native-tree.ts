@@ -23,8 +23,8 @@ const TYPES: Record<string, EntryType> = { d: 'dir', f: 'file', l: 'symlink', h:
 
 /** [offset, size, blobOffset, blobLength, digestHex, frameOffset?, frameSize?] */
 type RawChunk = [number, number, number, number, string, number?, number?];
-/** [path, type, mode, uid, gid, sec, nsec, size, digestHex, headerOffset, chunks, link, [major, minor], xattrs] */
-type RawEntry = [string, string, number, number, number, number, number, number, string | null, number, RawChunk[] | null, string | null, [number, number] | null, Array<[string, string]> | null];
+/** [path, type, mode, uid, gid, sec, nsec, size, digestHex, headerOffset, chunks, link, [major, minor], xattrs, signature (upper only)] */
+type RawEntry = [string, string, number, number, number, number, number, number, string | null, number, RawChunk[] | null, string | null, [number, number] | null, Array<[string, string]> | null, string?];
 type Item = ['t', number] | ['w', number] | ['e', RawEntry[]] | ['f' | 's' | 'x', string] | ['L'] | ['C'];
 
 /** Engine threads: the reads of a cold tree overlap when there are more of them than CPUs. */
@@ -68,12 +68,33 @@ export interface NativeCaptureStats {
   rolledBack: number;
 }
 
-/** Capture everything beneath `root` (whose own entry is '.') into the writer. */
-export async function captureTreeNative(root: BytePath, tree: TreeCapture, writer: LayerWriter, opts: { onProgress?: (entries: number, bytes: number) => void; onWarning?: (m: string) => void } = {}): Promise<NativeCaptureStats> {
+export interface NativeCaptureOptions {
+  onProgress?: (entries: number, bytes: number) => void;
+  onWarning?: (m: string) => void;
+  /**
+   * A workspace's upper: capture the subtree at this layer path below root (its own entry is the
+   * caller's), without overlay's xattrs; whiteouts, opaque or renamed directories and files with
+   * other names come back through handBack, and every entry captured gets onCaptured.
+   */
+  upper?: {
+    start: BytePath;
+    handBack: (path: BytePath) => Promise<void>;
+    onCaptured: (entry: TocEntry, signature: string) => void;
+  };
+}
+
+/** Captures the engine has run in this process, by kind (for tests and traces). */
+export const nativeCaptures = { trees: 0, upperSubtrees: 0 };
+
+/** Capture everything beneath `root` (whose own entry is '.') into the writer, or the upper subtree opts.upper names. */
+export async function captureTreeNative(root: BytePath, tree: TreeCapture, writer: LayerWriter, opts: NativeCaptureOptions = {}): Promise<NativeCaptureStats> {
   const stats: NativeCaptureStats = { handedBack: 0, rolledBack: 0 };
   const codec = writer.codec as ZstdCodec;
+  const upper = opts.upper;
+  if (upper) nativeCaptures.upperSubtrees++;
+  else nativeCaptures.trees++;
   await writer.settle();
-  const h = sys.captureStart(toFsPath(root), codec.level, writer.sharedFileMax, MAX_CHUNK_SIZE, captureWorkers());
+  const h = sys.captureStart(toFsPath(root), codec.level, writer.sharedFileMax, MAX_CHUNK_SIZE, captureWorkers(), upper ? toFsPath(upper.start) : null, upper !== undefined);
   /** Engine offset of the current task's start, and of the next engine byte. */
   let base = 0;
   let E = 0;
@@ -84,7 +105,8 @@ export async function captureTreeNative(root: BytePath, tree: TreeCapture, write
   /** An entry handed back: JavaScript's careful path, then nothing owed again. */
   const handBack = async (path: BytePath): Promise<void> => {
     stats.handedBack++;
-    await tree.captureEntry(joinPath(root, path), path);
+    if (upper) await upper.handBack(path);
+    else await tree.captureEntry(joinPath(root, path), path);
     await writer.settle();
     delta = writer.size - E;
   };
@@ -116,6 +138,12 @@ export async function captureTreeNative(root: BytePath, tree: TreeCapture, write
             const at = base + delta;
             const got = it[1].map((r) => toEntry(r, at));
             writer.addWritten(got);
+            if (upper) {
+              it[1].forEach((r, i) => {
+                if (r[14] === undefined) throw new Error('internal: native capture of an upper gave a record without its signature');
+                upper.onCaptured(got[i]!, r[14]);
+              });
+            }
             entries += got.length;
             for (const e of got) bytes += e.type === 'file' ? e.size : 0;
             break;
@@ -140,7 +168,9 @@ export async function captureTreeNative(root: BytePath, tree: TreeCapture, write
             await handBack(it[1]);
             break;
           case 's':
-            opts.onWarning?.(`skipping socket ${displayPath(it[1])}: sockets cannot be stored`);
+            // An upper's walk records it in the baseline (and warns) itself.
+            if (upper) await handBack(it[1]);
+            else opts.onWarning?.(`skipping socket ${displayPath(it[1])}: sockets cannot be stored`);
             break;
         }
       }

@@ -17,6 +17,7 @@ import { sys } from '../sys/native.js';
 import { ParentDirs, PREFETCH_MAX, type Prefetched, SCAN_BUDGET, scanEntries, splitNs, TreeCapture } from './tree.js';
 import { type DirScan, type EntryStat, scanDir } from '../sys/scan.js';
 import { ScanAhead } from './scan-ahead.js';
+import { captureTreeNative, nativeCaptureFor } from './native-tree.js';
 
 import { type Captured, signature, typeChar } from './signature.js';
 export { type Captured, type Signature, signature } from './signature.js';
@@ -62,6 +63,9 @@ export async function captureUpper(
    * Every entry's parent directories go into the layer before it (see ParentDirs).
    */
   const parents = new ParentDirs(tree, upperB);
+  const native = nativeCaptureFor(writer);
+  /** Inside a native capture's hand-back: nested subtrees are walked here. */
+  let inNative = false;
   // The next directories' scans run while this one's entries are written (with less data each:
   // up to 16 may wait at once; the rest of a large one is scanned again when the walk gets there).
   const ahead = new ScanAhead((path, early) => scanDir(toFsPath(joinPath(upperB, path)), null, PREFETCH_MAX, early ? SCAN_BUDGET / 4 : SCAN_BUDGET));
@@ -106,6 +110,35 @@ export async function captureUpper(
         changed++;
       }
       if (full && opaque) whole.push(path);
+      // A directory replaced wholesale (a reinstalled node_modules): its subtree is all new, so
+      // the native engine captures it, as it does a full backup, handing back what only this walk
+      // knows how to capture (whiteouts, marked directories, files with other names).
+      if (full && opaque && native && !inNative) {
+        inNative = true;
+        try {
+          await captureTreeNative(upperB, tree, writer, {
+            ...(opts.onWarning ? { onWarning: opts.onWarning } : {}),
+            upper: {
+              start: path,
+              handBack: async (p) => {
+                const pst = await lstat(toFsPath(joinPath(upperB, p)), { bigint: true }).catch((err: NodeJS.ErrnoException) => {
+                  if (err.code === 'ENOENT' || err.code === 'ENOTDIR') return undefined; // gone: not in this point in time
+                  throw err;
+                });
+                if (pst) await visit(p, pst, true);
+              },
+              onCaptured: (e, sig) => {
+                captured.set(e.path, sig);
+                if (e.type === 'dir') emitted.add(e.path);
+                changed++;
+              },
+            },
+          });
+        } finally {
+          inNative = false;
+        }
+        return;
+      }
       // One native scan of the directory: names in byte order, stats, xattrs, small files' data
       // (a reinstalled node_modules is a whole new subtree: this is most of its capture).
       let scan: DirScan;

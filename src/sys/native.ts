@@ -78,7 +78,8 @@ export interface NativeSys {
   /** Start capturing the tree at `root` on C threads (native/sys/capture.c): one walker and
    *  `workers` readers/compressors. Frames are zstd at `level`; shared frames close at
    *  `frameBound` bytes, files are chunked at `chunkSize`. src/capture/native-tree.ts drives it. */
-  captureStart(root: Buffer, level: number, frameBound: number, chunkSize: number, workers: number): CaptureHandle;
+  /** start: a layer path below root to capture (its own entry left out), or null for all of root; upper: root is an overlay upper. */
+  captureStart(root: Buffer, level: number, frameBound: number, chunkSize: number, workers: number, start: Buffer | null, upper: boolean): CaptureHandle;
   /** The next finished frames, in layer order, and the JSON items that describe them; null at
    *  the end. Rejects with the capture's first failure (an fs-shaped error, or code 'ETORN' /
    *  'ELINKGONE' with `layerPath`, `tries`, `ms`). One call at a time per handle. */
