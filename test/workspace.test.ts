@@ -177,6 +177,33 @@ describe.runIf(RUN)('workspaces', () => {
     });
   });
 
+  it('a socket in a directory replaced wholesale is skipped with a warning and kept in the baseline', async () => {
+    const c = await setup();
+    const warnings: string[] = [];
+    const s = new Strata({ home: join(c.dir('home')), onWarning: (m) => warnings.push(m) });
+    const ws = c.dir('ws');
+    await s.restoreBackup(c.base, { dir: ws, mode: 'extract' });
+    await rm(join(ws, 'dir1'), { recursive: true });
+    await mkdir(join(ws, 'dir1/run'), { recursive: true });
+    await writeFile(join(ws, 'dir1/run/pid'), '42');
+    const { createServer } = await import('node:net');
+    const server = createServer();
+    await new Promise<void>((r) => server.listen(join(ws, 'dir1/run/app.sock'), r));
+    try {
+      const before = nativeCaptures.upperSubtrees;
+      const h = await s.createBackup({ dir: ws });
+      expect(nativeCaptures.upperSubtrees - before).toBe(1);
+      expect(warnings.some((w) => /skipping socket dir1\/run\/app\.sock/.test(w)), warnings.join('\n')).toBe(true);
+      // Recorded: nothing is left unsaved, and the next backup adds no layer.
+      expect((await s.status(ws))[0]!.unsavedEntries).toBe(0);
+      const again = await s.createBackup({ dir: ws });
+      expect((await s.getBackup(again.id)).layers.length).toBe((await s.getBackup(h.id)).layers.length);
+    } finally {
+      await new Promise((r) => server.close(r));
+    }
+    await s.unmount(ws, { discard: true });
+  });
+
   it('replaces a directory by a file and back, across two backups', async () => {
     const c = await setup();
     const ws = c.dir('ws');
