@@ -152,9 +152,7 @@ static void mount_complete(napi_env env, napi_status status, void *data)
 		st = napi_get_undefined(env, &value);
 	} else if (st == napi_ok) {
 		char msg[MOUNT_LOG_MAX + 512];
-		const char *code = job->err == ENOSYS ? "ENOSYS" : job->err == EINVAL ? "EINVAL" :
-				   job->err == EPERM ? "EPERM" : job->err == ENOENT ? "ENOENT" :
-				   job->err == EBUSY ? "EBUSY" : job->err == ENODEV ? "ENODEV" : "EIO";
+		const char *code = errno_code(job->err);
 		snprintf(msg, sizeof(msg), "%s: %s, %s%s%s%s%s", code, strerror(job->err), job->syscall,
 			 job->failed_key ? " " : "", job->failed_key ? job->failed_key : "",
 			 job->log[0] ? ": " : "", job->log);
@@ -305,9 +303,7 @@ static void unmount_complete(napi_env env, napi_status status, void *data)
 		st = napi_get_undefined(env, &value);
 	} else if (st == napi_ok) {
 		char msg[PATH_MAX + 128];
-		const char *code = job->err == EBUSY ? "EBUSY" : job->err == EINVAL ? "EINVAL" :
-				   job->err == ENOENT ? "ENOENT" : job->err == EPERM ? "EPERM" :
-				   job->err == ENOTDIR ? "ENOTDIR" : "EIO";
+		const char *code = errno_code(job->err);
 		snprintf(msg, sizeof(msg), "%s: %s, umount2 %s", code, strerror(job->err), job->target);
 		st = syscall_error(env, code, msg, job->err, "umount2", &value);
 	}

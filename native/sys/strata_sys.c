@@ -98,7 +98,7 @@ void throw_fmt(napi_env env, enum throw_kind kind, const char *code,
 }
 
 /* Node spells errno 95 'ENOTSUP' (libuv); glibc calls it EOPNOTSUPP. */
-static const char *errno_code(int err)
+const char *errno_code(int err)
 {
 	const char *name;
 

@@ -30,6 +30,8 @@ void throw_fmt(napi_env env, enum throw_kind kind, const char *code,
 napi_status make_error(napi_env env, const char *code, const char *msg,
 		       napi_value *out);
 /* An Error shaped like Node's fs errors (code, errno, syscall, path). */
+/* errno's name as Node spells it ('ENOENT', 'ENOTSUP'), for an Error's code. */
+const char *errno_code(int err);
 void throw_errno(napi_env env, int err, const char *syscall, const char *path,
 		 const char *dest);
 bool get_args(napi_env env, napi_callback_info info, size_t want,
