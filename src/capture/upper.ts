@@ -25,10 +25,11 @@ export { type Captured, type Signature, signature } from './signature.js';
 const OVERLAY_XATTR = 'trusted.overlay.';
 export const skipOverlayXattr = (name: string): boolean => name.startsWith(OVERLAY_XATTR);
 
-function xattr(fsPath: BytePath, name: string): Buffer | undefined {
-  for (const [n, v] of sys.llistxattrs(toFsPath(fsPath))) if (n === name) return v;
-  return undefined;
+/** An upper entry's xattrs: its scan's when it has them, else read (one listing for both asks). */
+function xattrsOf(fsPath: BytePath, pre?: Prefetched): Array<[string, Buffer]> {
+  return pre?.xattrs ?? sys.llistxattrs(toFsPath(fsPath));
 }
+const xattr = (xs: Array<[string, Buffer]>, name: string): Buffer | undefined => xs.find(([n]) => n === name)?.[1];
 
 export interface UpperCaptureResult {
   /** Signatures of every upper entry now: the next capture's baseline. */
@@ -75,8 +76,9 @@ export async function captureUpper(
     const fsPath = joinPath(upperB, path);
     const t = typeChar(st);
     if (t === 'd') {
-      const redirect = path !== '.' && xattr(fsPath, 'trusted.overlay.redirect') !== undefined;
-      const opaque = path !== '.' && xattr(fsPath, 'trusted.overlay.opaque')?.toString() === 'y';
+      const xs = path === '.' ? [] : xattrsOf(fsPath, pre);
+      const redirect = xattr(xs, 'trusted.overlay.redirect') !== undefined;
+      const opaque = xattr(xs, 'trusted.overlay.opaque')?.toString() === 'y';
       const sig = signature(st, opaque || redirect);
       captured.set(path, sig);
       const changedHere = forceAll || previous.get(path) !== sig;
