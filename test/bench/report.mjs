@@ -517,6 +517,18 @@ export function mergeResults(list) {
   return out;
 }
 
+/**
+ * The report at `out` and its figure beside it, named after it (docs/benchmarks.md's is
+ * benchmarks-restore.svg): a report written elsewhere leaves that one as it was. Returns the md.
+ */
+export async function writeReport(results, out) {
+  const svgName = `${basename(out, '.md')}-restore.svg`;
+  const { md, svg } = await render(results, { svgName });
+  await writeFile(out, md);
+  await writeFile(join(dirname(out), svgName), svg);
+  return md;
+}
+
 if (import.meta.url === `file://${process.argv[1]}`) {
   const args = process.argv.slice(2);
   const outAt = args.indexOf('--out');
@@ -524,9 +536,6 @@ if (import.meta.url === `file://${process.argv[1]}`) {
   if (!files.length) files.push(join(here, 'results.json'));
   const out = resolve(outAt >= 0 ? args[outAt + 1] : join(here, '..', '..', 'docs', 'benchmarks.md'));
   const results = mergeResults(await Promise.all(files.map(async (f) => JSON.parse(await readFile(resolve(f), 'utf8')))));
-  const svgName = `${basename(out, '.md')}-restore.svg`;
-  const { md, svg } = await render(results, { svgName });
-  await writeFile(out, md);
-  await writeFile(join(dirname(out), svgName), svg);
-  console.error(`wrote ${out} and ${join(dirname(out), svgName)}`);
+  await writeReport(results, out);
+  console.error(`wrote ${out} and its figure`);
 }

@@ -14,11 +14,11 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { appendFile, mkdir, readFile, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { arch, cpus, release, totalmem } from 'node:os';
-import { basename, dirname, join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { squashfsBackup, tarBackup, strataBackup, squashfsRestore, squashfuseLl, tarRestore, strataRestore, loadStrata } from './contenders.mjs';
 import { GENERATOR_VERSION, parseSize, plan, write } from './gen.mjs';
-import { mergeResults, render } from './report.mjs';
+import { mergeResults, writeReport } from './report.mjs';
 import { dropCaches, deletePrefix, loadavg, now, prober, q, run, sh, shaperCall, startServer } from './util.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -527,12 +527,7 @@ async function main() {
   if (save) await writeFile(resolve(save), json);
   // --merge FILE,...: earlier results (e.g. the large workspace, run on its own) in the same report.
   const merged = opt('--merge') ? mergeResults([results, ...(await Promise.all(opt('--merge').split(',').map(async (f) => JSON.parse(await readFile(resolve(f), 'utf8')))))]) : results;
-  // The figure next to its report, named after it: a report written elsewhere (--out) keeps
-  // docs/benchmarks.md's figure as it was.
-  const svgName = `${basename(outMd, '.md')}-restore.svg`;
-  const { md, svg } = await render(merged, { svgName });
-  await writeFile(outMd, md);
-  await writeFile(join(dirname(outMd), svgName), svg);
+  const md = await writeReport(merged, outMd);
   if (!writeDoc) process.stdout.write(md);
   log(`done in ${results.meta.minutes.toFixed(1)} min; report: ${outMd}`);
 }
